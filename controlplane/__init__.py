@@ -1,0 +1,69 @@
+"""Cloud Desktop Service control plane.
+
+`create_app(settings=None)` builds the Flask app; nothing (app, database, Redis) is created at
+import time. gunicorn: `gunicorn 'controlplane:create_app()'`.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from .config import Settings
+
+__version__ = "0.1.0"
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    from .api.common import SETTINGS_KEY
+    from .api.desktops.resources import blp as desktops_blp
+    from .api.errors import init_error_handlers
+    from .api.health.resources import blp as health_blp
+    from .auth import init_auth
+    from .extensions import api, db
+    from .models import init_db
+    from .logs import configure_logging
+
+    settings = settings or Settings.from_env()
+    settings.require_redis()
+    configure_logging(settings)
+
+    app = Flask(__name__)
+    app.json.sort_keys = False  # keep the contract's field order ("success" first)
+    app.config.update(
+        MAX_CONTENT_LENGTH=64 * 1024,
+        API_TITLE="Cloud Desktop Service",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        API_SPEC_OPTIONS={
+            "info": {"description": "Desktop API (desktop-api.md): virtual desktops on Proxmox VE, reached "
+                                    "in the browser through Apache Guacamole."},
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                                              "bearerFormat": "JWT"}}},
+            "security": [{"bearerAuth": []}],
+        },
+    )
+    app.extensions[SETTINGS_KEY] = settings
+
+    init_db(settings.effective_database_url)
+    init_auth(app, settings)
+    api.init_app(app)
+    api.register_blueprint(desktops_blp)
+    api.register_blueprint(health_blp)
+    init_error_handlers(app)
+
+    @app.before_request
+    def _connect():
+        db.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def _close(_exc):
+        if not db.is_closed():
+            db.close()
+
+    logging.getLogger(__name__).info("control plane ready (database %s)", settings.effective_database_url.split(":")[0])
+    return app

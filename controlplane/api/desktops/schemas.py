@@ -1,0 +1,151 @@
+"""Marshmallow schemas of the Desktop API, field names and messages as the contract has them."""
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
+
+from ...services.plans import load_plans
+from ...services.states import Status
+from ..common import settings
+
+STATUS_CHOICES = [s.value for s in Status]
+
+
+def _plans_text() -> str:
+    from ...services.desktops import plan_choices
+    return plan_choices(settings())
+
+
+class DesktopCreate(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    userId = fields.String(required=True, metadata={"description": "Unique identifier for the user", "example": "user_12345"},
+                           error_messages={"required": "User ID is required", "null": "User ID is required",
+                                           "invalid": "User ID must be a string"})
+    name = fields.String(load_default=None, allow_none=True,
+                         metadata={"description": 'Display name; defaults to "Desktop-{userId}"', "maxLength": 100},
+                         error_messages={"invalid": "Name must be a string"})
+    plan = fields.String(load_default="BASIC", metadata={"description": "BASIC, STANDARD or PREMIUM", "example": "STANDARD"},
+                         error_messages={"invalid": "Plan must be a string", "null": "Plan must not be null"})
+
+    @validates("userId")
+    def _user(self, value, **_):
+        if not value.strip():
+            raise ValidationError("User ID is required")
+        if len(value) > 255:
+            raise ValidationError("User ID must be at most 255 characters")
+
+    @validates("name")
+    def _name(self, value, **_):
+        if value is None:
+            return
+        if not value.strip():
+            raise ValidationError("Name must not be blank")
+        if len(value) > 100:
+            raise ValidationError("Name must be at most 100 characters")
+
+    @validates("plan")
+    def _plan(self, value, **_):
+        if value not in load_plans(settings().plans_file):
+            raise ValidationError(f"Plan must be one of {_plans_text()}")
+
+
+class StopBody(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    force = fields.Boolean(load_default=False, metadata={"description": "Immediate power-off instead of a graceful shutdown"},
+                           error_messages={"invalid": "Force must be true or false"})
+
+
+class EmptyBody(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class ListQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    userId = fields.String(metadata={"description": "Filter by user ID"})
+    status = fields.String(validate=validate.OneOf(STATUS_CHOICES, error="Status must be one of " + ", ".join(STATUS_CHOICES)),
+                           metadata={"description": "Filter by desktop status"})
+
+
+class StatusQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    refresh = fields.Boolean(load_default=False, metadata={"description": "Force refresh from Proxmox VE"},
+                             error_messages={"invalid": "Refresh must be true or false"})
+
+
+class Desktop(Schema):
+    id = fields.Integer(required=True)
+    userId = fields.String(required=True)
+    name = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(STATUS_CHOICES))
+    statusMessage = fields.String(required=True)
+    plan = fields.String(required=True)
+    cpuCores = fields.Integer(required=True)
+    memoryMb = fields.Integer(required=True)
+    ipAddress = fields.String(allow_none=True, required=True)
+    connectionUrl = fields.String(allow_none=True, required=True)
+    createdAt = fields.String(required=True, metadata={"format": "date-time"})
+    updatedAt = fields.String(required=True, metadata={"format": "date-time"})
+    lastAccessedAt = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+
+
+class Envelope(Schema):
+    success = fields.Boolean(required=True)
+    timestamp = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class DesktopEnvelope(Envelope):
+    message = fields.String()
+    data = fields.Nested(Desktop, required=True)
+
+
+class DesktopList(Schema):
+    desktops = fields.List(fields.Nested(Desktop), required=True)
+    total = fields.Integer(required=True)
+
+
+class DesktopListEnvelope(Envelope):
+    data = fields.Nested(DesktopList, required=True)
+
+
+class DesktopStatus(Schema):
+    desktopId = fields.Integer(required=True)
+    status = fields.String(required=True)
+    statusMessage = fields.String(required=True)
+    ready = fields.Boolean(required=True)
+
+
+class DesktopStatusEnvelope(Envelope):
+    data = fields.Nested(DesktopStatus, required=True)
+
+
+class Connection(Schema):
+    desktopId = fields.Integer(required=True)
+    connectionUrl = fields.String(required=True)
+    protocol = fields.String(required=True, metadata={"description": "vnc or rdp (Guacamole has no SPICE)"})
+    expiresAt = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+
+
+class ConnectionEnvelope(Envelope):
+    data = fields.Nested(Connection, required=True)
+
+
+class DeletedEnvelope(Envelope):
+    message = fields.String()
+    data = fields.Raw(allow_none=True, required=True, metadata={"description": "Always null"})
+
+
+class DesktopError(Schema):
+    success = fields.Boolean(required=True)
+    error = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Dict(keys=fields.String(), values=fields.String())
+    path = fields.String(required=True)
+    timestamp = fields.String(required=True)

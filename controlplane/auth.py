@@ -1,0 +1,106 @@
+"""Bearer JWTs with flask-jwt-extended.
+
+Production: Keycloak-style RS256 tokens, keys from a JWKS URL (by `kid`) or a PEM public key,
+issuer and audience checked when configured. The lab: HS256 tokens signed with a generated
+secret (`controlplane token`). Admins carry the configured role in `realm_access.roles`,
+`resource_access[client].roles` or a top-level `roles` claim.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import jwt as pyjwt
+from flask import Flask
+from flask_jwt_extended import get_jwt, verify_jwt_in_request
+
+from .config import Settings
+from .errors import Unauthorized
+from .extensions import jwt
+from .services.desktops import Identity
+
+LAB_ISSUER = "controlplane-lab"
+
+
+def init_auth(app: Flask, settings: Settings) -> None:
+    settings.require_auth()
+    app.config["JWT_TOKEN_LOCATION"] = ["headers"]
+    app.config["JWT_IDENTITY_CLAIM"] = settings.jwt_user_claim
+    app.config["JWT_ERROR_MESSAGE_KEY"] = "message"
+    if settings.jwt_secret:
+        app.config["JWT_SECRET_KEY"] = settings.jwt_secret
+        app.config["JWT_ALGORITHM"] = "HS256"
+        app.config["JWT_DECODE_ALGORITHMS"] = ["HS256"]
+    else:
+        app.config["JWT_ALGORITHM"] = "RS256"
+        app.config["JWT_DECODE_ALGORITHMS"] = ["RS256"]
+        if settings.jwt_public_key:
+            app.config["JWT_PUBLIC_KEY"] = settings.jwt_public_key
+    if settings.jwt_issuer:
+        app.config["JWT_DECODE_ISSUER"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        app.config["JWT_DECODE_AUDIENCE"] = settings.jwt_audience
+    jwt.init_app(app)
+
+    if settings.jwt_jwks_url:
+        jwks = pyjwt.PyJWKClient(settings.jwt_jwks_url, cache_jwk_set=True, lifespan=300, timeout=5)
+
+        @jwt.decode_key_loader
+        def _key_for(header, payload):
+            try:
+                return jwks.get_signing_key_from_jwt_header(header).key  # type: ignore[attr-defined]
+            except Exception as exc:  # unknown kid or JWKS unreachable: a bad token, not a 500
+                raise pyjwt.InvalidTokenError(f"no signing key: {exc}") from None
+
+    @jwt.token_verification_loader
+    def _is_access_token(header, payload):
+        # Keycloak marks ID and refresh tokens with another typ; only access tokens are accepted.
+        return payload.get("typ", "Bearer") == "Bearer"
+
+    def _reject(message):
+        from .api.errors import render_error
+        return render_error(Unauthorized(message))
+
+    jwt.unauthorized_loader(lambda reason: _reject("Missing bearer token"))
+    jwt.invalid_token_loader(lambda reason: _reject("Invalid token"))
+    jwt.expired_token_loader(lambda header, payload: _reject("Token has expired"))
+    jwt.token_verification_failed_loader(lambda header, payload: _reject("Not an access token"))
+
+
+def current_identity(settings: Settings) -> Identity:
+    """Verify the request's bearer token and return who it is for."""
+    verify_jwt_in_request()
+    claims = get_jwt()
+    user_id = claims.get(settings.jwt_user_claim)
+    if not isinstance(user_id, str) or not user_id:
+        raise Unauthorized("Token has no user identity")
+    return Identity(user_id=user_id, is_admin=settings.jwt_admin_role in roles_of(claims, settings.jwt_client_id),
+                    email=claims.get("email"), name=claims.get("name"))
+
+
+def roles_of(claims: dict, client_id: str = "") -> set[str]:
+    roles = set(claims.get("roles") or [])
+    roles.update((claims.get("realm_access") or {}).get("roles") or [])
+    if client_id:
+        roles.update(((claims.get("resource_access") or {}).get(client_id) or {}).get("roles") or [])
+    return roles
+
+
+def mint_lab_token(settings: Settings, user_id: str, admin: bool = False, email: str | None = None,
+                   name: str | None = None, ttl: dt.timedelta = dt.timedelta(hours=12)) -> str:
+    """An HS256 access token shaped like Keycloak's, signed with the lab's secret."""
+    if not settings.jwt_secret:
+        raise RuntimeError("No CONTROLPLANE_JWT_SECRET: lab tokens can only be minted for an HS256 setup")
+    now = dt.datetime.now(dt.timezone.utc)
+    claims = {
+        "jti": uuid.uuid4().hex, "iat": now, "nbf": now, "exp": now + ttl,
+        "iss": settings.jwt_issuer or LAB_ISSUER, "typ": "Bearer",
+        settings.jwt_user_claim: user_id, "preferred_username": user_id,
+        "email": email or f"{user_id}@lab.invalid", "name": name or user_id,
+        "realm_access": {"roles": [settings.jwt_admin_role] if admin else []},
+    }
+    if settings.jwt_user_claim != "sub":
+        claims["sub"] = user_id
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    return pyjwt.encode(claims, settings.jwt_secret, algorithm="HS256")

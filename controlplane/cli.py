@@ -1,0 +1,138 @@
+"""`controlplane` command: token, worker, reap, api, lab."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+import threading
+
+from .config import ConfigError, Settings
+
+log = logging.getLogger("controlplane")
+
+
+def load_lab_env(environ: dict) -> dict:
+    """The lab's settings (var/lab/lab.env), under what the environment already sets."""
+    from .lab.layout import lab_env_file
+    path = lab_env_file()
+    merged = dict(environ)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                merged.setdefault(key.strip(), value.strip())
+    return merged
+
+
+def cmd_token(args) -> int:
+    from .auth import mint_lab_token
+    settings = Settings.from_env(load_lab_env(os.environ))
+    if not settings.jwt_secret:
+        print("No lab secret found: start the lab once (make lab) or set CONTROLPLANE_JWT_SECRET.", file=sys.stderr)
+        return 2
+    print(mint_lab_token(settings, args.user, admin=args.admin, email=args.email, name=args.name,
+                         ttl=dt.timedelta(hours=args.ttl_hours)))
+    return 0
+
+
+def _reaper_loop(settings: Settings, stop: threading.Event) -> None:
+    from .services.queue import get_redis
+    from .services.reaper import reap
+    conn = get_redis(settings.redis_url)
+    while not stop.wait(settings.reaper_interval):
+        try:
+            # One reaper at a time across all workers.
+            if conn.set("controlplane:reaper:lock", os.getpid(), nx=True, ex=max(settings.reaper_interval - 1, 1)):
+                outcome = reap(settings)
+                if outcome:
+                    log.warning("reaper: %s", outcome)
+        except Exception:
+            log.exception("reaper pass failed")
+
+
+def cmd_worker(args) -> int:
+    from rq import Worker
+
+    from .logs import configure_logging
+    from .services.queue import QUEUE_NAME, get_redis
+    from .tasks import desktops as tasks
+    settings = Settings.from_env()
+    settings.require_redis()
+    configure_logging(settings)
+    tasks.configure(settings)
+    stop = threading.Event()
+    if not args.burst:
+        threading.Thread(target=_reaper_loop, args=(settings, stop), daemon=True, name="reaper").start()
+    worker = Worker([QUEUE_NAME], connection=get_redis(settings.redis_url), name=args.name)
+    try:
+        worker.work(burst=args.burst, with_scheduler=False, logging_level="INFO")
+    finally:
+        stop.set()
+    return 0
+
+
+def cmd_reap(args) -> int:
+    from .models import init_db
+    from .services.reaper import reap
+    settings = Settings.from_env()
+    settings.require_redis()
+    init_db(settings.effective_database_url)
+    print(reap(settings))
+    return 0
+
+
+def cmd_api(args) -> int:
+    settings = Settings.from_env()
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
+            "--workers", str(args.workers), "--threads", str(args.threads), "--access-logfile", "-",
+            "controlplane:create_app()"]
+    os.execv(sys.executable, argv)
+    return 0
+
+
+def cmd_lab(args) -> int:
+    from .lab.main import run_lab
+    return run_lab(workers=args.workers)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="controlplane", description="Cloud Desktop Service control plane")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("token", help="print a bearer token the lab accepts")
+    p.add_argument("user")
+    p.add_argument("--admin", action="store_true", help="give the token the admin role")
+    p.add_argument("--email")
+    p.add_argument("--name")
+    p.add_argument("--ttl-hours", type=float, default=12.0)
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("worker", help="run an RQ worker for desktop jobs (and the reaper)")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("reap", help="resume or fail desktops whose job died (one pass)")
+    p.set_defaults(func=cmd_reap)
+
+    p = sub.add_parser("api", help="serve the API with gunicorn")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=8)
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("lab", help="run the whole system on this machine (fakepve, Guacamole stand-in, Redis)")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("CONTROLPLANE_LAB_WORKERS", "2")))
+    p.set_defaults(func=cmd_lab)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Typed settings read from the environment (CONTROLPLANE_*), validated once, failing fast.
+
+Every knob is listed in README.md's configuration table. `Settings.from_env()` is the only
+place that reads os.environ for the control plane's own configuration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting has a value the control plane cannot run with."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _int(name: str, raw: str, minimum: int | None = None) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _float(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+
+
+# Settings whose values are secrets: never logged, never returned, redacted from messages.
+SECRET_FIELDS = ("jwt_secret", "proxmox_password", "proxmox_token_secret", "guacamole_password",
+                 "guacamole_vnc_password")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where state lives
+    var_dir: Path = REPO_ROOT / "var"
+    database_url: str = ""  # default: sqlite in var_dir
+    redis_url: str = ""  # required outside the lab
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8080
+    timezone: str = "UTC"
+    # Auth
+    jwt_secret: str = ""  # HS256 (the lab's); mutually exclusive with the RS256 settings
+    jwt_jwks_url: str = ""  # RS256 from a JWKS (Keycloak: {issuer}/protocol/openid-connect/certs)
+    jwt_public_key: str = ""  # RS256 from a PEM public key
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_user_claim: str = "sub"
+    jwt_admin_role: str = "admin"
+    jwt_client_id: str = ""  # Keycloak client whose resource_access roles count too
+    # Desktops
+    plans_file: Path = REPO_ROOT / "config" / "plans.yml"
+    vmid_min: int = 10000
+    vmid_max: int = 99999
+    # Ansible
+    ansible_dir: Path = REPO_ROOT
+    inventory: str = "inventory/lab"
+    job_timeout: int = 1800
+    reaper_interval: int = 30
+    abandoned_after: int = 60  # seconds a desktop may sit in a transition with no live job
+    max_resumes: int = 1  # how often an abandoned job is resumed before the desktop is FAILED
+    # Proxmox (used by the playbooks via environment, and by ?refresh=true via proxmoxer)
+    proxmox_host: str = "127.0.0.2"
+    proxmox_port: int = 8006
+    proxmox_user: str = "root@pam"
+    proxmox_password: str = ""
+    proxmox_token_id: str = ""
+    proxmox_token_secret: str = ""
+    proxmox_verify_ssl: bool = False
+    proxmox_node: str = "pve1"
+    proxmox_storage: str = "local-lvm"
+    proxmox_pool: str = ""
+    proxmox_full_clone: bool = False
+    proxmox_timeout: int = 120
+    proxmox_api_timeout: float = 2.0  # per HTTP call from the API process (refresh)
+    ip_wait_retries: int = 60
+    ip_wait_delay: int = 2
+    # Guacamole
+    guacamole_url: str = "http://127.0.0.1:8090/guacamole"  # REST API base used by the role
+    guacamole_public_url: str = ""  # what browsers open; defaults to guacamole_url
+    guacamole_username: str = "guacadmin"
+    guacamole_password: str = ""
+    guacamole_data_source: str = "postgresql"
+    guacamole_protocol: str = "vnc"
+    guacamole_port: int = 0  # 0: 5900 for vnc, 3389 for rdp
+    guacamole_vnc_password: str = ""
+    # Lab
+    lab: bool = False
+    extra: dict = field(default_factory=dict)
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_dir / 'controlplane.db'}"
+
+    @property
+    def effective_guacamole_public_url(self) -> str:
+        return (self.guacamole_public_url or self.guacamole_url).rstrip("/")
+
+    @property
+    def effective_guacamole_port(self) -> int:
+        if self.guacamole_port:
+            return self.guacamole_port
+        return 3389 if self.guacamole_protocol == "rdp" else 5900
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def inventory_path(self) -> Path:
+        path = Path(self.inventory)
+        return path if path.is_absolute() else self.ansible_dir / path
+
+    def secrets(self) -> list[str]:
+        """The configured secret values (non-empty), for redaction."""
+        return [v for v in (getattr(self, f) for f in SECRET_FIELDS) if v]
+
+    def playbook_env(self) -> dict[str, str]:
+        """Environment the playbooks read their connection settings from (inventory group_vars)."""
+        return {
+            "CONTROLPLANE_PROXMOX_HOST": self.proxmox_host,
+            "CONTROLPLANE_PROXMOX_PORT": str(self.proxmox_port),
+            "CONTROLPLANE_PROXMOX_USER": self.proxmox_user,
+            "CONTROLPLANE_PROXMOX_PASSWORD": self.proxmox_password,
+            "CONTROLPLANE_PROXMOX_TOKEN_ID": self.proxmox_token_id,
+            "CONTROLPLANE_PROXMOX_TOKEN_SECRET": self.proxmox_token_secret,
+            "CONTROLPLANE_PROXMOX_VERIFY_SSL": str(self.proxmox_verify_ssl).lower(),
+            "CONTROLPLANE_PROXMOX_NODE": self.proxmox_node,
+            "CONTROLPLANE_PROXMOX_STORAGE": self.proxmox_storage,
+            "CONTROLPLANE_PROXMOX_POOL": self.proxmox_pool,
+            "CONTROLPLANE_PROXMOX_FULL_CLONE": str(self.proxmox_full_clone).lower(),
+            "CONTROLPLANE_PROXMOX_TIMEOUT": str(self.proxmox_timeout),
+            "CONTROLPLANE_IP_WAIT_RETRIES": str(self.ip_wait_retries),
+            "CONTROLPLANE_IP_WAIT_DELAY": str(self.ip_wait_delay),
+            "CONTROLPLANE_GUACAMOLE_URL": self.guacamole_url,
+            "CONTROLPLANE_GUACAMOLE_USERNAME": self.guacamole_username,
+            "CONTROLPLANE_GUACAMOLE_PASSWORD": self.guacamole_password,
+            "CONTROLPLANE_GUACAMOLE_DATA_SOURCE": self.guacamole_data_source,
+            "CONTROLPLANE_GUACAMOLE_PROTOCOL": self.guacamole_protocol,
+            "CONTROLPLANE_GUACAMOLE_PORT": str(self.effective_guacamole_port),
+            "CONTROLPLANE_GUACAMOLE_VNC_PASSWORD": self.guacamole_vnc_password,
+        }
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            key = "CONTROLPLANE_" + f.name.upper()
+            if key not in env:
+                continue
+            raw = env[key]
+            kind = f.type if isinstance(f.type, str) else f.type.__name__
+            if kind == "bool":
+                values[f.name] = _bool(key, raw)
+            elif kind == "int":
+                values[f.name] = _int(key, raw)
+            elif kind == "float":
+                values[f.name] = _float(key, raw)
+            elif kind == "Path":
+                values[f.name] = Path(raw)
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        try:
+            self.tz
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"CONTROLPLANE_TIMEZONE: unknown time zone {self.timezone!r}") from None
+        if not (100 <= self.vmid_min <= self.vmid_max <= 999_999_999):
+            raise ConfigError("CONTROLPLANE_VMID_MIN/MAX must satisfy 100 <= min <= max <= 999999999")
+        if self.guacamole_protocol not in ("vnc", "rdp"):
+            raise ConfigError("CONTROLPLANE_GUACAMOLE_PROTOCOL must be vnc or rdp (Guacamole has no SPICE)")
+        if self.jwt_secret and (self.jwt_jwks_url or self.jwt_public_key):
+            raise ConfigError("Set either CONTROLPLANE_JWT_SECRET (HS256) or CONTROLPLANE_JWT_JWKS_URL/"
+                              "CONTROLPLANE_JWT_PUBLIC_KEY (RS256), not both")
+        if self.jwt_secret and len(self.jwt_secret) < 32:
+            raise ConfigError("CONTROLPLANE_JWT_SECRET must be at least 32 characters")
+        for name in ("job_timeout", "reaper_interval", "abandoned_after", "port", "proxmox_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"CONTROLPLANE_{name.upper()} must be positive")
+        if not self.plans_file.is_file():
+            raise ConfigError(f"CONTROLPLANE_PLANS_FILE: {self.plans_file} does not exist")
+
+    def require_auth(self) -> None:
+        if not (self.jwt_secret or self.jwt_jwks_url or self.jwt_public_key):
+            raise ConfigError("No token validation configured: set CONTROLPLANE_JWT_SECRET (HS256) or "
+                              "CONTROLPLANE_JWT_JWKS_URL / CONTROLPLANE_JWT_PUBLIC_KEY (RS256)")
+
+    def require_redis(self) -> None:
+        if not self.redis_url:
+            raise ConfigError("CONTROLPLANE_REDIS_URL is not set (make lab starts a private Redis)")

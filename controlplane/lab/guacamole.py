@@ -1,0 +1,1262 @@
+"""The lab's stand-in for Apache Guacamole (REST API and a small client page).
+
+It answers the parts of Guacamole's REST API that the control plane and its
+Ansible role use, in the shapes a real Guacamole 1.4-1.6 with the PostgreSQL
+(JDBC) authentication extension gives (see /work/shared/notes/guacamole.md and
+guacamole-client's ``rest`` and ``auth-jdbc`` sources):
+
+* ``POST /api/tokens`` (form ``username``/``password``) and
+  ``DELETE /api/tokens/{token}``; the token goes in the ``Guacamole-Token``
+  header or the ``token`` query parameter (the header wins); bad login and bad
+  token are **403**.
+* ``/api/session/data/{dataSource}/connections`` (map by identifier, no
+  parameters), ``connections/{id}`` (GET/PUT/DELETE), ``connections/{id}/
+  parameters``, ``connectionGroups/ROOT/tree``, ``users``, ``users/{u}``,
+  ``users/{u}/permissions`` (GET, JSON-Patch PATCH), ``self``,
+  ``activeConnections``.
+* Errors carry Guacamole's body: ``{"message", "translatableMessage",
+  "statusCode", "expected", "patches", "type"}``.
+
+Lab-only extras, not in a real Guacamole:
+
+* ``GET {base_path}/`` serves a small page that reads ``#/client/{id}`` and
+  shows which connection the link points at (a real Guacamole would show the
+  remote desktop there).
+* ``GET {base_path}/_lab/client/{id}``: JSON about the connection a client
+  link points at (no token; never the password).
+* Fault switches (``down``, ``fail()``) for tests.
+
+It runs inside whatever asyncio loop calls :meth:`GuacamoleStandIn.start`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import copy
+import hashlib
+import hmac
+import html
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import tempfile
+import threading
+import time
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("controlplane.lab.guacamole")
+
+# --------------------------------------------------------------------------
+# Constants taken from guacamole-client
+
+#: Protocols the stand-in accepts (a real Guacamole stores any string and only
+#: guacd refuses an unknown one at connect time; refusing early catches typos
+#: such as "spice", which no released Guacamole supports).
+PROTOCOLS = ("vnc", "rdp", "ssh", "telnet", "kubernetes")
+
+#: ModeledConnection.ATTRIBUTE_NAMES (auth-jdbc): the only connection
+#: attributes a JDBC data source keeps; others are filtered out.
+CONNECTION_NUMERIC_ATTRIBUTES = ("max-connections", "max-connections-per-user", "weight", "guacd-port")
+CONNECTION_ATTRIBUTES = (
+    "guacd-encryption",
+    "failover-only",
+    "weight",
+    "max-connections",
+    "guacd-hostname",
+    "guacd-port",
+    "max-connections-per-user",
+)
+
+#: ModeledUser attributes (auth-jdbc).
+USER_BOOLEAN_ATTRIBUTES = ("disabled", "expired")
+USER_ATTRIBUTES = (
+    "guac-email-address",
+    "guac-organizational-role",
+    "guac-full-name",
+    "expired",
+    "timezone",
+    "access-window-start",
+    "guac-organization",
+    "access-window-end",
+    "disabled",
+    "valid-until",
+    "valid-from",
+)
+
+#: ConnectionService.CONNECTION_PARAMETER_VALUE_LIMIT (1.6).
+PARAMETER_VALUE_LIMIT = 4096
+
+OBJECT_PERMISSIONS = ("READ", "UPDATE", "DELETE", "ADMINISTER")
+SYSTEM_PERMISSIONS = (
+    "CREATE_CONNECTION",
+    "CREATE_CONNECTION_GROUP",
+    "CREATE_SHARING_PROFILE",
+    "CREATE_USER",
+    "CREATE_USER_GROUP",
+    "AUDIT",
+    "ADMINISTER",
+)
+#: guacadmin's system permissions in the schema's initial data.
+ADMIN_SYSTEM_PERMISSIONS = [
+    "CREATE_CONNECTION",
+    "CREATE_CONNECTION_GROUP",
+    "CREATE_SHARING_PROFILE",
+    "CREATE_USER",
+    "CREATE_USER_GROUP",
+    "ADMINISTER",
+]
+#: PermissionSetResource paths -> APIPermissionSet keys.
+OBJECT_PERMISSION_KEYS = (
+    "connectionPermissions",
+    "connectionGroupPermissions",
+    "sharingProfilePermissions",
+    "activeConnectionPermissions",
+    "userPermissions",
+    "userGroupPermissions",
+)
+
+#: Data sources backed by guacamole-auth-jdbc, which also register a
+#: "<name>-shared" data source for sharing links.
+JDBC_DATA_SOURCES = ("postgresql", "mysql", "sqlserver")
+
+TOKEN_TIMEOUT = 60 * 60  # api-session-timeout default: 60 minutes idle
+PBKDF2_ITERATIONS = 50_000
+STATE_VERSION = 1
+
+UNTRANSLATED_KEY = "APP.TEXT_UNTRANSLATED"
+
+
+# --------------------------------------------------------------------------
+# Errors
+
+
+class GuacamoleError(Exception):
+    """An error answered with Guacamole's APIError body."""
+
+    def __init__(self, status: int, type_: str, message: str, *,
+                 translatable: dict | None = None, expected: list | None = None):
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.message = message
+        self.translatable = translatable
+        self.expected = expected
+
+    def body(self) -> dict:
+        return error_body(self.type, self.message, translatable=self.translatable,
+                          expected=self.expected)
+
+
+def error_body(type_: str, message: str, *, translatable: dict | None = None,
+               expected: list | None = None) -> dict:
+    if translatable is None:
+        translatable = {"key": UNTRANSLATED_KEY, "variables": {"MESSAGE": message}}
+    return {
+        "message": message,
+        "translatableMessage": translatable,
+        "statusCode": None,
+        "expected": expected,
+        "patches": None,
+        "type": type_,
+    }
+
+
+def error_type_for_status(status: int) -> str:
+    if status in (401, 403):
+        return "PERMISSION_DENIED"
+    if status == 404:
+        return "NOT_FOUND"
+    if 400 <= status < 500:
+        return "BAD_REQUEST"
+    return "INTERNAL_ERROR"
+
+
+def bad_request(message: str, **kw) -> GuacamoleError:
+    return GuacamoleError(400, "BAD_REQUEST", message, **kw)
+
+
+def not_found(message: str) -> GuacamoleError:
+    return GuacamoleError(404, "NOT_FOUND", message)
+
+
+def permission_denied(message: str = "Permission denied.") -> GuacamoleError:
+    return GuacamoleError(403, "PERMISSION_DENIED", message)
+
+
+def internal_error(message: str = "Unexpected internal error.") -> GuacamoleError:
+    return GuacamoleError(500, "INTERNAL_ERROR", message)
+
+
+USERNAME_PASSWORD_FIELDS = [
+    {"name": "username", "type": "USERNAME"},
+    {"name": "password", "type": "PASSWORD"},
+]
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def base64url_nopad(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def client_identifier(identifier: str, data_source: str, type_: str = "c") -> str:
+    """Guacamole's ClientIdentifier: base64url(identifier NUL type NUL dataSource), no padding."""
+    return base64url_nopad(f"{identifier}\0{type_}\0{data_source}".encode("utf-8"))
+
+
+_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_\-+/]+={0,2}$")
+
+
+def parse_client_identifier(value: str) -> tuple[str, str, str] | None:
+    """(identifier, type, dataSource) from a client identifier, or None if malformed."""
+    if not value or not _CLIENT_ID_RE.match(value):
+        return None
+    text = value.rstrip("=").replace("+", "-").replace("/", "_")
+    text += "=" * (-len(text) % 4)
+    try:
+        raw = base64.urlsafe_b64decode(text).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    parts = raw.split("\0")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def _coerce_value(value: Any, what: str) -> str | None:
+    """How Jackson reads a JSON value into a Map<String, String> entry."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    raise bad_request(f"Invalid value for {what}: must be a string.")
+
+
+def _coerce_map(value: Any, what: str) -> dict[str, str | None]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request(f"Invalid {what}: must be a JSON object.")
+    return {str(k): _coerce_value(v, f"{what} \"{k}\"") for k, v in value.items()}
+
+
+_INT_RE = re.compile(r"^[+-]?[0-9]+$")
+
+
+def _numeric(value: str | None) -> str | None:
+    """NumericField.parse then format: "" -> null, "007" -> "7", junk -> null."""
+    if value is None or value == "":
+        return None
+    if not _INT_RE.match(value):
+        return None
+    number = int(value)
+    if not -(2 ** 31) <= number < 2 ** 31:
+        return None
+    return str(number)
+
+
+def normalize_connection_attributes(given: dict[str, str | None]) -> dict[str, str | None]:
+    """What a JDBC data source stores and reads back for connection attributes."""
+    out: dict[str, str | None] = {}
+    for name in CONNECTION_ATTRIBUTES:
+        value = given.get(name)
+        if name in CONNECTION_NUMERIC_ATTRIBUTES:
+            out[name] = _numeric(value)
+        elif name == "failover-only":
+            out[name] = "true" if value == "true" else None
+        elif name == "guacd-encryption":
+            out[name] = value if value in ("none", "ssl") else None
+        else:
+            out[name] = value or None
+    return out
+
+
+def normalize_user_attributes(given: dict[str, str | None]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in USER_ATTRIBUTES:
+        value = given.get(name)
+        if name in USER_BOOLEAN_ATTRIBUTES:
+            out[name] = "true" if value == "true" else None
+        else:
+            out[name] = value or None
+    return out
+
+
+def _hash_password(password: str, salt: bytes | None = None) -> dict:
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, PBKDF2_ITERATIONS)
+    return {"algorithm": "pbkdf2-sha256", "iterations": PBKDF2_ITERATIONS,
+            "salt": salt.hex(), "hash": digest.hex()}
+
+
+def _check_password(password: str, stored: dict | None) -> bool:
+    if not stored or password is None:
+        return False
+    try:
+        salt = bytes.fromhex(stored["salt"])
+        expected = bytes.fromhex(stored["hash"])
+        iterations = int(stored.get("iterations", PBKDF2_ITERATIONS))
+    except (KeyError, ValueError, TypeError):
+        return False
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    return hmac.compare_digest(digest, expected)
+
+
+def _empty_permissions() -> dict:
+    perms: dict[str, Any] = {key: {} for key in OBJECT_PERMISSION_KEYS}
+    perms["systemPermissions"] = []
+    return perms
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
+
+
+def _no_content() -> web.Response:
+    return web.Response(status=204, headers={"Cache-Control": "no-store"})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------
+# The stand-in
+
+
+class GuacamoleStandIn:
+    """An in-process Guacamole REST API stand-in served by aiohttp."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8090, username: str = "guacadmin",
+                 password: str = "guacadmin", data_source: str = "postgresql",
+                 state_file: str | os.PathLike | None = None, base_path: str = "/guacamole"):
+        self.host = host
+        self.port = port
+        self.username = username
+        self._admin_password = password
+        self.data_source = data_source
+        self.state_file = os.fspath(state_file) if state_file is not None else None
+        base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
+        self.base_path = base_path
+
+        # State, inspectable by tests.
+        self.connections: dict[str, dict] = {}
+        self.users: dict[str, dict] = {}
+        self.permissions: dict[str, dict] = {}
+        self.next_identifier = 1
+        self._credentials: dict[str, dict | None] = {}
+
+        # Sessions: token -> {"username", "last_access" (monotonic)}; lost on restart as in Guacamole.
+        self.tokens: dict[str, dict] = {}
+        self.token_timeout = TOKEN_TIMEOUT
+
+        # Fault switches.
+        self.down = False
+        self._faults: list[dict] = []
+        self._faults_lock = threading.Lock()
+
+        self._runner: web.AppRunner | None = None
+        self._loaded = False
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}{self.base_path}"
+
+    def connection_url(self, identifier: str) -> str:
+        return f"{self.url}/#/client/{client_identifier(str(identifier), self.data_source)}"
+
+    @property
+    def available_data_sources(self) -> list[str]:
+        if self.data_source in JDBC_DATA_SOURCES:
+            return [self.data_source, f"{self.data_source}-shared"]
+        return [self.data_source]
+
+    def fail(self, method: str, path_regex: str, status: int = 500, times: int | None = None) -> None:
+        """Answer `status` to the next `times` (None: all) matching requests.
+
+        `method` is matched case-insensitively ("*" matches any); `path_regex`
+        is searched in the request path after base_path (e.g. "/api/tokens").
+        """
+        if times is not None and times <= 0:
+            return
+        with self._faults_lock:
+            self._faults.append({"method": method.upper(), "regex": re.compile(path_regex),
+                                 "status": int(status), "times": times})
+
+    def clear_faults(self) -> None:
+        with self._faults_lock:
+            self._faults.clear()
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        if not self._loaded:
+            self._load_state()
+            self._loaded = True
+        self._ensure_admin()
+        app = web.Application(middlewares=[self._middleware], client_max_size=4 * 1024 * 1024)
+        self._add_routes(app)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        if self.port == 0:
+            self.port = runner.addresses[0][1]
+        log.info("Guacamole stand-in listening on %s (data source %s)", self.url, self.data_source)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+            log.info("Guacamole stand-in on %s stopped", self.url)
+        # A restarted Guacamole has forgotten every session.
+        self.tokens.clear()
+
+    # ------------------------------------------------------------ state file
+
+    def _load_state(self) -> None:
+        if not self.state_file or not os.path.exists(self.state_file):
+            return
+        with open(self.state_file, encoding="utf-8") as fh:
+            data = json.load(fh)
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"{self.state_file}: unsupported state version {data.get('version')!r}")
+        if data.get("dataSource", self.data_source) != self.data_source:
+            raise ValueError(f"{self.state_file}: holds data source {data.get('dataSource')!r}, "
+                             f"not {self.data_source!r}")
+        self.connections = data.get("connections", {})
+        self.users = data.get("users", {})
+        self.permissions = data.get("permissions", {})
+        self._credentials = data.get("credentials", {})
+        self.next_identifier = int(data.get("nextIdentifier", 1))
+        if self.connections:
+            self.next_identifier = max(self.next_identifier,
+                                       max(int(i) for i in self.connections) + 1)
+        log.info("Guacamole stand-in loaded %d connection(s), %d user(s) from %s",
+                 len(self.connections), len(self.users), self.state_file)
+
+    def _save_state(self) -> None:
+        if not self.state_file:
+            return
+        data = {
+            "version": STATE_VERSION,
+            "dataSource": self.data_source,
+            "nextIdentifier": self.next_identifier,
+            "connections": self.connections,
+            "users": self.users,
+            "permissions": self.permissions,
+            "credentials": self._credentials,
+        }
+        directory = os.path.dirname(os.path.abspath(self.state_file))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".guacamole-state.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=1, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.state_file)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def _ensure_admin(self) -> None:
+        """The constructor's admin always exists and always has the constructor's password."""
+        name = self.username
+        if name not in self.users:
+            self.users[name] = {"username": name, "attributes": normalize_user_attributes({})}
+        perms = self.permissions.setdefault(name, _empty_permissions())
+        for key in OBJECT_PERMISSION_KEYS:
+            perms.setdefault(key, {})
+        perms.setdefault("systemPermissions", [])
+        for perm in ADMIN_SYSTEM_PERMISSIONS:
+            if perm not in perms["systemPermissions"]:
+                perms["systemPermissions"].append(perm)
+        own = perms["userPermissions"].setdefault(name, [])
+        for perm in ("READ", "UPDATE", "ADMINISTER"):
+            if perm not in own:
+                own.append(perm)
+        if not _check_password(self._admin_password, self._credentials.get(name)):
+            self._credentials[name] = _hash_password(self._admin_password)
+        self._save_state()
+
+    # ------------------------------------------------------------ middleware
+
+    def _take_fault(self, method: str, path: str) -> dict | None:
+        with self._faults_lock:
+            for fault in self._faults:
+                if fault["method"] not in ("*", method):
+                    continue
+                if not fault["regex"].search(path):
+                    continue
+                if fault["times"] is not None:
+                    fault["times"] -= 1
+                    if fault["times"] <= 0:
+                        self._faults.remove(fault)
+                return fault
+        return None
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler):
+        path = request.path
+        rel = path[len(self.base_path):] if path.startswith(self.base_path) else path
+        if self.down:
+            log.debug("%s %s -> 503 (down)", request.method, path)
+            return _json(error_body("INTERNAL_ERROR", "Service unavailable (lab stand-in is down)."),
+                         status=503)
+        fault = self._take_fault(request.method.upper(), rel)
+        if fault is not None:
+            status = fault["status"]
+            log.debug("%s %s -> %d (injected fault)", request.method, path, status)
+            return _json(error_body(error_type_for_status(status),
+                                    f"Injected failure (HTTP {status})."), status=status)
+        try:
+            response = await handler(request)
+        except GuacamoleError as exc:
+            log.debug("%s %s -> %d %s: %s", request.method, path, exc.status, exc.type, exc.message)
+            return _json(exc.body(), status=exc.status)
+        except web.HTTPException as exc:
+            if exc.status >= 400 and rel.startswith("/api/"):
+                message = {404: "Not found.", 405: "Method not allowed."}.get(exc.status, exc.reason)
+                return _json(error_body(error_type_for_status(exc.status), message),
+                             status=exc.status)
+            raise
+        except Exception:  # pragma: no cover - a bug in the stand-in
+            log.exception("%s %s failed", request.method, path)
+            return _json(error_body("INTERNAL_ERROR", "Unexpected internal error."), status=500)
+        log.debug("%s %s -> %d", request.method, path, response.status)
+        return response
+
+    # ---------------------------------------------------------------- routes
+
+    def _add_routes(self, app: web.Application) -> None:
+        p = self.base_path
+        d = p + "/api/session/data/{ds}"
+        r = app.router
+        if p:
+            r.add_get(p, self._redirect_to_page)
+        r.add_get(p + "/", self._page)
+        r.add_get(p + "/_lab/client/{client_id}", self._lab_client)
+        r.add_post(p + "/api/tokens", self._login)
+        r.add_delete(p + "/api/tokens/{token}", self._logout)
+
+        r.add_get(d + "/connections", self._list_connections)
+        r.add_post(d + "/connections", self._create_connection)
+        r.add_patch(d + "/connections", self._patch_connections)
+        r.add_get(d + "/connections/{id}", self._get_connection)
+        r.add_put(d + "/connections/{id}", self._update_connection)
+        r.add_delete(d + "/connections/{id}", self._delete_connection)
+        r.add_get(d + "/connections/{id}/parameters", self._connection_parameters)
+        r.add_get(d + "/connections/{id}/history", self._connection_history)
+        r.add_get(d + "/connections/{id}/sharingProfiles", self._connection_sharing_profiles)
+
+        r.add_get(d + "/connectionGroups", self._list_groups)
+        r.add_get(d + "/connectionGroups/{gid}", self._get_group)
+        r.add_get(d + "/connectionGroups/{gid}/tree", self._group_tree)
+
+        r.add_get(d + "/users", self._list_users)
+        r.add_post(d + "/users", self._create_user)
+        r.add_get(d + "/users/{user}", self._get_user)
+        r.add_put(d + "/users/{user}", self._update_user)
+        r.add_delete(d + "/users/{user}", self._delete_user)
+        r.add_get(d + "/users/{user}/permissions", self._get_permissions)
+        r.add_get(d + "/users/{user}/effectivePermissions", self._get_permissions)
+        r.add_patch(d + "/users/{user}/permissions", self._patch_permissions)
+        r.add_get(d + "/users/{user}/userGroups", self._empty_list)
+
+        r.add_get(d + "/self", self._get_self)
+        r.add_get(d + "/self/permissions", self._get_self_permissions)
+        r.add_get(d + "/self/effectivePermissions", self._get_self_permissions)
+
+        r.add_get(d + "/activeConnections", self._empty_map)
+        r.add_get(d + "/userGroups", self._empty_map)
+        r.add_get(d + "/sharingProfiles", self._empty_map)
+
+
+    # ------------------------------------------------------------- sessions
+
+    def _token_user(self, token: str | None) -> str | None:
+        """The user of a live session (refreshing its idle timer), or None."""
+        session = self.tokens.get(token) if token else None
+        if session is None:
+            return None
+        now = time.monotonic()
+        if now - session["last_access"] > self.token_timeout or session["username"] not in self.users:
+            del self.tokens[token]
+            return None
+        session["last_access"] = now
+        return session["username"]
+
+    def _session_user(self, request: web.Request) -> str:
+        # Guacamole-Token header (1.4.0+) wins over the older ?token= query parameter.
+        token = request.headers.get("Guacamole-Token") or request.query.get("token")
+        user = self._token_user(token)
+        if user is None:
+            raise GuacamoleError(403, "PERMISSION_DENIED", "Permission Denied.")
+        return user
+
+    def _user_and_ds(self, request: web.Request) -> str:
+        user = self._session_user(request)
+        ds = request.match_info["ds"]
+        if ds != self.data_source:
+            raise not_found(f"Session not associated with authentication provider \"{ds}\".")
+        return user
+
+    def _is_admin(self, username: str) -> bool:
+        return "ADMINISTER" in self.permissions.get(username, {}).get("systemPermissions", [])
+
+    def _has(self, username: str, key: str, identifier: str, perm: str) -> bool:
+        if self._is_admin(username):
+            return True
+        return perm in self.permissions.get(username, {}).get(key, {}).get(identifier, [])
+
+    def _require_admin(self, username: str) -> None:
+        if not self._is_admin(username):
+            raise permission_denied()
+
+    async def _login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        username = form.get("username")
+        password = form.get("password")
+        token = form.get("token") or request.headers.get("Guacamole-Token")
+
+        # Re-authentication with an existing session keeps the token.
+        if token and not username:
+            user = self._token_user(token)
+            if user is not None:
+                return _json(self._auth_response(token, user))
+
+        ok = (isinstance(username, str) and username in self.users
+              and isinstance(password, str)
+              and _check_password(password, self._credentials.get(username))
+              and self.users[username]["attributes"].get("disabled") != "true")
+        if not ok:
+            # JDBCAuthenticationProviderService: "Invalid login" (no full stop); the
+            # other bundled providers say "Invalid login.".
+            message = "Invalid login" if self.data_source in JDBC_DATA_SOURCES else "Invalid login."
+            log.info("Guacamole stand-in: login failed for user %r", username)
+            raise GuacamoleError(403, "INVALID_CREDENTIALS", message,
+                                 expected=copy.deepcopy(USERNAME_PASSWORD_FIELDS))
+        token = secrets.token_hex(32).upper()
+        self.tokens[token] = {"username": username, "last_access": time.monotonic()}
+        self.users[username]["lastActive"] = _now_ms()
+        self._save_state()
+        log.info("Guacamole stand-in: user %r logged in", username)
+        return _json(self._auth_response(token, username))
+
+    def _auth_response(self, token: str, username: str) -> dict:
+        return {"authToken": token, "username": username, "dataSource": self.data_source,
+                "availableDataSources": self.available_data_sources}
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        if self.tokens.pop(token, None) is None:
+            raise not_found("No such token.")
+        return _no_content()
+
+    # ---------------------------------------------------------- connections
+
+    def _connection_view(self, conn: dict) -> dict:
+        """APIConnection as listed: without parameters."""
+        return {key: copy.deepcopy(value) for key, value in conn.items() if key != "parameters"}
+
+    def _find_connection(self, user: str, identifier: str) -> dict:
+        conn = self.connections.get(identifier)
+        if conn is None or not self._has(user, "connectionPermissions", identifier, "READ"):
+            raise not_found(f"Not found: \"{identifier}\"")
+        return conn
+
+    def _check_connection_body(self, body: Any, *, creating: bool, identifier: str | None = None) -> dict:
+        if not isinstance(body, dict):
+            verb = "creating" if creating else "updating"
+            raise bad_request(f"Data must be submitted when {verb} objects.")
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise bad_request("Connection names must not be blank.")
+        parent = body.get("parentIdentifier")
+        parent = "ROOT" if parent in (None, "") else str(parent)
+        if parent != "ROOT":
+            raise bad_request(f"No such connection group: \"{parent}\" "
+                              "(the lab stand-in only has the ROOT group).")
+        protocol = body.get("protocol")
+        if protocol not in PROTOCOLS:
+            raise bad_request(f"Unsupported protocol: \"{protocol}\" "
+                              f"(the lab stand-in accepts {', '.join(PROTOCOLS)}).")
+        parameters = _coerce_map(body.get("parameters"), "parameters")
+        for pname, value in parameters.items():
+            if value is not None and len(value) > PARAMETER_VALUE_LIMIT:
+                raise bad_request(
+                    f"The value provided for connection parameter \"{pname}\" exceeds the maximum "
+                    "allowed length.",
+                    translatable={"key": "CONNECTION_PARAMETERS.DATABASE_PARAMETER_VALUE_TOO_LONG",
+                                  "variables": {"MAX_SIZE": PARAMETER_VALUE_LIMIT,
+                                                "PARAMETER_NAME": pname}})
+        attributes = _coerce_map(body.get("attributes"), "attributes")
+        for other_id, other in self.connections.items():
+            if other_id != identifier and other["parentIdentifier"] == parent and other["name"] == name:
+                raise bad_request(f"The connection \"{name}\" already exists.")
+        return {"name": name, "parentIdentifier": parent, "protocol": protocol,
+                "parameters": parameters, "attributes": attributes}
+
+    async def _read_json(self, request: web.Request) -> Any:
+        raw = await request.read()
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise bad_request("Malformed JSON in request body.")
+
+    async def _list_connections(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        wanted = request.query.getall("permission", [])
+        out = {}
+        for identifier, conn in self.connections.items():
+            if not self._has(user, "connectionPermissions", identifier, "READ"):
+                continue
+            if wanted and not self._is_admin(user) and not any(
+                    self._has(user, "connectionPermissions", identifier, p) for p in wanted):
+                continue
+            out[identifier] = self._connection_view(conn)
+        return _json(out)
+
+    async def _create_connection(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        body = await self._read_json(request)
+        if not self._is_admin(user) and "CREATE_CONNECTION" not in \
+                self.permissions.get(user, {}).get("systemPermissions", []):
+            raise permission_denied()
+        fields = self._check_connection_body(body, creating=True)
+        identifier = str(self.next_identifier)
+        self.next_identifier += 1
+        stored = {
+            "name": fields["name"],
+            "identifier": identifier,
+            "parentIdentifier": fields["parentIdentifier"],
+            "protocol": fields["protocol"],
+            "parameters": {k: v for k, v in fields["parameters"].items() if v},
+            "attributes": normalize_connection_attributes(fields["attributes"]),
+            "activeConnections": 0,
+        }
+        self.connections[identifier] = stored
+        # The creator is granted READ, UPDATE, DELETE and ADMINISTER on what it creates.
+        perms = self.permissions.setdefault(user, _empty_permissions())
+        perms["connectionPermissions"][identifier] = list(OBJECT_PERMISSIONS)
+        self._save_state()
+        log.info("Guacamole stand-in: created connection %s %r (%s)", identifier, stored["name"],
+                 stored["protocol"])
+        # DirectoryResource.createObject answers the submitted object with its identifier set.
+        echo = {
+            "name": fields["name"],
+            "identifier": identifier,
+            "parentIdentifier": fields["parentIdentifier"],
+            "protocol": fields["protocol"],
+            "parameters": fields["parameters"],
+            "attributes": {k: v for k, v in fields["attributes"].items() if k in CONNECTION_ATTRIBUTES},
+            "activeConnections": 0,
+        }
+        return _json(echo)
+
+    async def _get_connection(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        conn = self._find_connection(user, request.match_info["id"])
+        return _json(self._connection_view(conn))
+
+    async def _update_connection(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        identifier = request.match_info["id"]
+        conn = self._find_connection(user, identifier)
+        body = await self._read_json(request)
+        if not self._has(user, "connectionPermissions", identifier, "UPDATE"):
+            raise permission_denied()
+        fields = self._check_connection_body(body, creating=False, identifier=identifier)
+        conn.update({
+            "name": fields["name"],
+            "parentIdentifier": fields["parentIdentifier"],
+            "protocol": fields["protocol"],
+            "parameters": {k: v for k, v in fields["parameters"].items() if v},
+            "attributes": normalize_connection_attributes(fields["attributes"]),
+        })
+        self._save_state()
+        log.info("Guacamole stand-in: updated connection %s %r (%s)", identifier, conn["name"],
+                 conn["protocol"])
+        return _no_content()
+
+    def _remove_connection(self, identifier: str) -> None:
+        del self.connections[identifier]
+        for perms in self.permissions.values():
+            perms.get("connectionPermissions", {}).pop(identifier, None)
+
+    async def _delete_connection(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        identifier = request.match_info["id"]
+        self._find_connection(user, identifier)
+        if not self._has(user, "connectionPermissions", identifier, "DELETE"):
+            raise permission_denied()
+        self._remove_connection(identifier)
+        self._save_state()
+        log.info("Guacamole stand-in: deleted connection %s", identifier)
+        return _no_content()
+
+    async def _patch_connections(self, request: web.Request) -> web.Response:
+        """DirectoryResource.patchObjects: only "remove" of "/{identifier}"."""
+        user = self._user_and_ds(request)
+        patches = await self._read_json(request)
+        if not isinstance(patches, list):
+            raise bad_request("A JSON Patch list must be submitted.")
+        for patch in patches:
+            if not isinstance(patch, dict) or patch.get("op") != "remove":
+                raise GuacamoleError(501, "INTERNAL_ERROR", "Only the \"remove\" operation is supported.")
+            path = patch.get("path")
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise bad_request("Patch paths must start with \"/\".")
+            identifier = path[1:]
+            if identifier in self.connections:
+                if not self._has(user, "connectionPermissions", identifier, "DELETE"):
+                    raise permission_denied()
+                self._remove_connection(identifier)
+                log.info("Guacamole stand-in: deleted connection %s", identifier)
+        self._save_state()
+        return _no_content()
+
+    async def _connection_parameters(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        identifier = request.match_info["id"]
+        conn = self._find_connection(user, identifier)
+        if not self._has(user, "connectionPermissions", identifier, "UPDATE"):
+            return _json({})
+        return _json(dict(conn["parameters"]))
+
+    async def _connection_history(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        self._find_connection(user, request.match_info["id"])
+        return _json([])
+
+    async def _connection_sharing_profiles(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        self._find_connection(user, request.match_info["id"])
+        return _json({})
+
+    # ---------------------------------------------------- connection groups
+
+    def _root_group(self) -> dict:
+        return {"name": "ROOT", "identifier": "ROOT", "type": "ORGANIZATIONAL",
+                "activeConnections": 0, "attributes": {}}
+
+    async def _list_groups(self, request: web.Request) -> web.Response:
+        self._user_and_ds(request)
+        return _json({})
+
+    async def _get_group(self, request: web.Request) -> web.Response:
+        self._user_and_ds(request)
+        gid = request.match_info["gid"]
+        if gid != "ROOT":
+            raise not_found(f"Not found: \"{gid}\"")
+        return _json(self._root_group())
+
+    async def _group_tree(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        gid = request.match_info["gid"]
+        if gid != "ROOT":
+            raise not_found(f"Not found: \"{gid}\"")
+        tree = self._root_group()
+        children = [self._connection_view(conn)
+                    for identifier, conn in sorted(self.connections.items(), key=lambda kv: int(kv[0]))
+                    if self._has(user, "connectionPermissions", identifier, "READ")]
+        if children:  # Guacamole leaves childConnections out when there are none
+            tree["childConnections"] = children
+        return _json(tree)
+
+    # ---------------------------------------------------------------- users
+
+    def _user_view(self, username: str) -> dict:
+        return copy.deepcopy(self.users[username])
+
+    def _find_user(self, user: str, username: str) -> str:
+        if username not in self.users or not (
+                username == user or self._has(user, "userPermissions", username, "READ")):
+            raise not_found(f"Not found: \"{username}\"")
+        return username
+
+    async def _list_users(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        return _json({name: self._user_view(name) for name in self.users
+                      if name == user or self._has(user, "userPermissions", name, "READ")})
+
+    async def _create_user(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        body = await self._read_json(request)
+        if not self._is_admin(user) and "CREATE_USER" not in \
+                self.permissions.get(user, {}).get("systemPermissions", []):
+            raise permission_denied()
+        if not isinstance(body, dict):
+            raise bad_request("Data must be submitted when creating objects.")
+        username = body.get("username")
+        if not isinstance(username, str) or not username.strip():
+            raise bad_request("The username must not be blank.")
+        if username in self.users:
+            raise bad_request(f"User \"{username}\" already exists.")
+        password = _coerce_value(body.get("password"), "password")
+        attributes = _coerce_map(body.get("attributes"), "attributes")
+        self.users[username] = {"username": username,
+                                "attributes": normalize_user_attributes(attributes)}
+        self._credentials[username] = _hash_password(password) if password is not None else None
+        perms = self.permissions.setdefault(username, _empty_permissions())
+        perms["userPermissions"][username] = ["READ"]  # users may read themselves
+        self.permissions.setdefault(user, _empty_permissions())["userPermissions"][username] = \
+            list(OBJECT_PERMISSIONS)
+        self._save_state()
+        log.info("Guacamole stand-in: created user %r", username)
+        echo = {"username": username,
+                "attributes": {k: v for k, v in attributes.items() if k in USER_ATTRIBUTES}}
+        return _json(echo)
+
+    async def _get_user(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        return _json(self._user_view(self._find_user(user, request.match_info["user"])))
+
+    async def _update_user(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        username = self._find_user(user, request.match_info["user"])
+        body = await self._read_json(request)
+        if not self._has(user, "userPermissions", username, "UPDATE"):
+            raise permission_denied()
+        if not isinstance(body, dict):
+            raise bad_request("Data must be submitted when updating objects.")
+        password = _coerce_value(body.get("password"), "password")
+        attributes = _coerce_map(body.get("attributes"), "attributes")
+        if password is not None:
+            self._credentials[username] = _hash_password(password)
+        self.users[username]["attributes"] = normalize_user_attributes(attributes)
+        self._save_state()
+        log.info("Guacamole stand-in: updated user %r", username)
+        return _no_content()
+
+    async def _delete_user(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        username = self._find_user(user, request.match_info["user"])
+        if username == user:
+            raise permission_denied("Deleting your own user is not allowed.")
+        if not self._has(user, "userPermissions", username, "DELETE"):
+            raise permission_denied()
+        del self.users[username]
+        self._credentials.pop(username, None)
+        self.permissions.pop(username, None)
+        for perms in self.permissions.values():
+            perms.get("userPermissions", {}).pop(username, None)
+        for token, session in list(self.tokens.items()):
+            if session["username"] == username:
+                del self.tokens[token]
+        self._save_state()
+        log.info("Guacamole stand-in: deleted user %r", username)
+        return _no_content()
+
+    # ---------------------------------------------------------- permissions
+
+    def _permission_view(self, username: str) -> dict:
+        perms = self.permissions.get(username) or _empty_permissions()
+        out = {key: copy.deepcopy(perms.get(key, {})) for key in OBJECT_PERMISSION_KEYS}
+        out["systemPermissions"] = list(perms.get("systemPermissions", []))
+        return out
+
+    async def _get_permissions(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        username = self._find_user(user, request.match_info["user"])
+        return _json(self._permission_view(username))
+
+    async def _patch_permissions(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        username = self._find_user(user, request.match_info["user"])
+        patches = await self._read_json(request)
+        if not isinstance(patches, list):
+            raise bad_request("A JSON Patch list must be submitted.")
+        # Validate the whole patch first: Guacamole applies it all or not at all.
+        ops: list[tuple[str, str, str | None, str]] = []
+        for patch in patches:
+            if not isinstance(patch, dict):
+                raise bad_request("Each patch operation must be a JSON object.")
+            op, path, value = patch.get("op"), patch.get("path"), patch.get("value")
+            if op not in ("add", "remove"):
+                raise bad_request(f"Unsupported patch operation: \"{op}\"")
+            if not isinstance(path, str):
+                raise bad_request(f"Unsupported patch path: \"{path}\"")
+            if path == "/systemPermissions":
+                if value not in SYSTEM_PERMISSIONS:
+                    raise bad_request(f"Unknown system permission: \"{value}\"")
+                ops.append((op, "systemPermissions", None, value))
+                continue
+            for key in OBJECT_PERMISSION_KEYS:
+                prefix = f"/{key}/"
+                if path.startswith(prefix):
+                    if value not in OBJECT_PERMISSIONS:
+                        raise bad_request(f"Unknown object permission: \"{value}\"")
+                    ops.append((op, key, path[len(prefix):], value))
+                    break
+            else:
+                raise bad_request(f"Unsupported patch path: \"{path}\"")
+        if not self._is_admin(user):
+            for _, key, identifier, _ in ops:
+                if key == "systemPermissions" or not self._has(user, key, identifier, "ADMINISTER"):
+                    raise permission_denied()
+        for op, key, identifier, value in ops:
+            if op == "add" and key == "connectionPermissions" and identifier not in self.connections:
+                # The database refuses a permission on a connection that does not exist.
+                log.warning("Guacamole stand-in: permission on unknown connection %r refused", identifier)
+                raise internal_error()
+            if op == "add" and key == "userPermissions" and identifier not in self.users:
+                log.warning("Guacamole stand-in: permission on unknown user %r refused", identifier)
+                raise internal_error()
+        perms = self.permissions.setdefault(username, _empty_permissions())
+        for op, key, identifier, value in ops:
+            if key == "systemPermissions":
+                current = perms.setdefault("systemPermissions", [])
+            else:
+                current = perms.setdefault(key, {}).setdefault(identifier, [])
+            if op == "add" and value not in current:
+                current.append(value)
+            elif op == "remove" and value in current:
+                current.remove(value)
+            if key != "systemPermissions" and not current:
+                del perms[key][identifier]
+        self._save_state()
+        log.info("Guacamole stand-in: patched permissions of %r (%d operation(s))", username, len(ops))
+        return _no_content()
+
+    # ------------------------------------------------------------- self etc.
+
+    async def _get_self(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        return _json(self._user_view(user))
+
+    async def _get_self_permissions(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        return _json(self._permission_view(user))
+
+    async def _empty_map(self, request: web.Request) -> web.Response:
+        self._user_and_ds(request)
+        return _json({})
+
+    async def _empty_list(self, request: web.Request) -> web.Response:
+        user = self._user_and_ds(request)
+        self._find_user(user, request.match_info["user"])
+        return _json([])
+
+    # ------------------------------------------------------ the client page
+
+    async def _redirect_to_page(self, request: web.Request) -> web.Response:
+        target = self.base_path + "/"
+        if request.query_string:
+            target += "?" + request.query_string
+        raise web.HTTPFound(target)
+
+    async def _page(self, request: web.Request) -> web.Response:
+        page = CLIENT_PAGE.replace("{{BASE_PATH}}", html.escape(self.base_path, quote=True))
+        return web.Response(text=page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    async def _lab_client(self, request: web.Request) -> web.Response:
+        parsed = parse_client_identifier(request.match_info["client_id"])
+        if parsed is None or parsed[1] != "c":
+            return _json({"message": "Invalid connection link"}, status=400)
+        identifier, _, data_source = parsed
+        conn = self.connections.get(identifier) if data_source == self.data_source else None
+        if conn is None:
+            return _json({"message": "Connection not found"}, status=404)
+        params = conn.get("parameters", {})
+        return _json({
+            "identifier": identifier,
+            "dataSource": data_source,
+            "name": conn["name"],
+            "protocol": conn["protocol"],
+            "hostname": params.get("hostname", ""),
+            "port": params.get("port", ""),
+        })
+
+
+CLIENT_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Guacamole (lab stand-in)</title>
+<style>
+  body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 40rem;
+         padding: 0 1rem; line-height: 1.5; color: #1b1b1b; background: #fafafa; }
+  h1 { font-size: 1.5rem; margin-bottom: 0.5rem; }
+  #status { font-weight: 600; padding: 0.5rem 0.75rem; border-radius: 4px; background: #e8eef7; }
+  #status[data-state="found"] { background: #e3f4e6; }
+  #status[data-state="not-found"], #status[data-state="invalid"],
+  #status[data-state="error"] { background: #fbe7e7; }
+  dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.25rem 1rem; }
+  dt { font-weight: 600; }
+  dd { margin: 0; font-family: ui-monospace, monospace; }
+  .note { border-left: 4px solid #b0b7c3; padding-left: 0.75rem; color: #444; }
+</style>
+</head>
+<body data-base="{{BASE_PATH}}">
+<main>
+  <h1>Guacamole (lab stand-in)</h1>
+  <p id="status" role="status" aria-live="polite" data-state="loading">Loading connection…</p>
+  <section id="connection" aria-labelledby="connection-heading" hidden>
+    <h2 id="connection-heading">Connection</h2>
+    <dl>
+      <dt>Name</dt><dd id="connection-name"></dd>
+      <dt>Protocol</dt><dd id="connection-protocol"></dd>
+      <dt>Host</dt><dd id="connection-host"></dd>
+    </dl>
+  </section>
+  <p class="note" id="note">This is the lab's stand-in for Apache Guacamole. A real Guacamole would
+  show the remote desktop of this connection here.</p>
+</main>
+<script>
+(function () {
+  "use strict";
+  var base = document.body.getAttribute("data-base") || "";
+  var statusEl = document.getElementById("status");
+  var section = document.getElementById("connection");
+
+  function show(state, text) {
+    statusEl.setAttribute("data-state", state);
+    statusEl.textContent = text;
+  }
+
+  function setField(id, text) {
+    document.getElementById(id).textContent = text;
+  }
+
+  // Guacamole's client identifier: base64url(identifier NUL type NUL dataSource), padding optional.
+  function decodeClientId(id) {
+    var b64 = id.replace(/-/g, "+").replace(/_/g, "/").replace(/=+$/, "");
+    if (!/^[A-Za-z0-9+\\/]+$/.test(b64) || b64.length % 4 === 1) { return null; }
+    while (b64.length % 4) { b64 += "="; }
+    var text;
+    try {
+      var bin = atob(b64);
+      var bytes = new Uint8Array(bin.length);
+      for (var i = 0; i < bin.length; i++) { bytes[i] = bin.charCodeAt(i); }
+      text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    } catch (e) { return null; }
+    var parts = text.split("\\u0000");
+    if (parts.length !== 3 || !parts[0] || parts[1] !== "c") { return null; }
+    return { identifier: parts[0], type: parts[1], dataSource: parts[2] };
+  }
+
+  function render() {
+    section.hidden = true;
+    setField("connection-name", "");
+    setField("connection-protocol", "");
+    setField("connection-host", "");
+    var match = /^#\\/client\\/([^\\/?#]*)/.exec(window.location.hash);
+    if (!match) {
+      show("none", "No connection selected: open a link of the form " + base + "/#/client/<id>.");
+      return;
+    }
+    var id = match[1];
+    if (!decodeClientId(id)) {
+      show("invalid", "Invalid connection link");
+      return;
+    }
+    show("loading", "Loading connection…");
+    fetch(base + "/_lab/client/" + encodeURIComponent(id), { headers: { "Accept": "application/json" } })
+      .then(function (response) {
+        if (response.status === 404) { show("not-found", "Connection not found"); return null; }
+        if (response.status === 400) { show("invalid", "Invalid connection link"); return null; }
+        if (!response.ok) { show("error", "The lab stand-in answered HTTP " + response.status + "."); return null; }
+        return response.json();
+      })
+      .then(function (info) {
+        if (!info) { return; }
+        setField("connection-name", info.name);
+        setField("connection-protocol", info.protocol);
+        setField("connection-host", info.hostname + ":" + info.port);
+        section.hidden = false;
+        show("found", "Connection found: " + info.name);
+      })
+      .catch(function () { show("error", "Could not reach the lab stand-in."); });
+  }
+
+  window.addEventListener("hashchange", render);
+  render();
+})();
+</script>
+</body>
+</html>
+"""
+
+
+# --------------------------------------------------------------------------
+# CLI
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    standin = GuacamoleStandIn(host=args.host, port=args.port, username=args.username,
+                               password=args.password, data_source=args.data_source,
+                               state_file=args.state_file, base_path=args.base_path)
+    await standin.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stopping.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+    print(f"Guacamole stand-in: {standin.url}/  (API {standin.url}/api/, "
+          f"user {standin.username!r}, data source {standin.data_source!r})", flush=True)
+    try:
+        await stopping.wait()
+    finally:
+        await standin.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m controlplane.lab.guacamole",
+                                     description="Run the lab's Guacamole stand-in in the foreground.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090, help="0 picks a free port")
+    parser.add_argument("--username", default="guacadmin")
+    parser.add_argument("--password", default=os.environ.get("GUACAMOLE_STANDIN_PASSWORD", "guacadmin"),
+                        help="admin password (default: $GUACAMOLE_STANDIN_PASSWORD or guacadmin)")
+    parser.add_argument("--data-source", default="postgresql")
+    parser.add_argument("--state-file", default=None, help="JSON file to keep state in across restarts")
+    parser.add_argument("--base-path", default="/guacamole")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""`controlplane lab` (make lab): the whole system on one machine, in the foreground.
+
+Starts a private Redis (unless CONTROLPLANE_REDIS_URL is set), fakepve with the lab's templates
+and guest agents, the Guacamole stand-in, RQ workers and the API under gunicorn; writes
+var/lab/endpoints.json and var/lab/lab.env; Ctrl-C stops everything. State (database, Redis,
+Proxmox VMs, Guacamole connections) is kept in var/lab for the next run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..config import REPO_ROOT
+from .layout import endpoints_file, lab_dir, lab_env_file
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _secret(directory: Path) -> str:
+    path = directory / "jwt-secret"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)
+    path.write_text(text)
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def run_lab(workers: int = 2) -> int:
+    from .redis_server import PrivateRedis
+    from .services import LabConfig, LabServices
+
+    directory = lab_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    api_host, api_port = _env("CONTROLPLANE_HOST", "127.0.0.1"), int(_env("CONTROLPLANE_PORT", "8080"))
+    config = LabConfig(
+        state_dir=directory,
+        proxmox_host=_env("CONTROLPLANE_LAB_PROXMOX_HOST", "127.0.0.2"),
+        proxmox_port=int(_env("CONTROLPLANE_LAB_PROXMOX_PORT", "8006")),
+        time_scale=float(_env("CONTROLPLANE_LAB_TIME_SCALE", "0.05")),
+        agent_delay=float(_env("CONTROLPLANE_LAB_AGENT_DELAY", "3")),
+        guacamole_port=int(_env("CONTROLPLANE_LAB_GUACAMOLE_PORT", "8090")),
+    )
+    for name, host, port in (("API", api_host, api_port), ("Proxmox stand-in", config.proxmox_host, config.proxmox_port),
+                             ("Guacamole stand-in", config.guacamole_host, config.guacamole_port)):
+        if not _port_free(host, port):
+            _say(f"lab: {host}:{port} for the {name} is in use (another lab running?). Stop it, or change the "
+                 "port (CONTROLPLANE_PORT, CONTROLPLANE_LAB_PROXMOX_PORT, CONTROLPLANE_LAB_GUACAMOLE_PORT).")
+            return 1
+
+    children: list[subprocess.Popen] = []
+    private_redis = None
+    services = None
+    stopping = False
+
+    def _stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+    try:
+        redis_url = os.environ.get("CONTROLPLANE_REDIS_URL", "")
+        if not redis_url:
+            private_redis = PrivateRedis(directory / "redis").start()
+            redis_url = private_redis.url
+        services = LabServices(config).start()
+        guacamole_url = services.guacamole.url
+        env = {
+            "CONTROLPLANE_LAB": "true",
+            "CONTROLPLANE_VAR_DIR": str(directory),
+            "CONTROLPLANE_DATABASE_URL": _env("CONTROLPLANE_DATABASE_URL", f"sqlite:///{directory / 'controlplane.db'}"),
+            "CONTROLPLANE_REDIS_URL": redis_url,
+            "CONTROLPLANE_JWT_SECRET": _secret(directory),
+            "CONTROLPLANE_HOST": api_host,
+            "CONTROLPLANE_PORT": str(api_port),
+            "CONTROLPLANE_INVENTORY": "inventory/lab",
+            "CONTROLPLANE_PROXMOX_HOST": config.proxmox_host,
+            "CONTROLPLANE_PROXMOX_PORT": str(config.proxmox_port),
+            "CONTROLPLANE_PROXMOX_USER": config.proxmox_user,
+            "CONTROLPLANE_PROXMOX_PASSWORD": config.proxmox_password,
+            "CONTROLPLANE_PROXMOX_VERIFY_SSL": "false",
+            "CONTROLPLANE_PROXMOX_NODE": "pve1",
+            "CONTROLPLANE_PROXMOX_STORAGE": "local-lvm",
+            "CONTROLPLANE_GUACAMOLE_URL": guacamole_url,
+            "CONTROLPLANE_GUACAMOLE_USERNAME": config.guacamole_username,
+            "CONTROLPLANE_GUACAMOLE_PASSWORD": config.guacamole_password,
+            "CONTROLPLANE_GUACAMOLE_DATA_SOURCE": config.guacamole_data_source,
+            "CONTROLPLANE_IP_WAIT_DELAY": _env("CONTROLPLANE_IP_WAIT_DELAY", "1"),
+        }
+        for key, value in os.environ.items():  # the user's own CONTROLPLANE_* win over lab defaults
+            if key.startswith("CONTROLPLANE_") and key not in ("CONTROLPLANE_REDIS_URL",):
+                env.setdefault(key, value)
+        _write_private(lab_env_file(), "# written by `controlplane lab`; read by `controlplane token`\n" +
+                       "".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+        api_url = f"http://{api_host}:{api_port}"
+        endpoints = {
+            "api": api_url,
+            "proxmox": {"url": services.proxmox.url, "user": config.proxmox_user, "password": config.proxmox_password},
+            "guacamole": {"url": guacamole_url, "dataSource": config.guacamole_data_source,
+                          "username": config.guacamole_username, "password": config.guacamole_password},
+            "redis": redis_url,
+        }
+        _write_private(endpoints_file(), json.dumps(endpoints, indent=2) + "\n")
+
+        child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+
+        def spawn_worker(n: int) -> subprocess.Popen:
+            return subprocess.Popen([sys.executable, "-m", "controlplane.cli", "worker", "--name",
+                                     f"lab-worker-{n}-{os.getpid()}"], env=child_env, cwd=REPO_ROOT)
+
+        worker_procs = {n: spawn_worker(n) for n in range(1, workers + 1)}
+        api = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"{api_host}:{api_port}", "--workers", "2",
+                                "--threads", "8", "--graceful-timeout", "5", "--log-level", "warning",
+                                "controlplane:create_app()"], env=child_env, cwd=REPO_ROOT)
+        children.extend([api, *worker_procs.values()])
+        _wait_for_api(api_url, api)
+        _banner(endpoints, directory, workers, private_redis is not None)
+
+        while not stopping:
+            time.sleep(0.5)
+            if api.poll() is not None:
+                _say(f"lab: the API exited with {api.returncode}; stopping the lab")
+                return 1
+            for n, proc in list(worker_procs.items()):
+                if proc.poll() is not None and not stopping:
+                    _say(f"lab: worker {n} exited with {proc.returncode}; starting it again")
+                    worker_procs[n] = spawn_worker(n)
+                    children.append(worker_procs[n])
+        _say("\nlab: stopping ...")
+        return 0
+    finally:
+        for proc in children:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 15
+        for proc in children:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if services is not None:
+            services.stop()
+        if private_redis is not None:
+            private_redis.stop()
+        if stopping:
+            _say("lab: stopped; state kept in " + str(directory))
+
+
+def _wait_for_api(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    import requests
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the API failed to start (see the messages above)")
+        try:
+            requests.get(url + "/api/v1/health", timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise RuntimeError("the API did not answer within a minute")
+
+
+def _banner(endpoints: dict, directory: Path, workers: int, own_redis: bool) -> None:
+    api = endpoints["api"]
+    rel = os.path.relpath(directory, Path.cwd())
+    _say(f"""
+Cloud Desktop Service lab is running (Ctrl-C stops it; state is kept in {rel}/)
+
+  API              {api}/api/v1/desktops
+  API docs         {api}/api/v1/docs   (OpenAPI: {api}/api/v1/openapi.json)
+  Health           {api}/api/v1/health
+  Proxmox (fake)   {endpoints['proxmox']['url']}   user {endpoints['proxmox']['user']} / {endpoints['proxmox']['password']}
+  Guacamole (lab)  {endpoints['guacamole']['url']}/   user {endpoints['guacamole']['username']}
+  Redis            {endpoints['redis']}{'  (private to the lab)' if own_redis else ''}
+  Workers          {workers}
+  Endpoints file   {rel}/endpoints.json
+
+Get a token and create a desktop:
+  TOKEN=$(.venv/bin/controlplane token user_12345)          # --admin for an admin token
+  curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+       -d '{{"userId": "user_12345", "plan": "STANDARD"}}' {api}/api/v1/desktops
+""")

@@ -1,0 +1,94 @@
+"""Peewee models bound to a DatabaseProxy; `init_db(url)` binds and migrates.
+
+SQLite by default, PostgreSQL by URL (playhouse.db_url). Invariants live in the database:
+one non-deleted desktop per user (partial unique index) and one lease per VM id (primary key).
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee as pw
+from playhouse.db_url import connect
+
+from ..extensions import db
+from ..services.states import Status
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, the form every timestamp column stores."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class Desktop(BaseModel):
+    id = pw.BigAutoField()
+    user_id = pw.CharField(max_length=255)
+    name = pw.CharField(max_length=100)
+    status = pw.CharField(max_length=32, default=Status.PENDING.value)
+    status_message = pw.TextField(default="")
+    plan = pw.CharField(max_length=32)
+    cpu_cores = pw.IntegerField()
+    memory_mb = pw.IntegerField()
+    vmid = pw.IntegerField(null=True)
+    node = pw.CharField(max_length=64, null=True)
+    ip_address = pw.CharField(max_length=64, null=True)
+    guacamole_connection_id = pw.CharField(max_length=64, null=True)
+    protocol = pw.CharField(max_length=16, null=True)
+    operation = pw.CharField(max_length=16, null=True)  # the operation in flight or last run
+    job_id = pw.CharField(max_length=128, null=True)  # its RQ job
+    resumes = pw.IntegerField(default=0)  # times an abandoned job of this operation was resumed
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+    last_accessed_at = pw.DateTimeField(null=True)
+    deleted_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ()
+
+
+# One active (non-DELETED) desktop per user, in the database: concurrent creates race here.
+Desktop.add_index(
+    Desktop.index(Desktop.user_id, unique=True, name="desktop_one_active_per_user")
+    .where(Desktop.status != Status.DELETED.value)
+)
+Desktop.add_index(Desktop.index(Desktop.status, name="desktop_status"))
+
+
+class DesktopEvent(BaseModel):
+    """Every status change of a desktop, in order: who moved it, to what, why."""
+    id = pw.BigAutoField()
+    desktop = pw.ForeignKeyField(Desktop, backref="events", on_delete="CASCADE")
+    status = pw.CharField(max_length=32)
+    message = pw.TextField(default="")
+    source = pw.CharField(max_length=32)  # api, worker, reaper, refresh
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class VmidLease(BaseModel):
+    """A VM id held by a desktop, from allocation until its VM is confirmed gone."""
+    vmid = pw.IntegerField(primary_key=True)
+    desktop = pw.ForeignKeyField(Desktop, null=True, backref="leases", on_delete="SET NULL")
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+MODELS = (Desktop, DesktopEvent, VmidLease)
+
+
+def init_db(url: str) -> pw.Database:
+    """Bind the proxy to the database at `url` and create what is missing (idempotent)."""
+    kwargs = {}
+    if url.startswith("sqlite"):
+        # WAL + a busy timeout: the API and several workers write the same file.
+        kwargs["pragmas"] = {"journal_mode": "wal", "busy_timeout": 10000, "foreign_keys": 1,
+                             "synchronous": "normal"}
+    database = connect(url, **kwargs)
+    db.initialize(database)
+    from ..migrations import migrate
+    with database.connection_context():
+        migrate(database)
+    return database

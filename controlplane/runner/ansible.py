@@ -1,0 +1,150 @@
+"""Running a playbook with ansible-runner, the way AWX does it.
+
+- One private data directory per run (mode 0700), removed in `finally`; env files are not
+  written (secrets travel only in the child's environment).
+- Extra vars from API input are data: every string is tagged `!unsafe`, so Jinja never runs on it.
+- The event handler stays cheap: it maps a task-start event to (role, task file) for the caller
+  and remembers the last failure; it returns False so runner keeps no event files.
+- `runner.status` (successful, failed, timeout, canceled) is mapped to a result in one place.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import ansible_runner
+import yaml
+
+from ..logs import redact
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlaybookResult:
+    status: str  # successful | failed | timeout | canceled
+    rc: int | None
+    stats: dict = field(default_factory=dict)  # set_stats data (artifact_data)
+    failed_task: str | None = None
+    failure: str | None = None
+    tasks: list[tuple[str, str, str]] = field(default_factory=list)  # (role, file, task name) in order
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful"
+
+    def reason(self) -> str:
+        if self.status == "timeout":
+            return "the playbook did not finish before its timeout"
+        if self.status == "canceled":
+            return "the playbook was canceled"
+        if self.failure and self.failed_task and self.failed_task not in self.failure:
+            return f"{self.failed_task}: {self.failure}"
+        return self.failure or f"the playbook ended with status {self.status} (rc {self.rc})"
+
+
+class _Unsafe(str):
+    pass
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    pass
+
+
+_UnsafeDumper.add_representer(_Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value)))
+
+
+def _mark_unsafe(value):
+    if isinstance(value, str):
+        return _Unsafe(value)
+    if isinstance(value, dict):
+        return {k: _mark_unsafe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mark_unsafe(v) for v in value]
+    return value
+
+
+def _task_location(event_data: dict) -> tuple[str, str]:
+    """(role, task file name) of a task event: ('proxmox_desktop', 'clone.yml')."""
+    path = (event_data.get("task_path") or "").rsplit(":", 1)[0]
+    role = event_data.get("role") or ""
+    if not role and "/roles/" in path:
+        role = path.split("/roles/", 1)[1].split("/", 1)[0]
+    return role, os.path.basename(path)
+
+
+def _message(res: dict) -> str:
+    msg = res.get("msg") or res.get("reason") or res.get("stderr") or res.get("module_stderr") or ""
+    if isinstance(msg, (list, dict)):
+        msg = str(msg)
+    return " ".join(str(msg).split())[:1000]
+
+
+def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: dict, env: dict[str, str],
+                 timeout: int, secrets: list[str],
+                 on_task: Callable[[str, str, str], None] | None = None) -> PlaybookResult:
+    result = PlaybookResult(status="failed", rc=None)
+    private = tempfile.mkdtemp(prefix="controlplane-run-")  # mkdtemp: mode 0700
+    try:
+        env_dir = Path(private, "env")
+        env_dir.mkdir(mode=0o700)
+        extravars_file = env_dir / "extravars"
+        extravars_file.touch(mode=0o600)
+        extravars_file.write_text(yaml.dump(_mark_unsafe(extravars), Dumper=_UnsafeDumper))
+
+        def handle(event: dict) -> bool:
+            kind = event.get("event")
+            data = event.get("event_data") or {}
+            if kind == "playbook_on_task_start":
+                role, filename = _task_location(data)
+                task = data.get("task") or ""
+                result.tasks.append((role, filename, task))
+                if on_task is not None:
+                    try:
+                        on_task(role, filename, task)
+                    except Exception:
+                        log.exception("task event handler failed")
+            elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+                result.failed_task = redact(data.get("task") or "", secrets)
+                result.failure = redact(_message(data.get("res") or {}), secrets)
+            elif kind == "playbook_on_stats":
+                result.stats = dict(data.get("artifact_data") or {})
+            return False  # keep no job_events files
+
+        bin_dir = os.path.dirname(sys.executable)
+        child_env = {
+            **env,
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
+            "ANSIBLE_CONFIG": str(Path(ansible_dir, "ansible.cfg")),
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        }
+        runner = ansible_runner.run(
+            private_data_dir=private,
+            project_dir=str(ansible_dir),
+            playbook=str(Path(ansible_dir, "playbooks", playbook)),
+            inventory=str(inventory),
+            envvars=child_env,
+            suppress_env_files=True,
+            event_handler=handle,
+            quiet=True,
+            timeout=timeout,
+        )
+        result.status, result.rc = runner.status, runner.rc
+        if not result.ok and not result.failure:
+            # No task failed: a syntax error, a missing inventory, ansible not found ... stdout says.
+            try:
+                tail = [line for line in runner.stdout.read().splitlines() if line.strip()][-3:]
+            except Exception:
+                tail = []
+            result.failure = redact(" ".join(" ".join(tail).split())[:500], secrets) or None
+        return result
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

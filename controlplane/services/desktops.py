@@ -1,0 +1,181 @@
+"""Desktop operations, called by the API views (and later by other APIs and policies).
+
+Views validate input and shape answers; this module decides. Long work never happens here:
+it records the request in the database, then enqueues a job.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+
+import peewee as pw
+import redis
+
+from ..config import Settings
+from ..errors import (DesktopAlreadyExists, DesktopNotFound, DesktopNotReady, Forbidden, InfrastructureError,
+                      InvalidOperation, ValidationFailed)
+from ..extensions import db
+from ..models import Desktop, VmidLease, utcnow
+from . import jobs, lifecycle, vmids
+from .plans import load_plans
+from .states import ACCEPTED, ALLOWED_FROM, INACTIVE, Operation, Status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    is_admin: bool = False
+    email: str | None = None
+    name: str | None = None
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+def get_visible(identity: Identity, desktop_id: int) -> Desktop:
+    """The desktop, if it exists and the caller may see it; otherwise DESKTOP_NOT_FOUND.
+
+    Another user's desktop answers 404 too, so ids do not reveal who has a desktop.
+    """
+    desktop = Desktop.get_or_none(Desktop.id == desktop_id)
+    if desktop is None or desktop.status == Status.DELETED.value and not identity.is_admin:
+        raise DesktopNotFound(desktop_id)
+    if not identity.is_admin and desktop.user_id != identity.user_id:
+        raise DesktopNotFound(desktop_id)
+    return desktop
+
+
+def check_user(identity: Identity, user_id: str) -> None:
+    if not identity.is_admin and user_id != identity.user_id:
+        raise Forbidden("You may only access your own desktops")
+
+
+def list_desktops(identity: Identity, user_id: str | None = None, status: Status | None = None) -> list[Desktop]:
+    query = Desktop.select().order_by(Desktop.id)
+    if user_id is not None:
+        check_user(identity, user_id)
+        query = query.where(Desktop.user_id == user_id)
+    elif not identity.is_admin:
+        query = query.where(Desktop.user_id == identity.user_id)
+    if status is not None:
+        query = query.where(Desktop.status == status.value)
+    elif not identity.is_admin:
+        query = query.where(Desktop.status != Status.DELETED.value)
+    return list(query)
+
+
+def get_for_user(identity: Identity, user_id: str) -> Desktop:
+    check_user(identity, user_id)
+    desktop = (Desktop.select().where(Desktop.user_id == user_id, Desktop.status.not_in([s.value for s in INACTIVE]))
+               .order_by(Desktop.id.desc()).first())
+    if desktop is None:
+        raise DesktopNotFound(message=f"No active desktop found for user {user_id}")
+    return desktop
+
+
+def connection_url(settings: Settings, desktop: Desktop) -> str | None:
+    """Guacamole's client URL for the desktop's connection, only while it is RUNNING."""
+    if desktop.status != Status.RUNNING.value or not desktop.guacamole_connection_id:
+        return None
+    raw = f"{desktop.guacamole_connection_id}\0c\0{settings.guacamole_data_source}".encode()
+    token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"{settings.effective_guacamole_public_url}/#/client/{token}"
+
+
+def connect(settings: Settings, identity: Identity, desktop_id: int) -> Desktop:
+    desktop = get_visible(identity, desktop_id)
+    if desktop.status != Status.RUNNING.value:
+        raise DesktopNotReady(f"Desktop is not in RUNNING state. Current status: {desktop.status}")
+    now = utcnow()
+    Desktop.update(last_accessed_at=now).where(Desktop.id == desktop.id).execute()
+    desktop.last_accessed_at = now
+    return desktop
+
+
+# ---- changing -----------------------------------------------------------------------------
+
+def create(settings: Settings, identity: Identity, user_id: str, name: str | None, plan: str) -> Desktop:
+    check_user(identity, user_id)
+    plans = load_plans(settings.plans_file)
+    if plan not in plans:
+        raise ValidationFailed(details={"plan": "Plan must be one of " + _one_of(plans)})
+    spec = plans[plan]
+    accepted, message = ACCEPTED[Operation.CREATE]
+    if _active_desktop_exists(user_id):
+        raise DesktopAlreadyExists()
+    try:
+        with db.atomic():
+            desktop = Desktop.create(
+                user_id=user_id, name=name or f"Desktop-{user_id}", status=accepted.value, status_message=message,
+                plan=plan, cpu_cores=spec.cores, memory_mb=spec.memory_mb, node=settings.proxmox_node,
+                operation=Operation.CREATE.value)
+            desktop.vmid = vmids.allocate(desktop.id, settings.vmid_min, settings.vmid_max)
+            desktop.job_id = jobs.new_job_id(desktop.id, Operation.CREATE)
+            desktop.save(only=[Desktop.vmid, Desktop.job_id])
+            lifecycle.DesktopEvent.create(desktop=desktop.id, status=accepted.value, message=message, source="api")
+    except pw.IntegrityError:
+        # Lost the race against a concurrent create for the same user: the partial unique index.
+        raise DesktopAlreadyExists() from None
+    except vmids.VmidRangeExhausted as exc:
+        raise InfrastructureError(f"Failed to create desktop: {exc}") from None
+    try:
+        jobs.enqueue(settings, Operation.CREATE, desktop.id, desktop.job_id)
+    except redis.RedisError as exc:
+        log.error("enqueue of create for desktop %s failed: %s", desktop.id, exc)
+        with db.atomic():  # nothing was made yet: undo the record so the user can retry
+            VmidLease.delete().where(VmidLease.desktop == desktop.id).execute()
+            desktop.delete_instance(recursive=True)
+        raise InfrastructureError("Failed to create desktop: the job queue is unavailable") from None
+    lifecycle.publish(settings.redis_url, desktop)
+    return desktop
+
+
+def request(settings: Settings, identity: Identity, desktop_id: int, operation: Operation,
+            force: bool = False) -> Desktop:
+    """Accept start/stop/delete: check the state machine, record the new status, enqueue."""
+    desktop = get_visible(identity, desktop_id)
+    previous = (Status(desktop.status), desktop.status_message, desktop.operation, desktop.job_id)
+    if Status(desktop.status) not in ALLOWED_FROM[operation]:
+        raise InvalidOperation(f"Cannot {operation.value} desktop in {desktop.status} state")
+    accepted, message = ACCEPTED[operation]
+    if operation is Operation.STOP and force:
+        message = "Forcing VM power-off"
+    job_id = jobs.new_job_id(desktop.id, operation)
+    with db.atomic():
+        # Conditional on the status we checked: two concurrent requests cannot both win.
+        changed = (Desktop.update(status=accepted.value, status_message=message, operation=operation.value,
+                                  job_id=job_id, resumes=0, updated_at=utcnow())
+                   .where(Desktop.id == desktop.id, Desktop.status == desktop.status).execute())
+        if not changed:
+            current = Desktop.get_by_id(desktop.id)
+            raise InvalidOperation(f"Cannot {operation.value} desktop in {current.status} state")
+        lifecycle.DesktopEvent.create(desktop=desktop.id, status=accepted.value, message=message, source="api")
+    try:
+        jobs.enqueue(settings, operation, desktop.id, job_id, force=force)
+    except redis.RedisError as exc:
+        log.error("enqueue of %s for desktop %s failed: %s", operation.value, desktop.id, exc)
+        status, status_message, op, old_job = previous
+        Desktop.update(status=status.value, status_message=status_message, operation=op, job_id=old_job) \
+            .where(Desktop.id == desktop.id, Desktop.job_id == job_id).execute()
+        raise InfrastructureError(f"Failed to {operation.value} desktop: the job queue is unavailable") from None
+    desktop = Desktop.get_by_id(desktop.id)
+    lifecycle.publish(settings.redis_url, desktop)
+    return desktop
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+def _active_desktop_exists(user_id: str) -> bool:
+    return Desktop.select().where(Desktop.user_id == user_id,
+                                  Desktop.status.not_in([s.value for s in INACTIVE])).exists()
+
+
+def _one_of(plans) -> str:
+    names = list(plans)
+    return ", ".join(names[:-1]) + ", or " + names[-1] if len(names) > 1 else names[0]
+
+
+def plan_choices(settings: Settings) -> str:
+    return _one_of(load_plans(settings.plans_file))
