@@ -162,6 +162,16 @@ class Settings:
             "CONTROLPLANE_GUACAMOLE_VNC_PASSWORD": self.guacamole_vnc_password,
         }
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as CONTROLPLANE_* variables (for a worker or API child process)."""
+        env = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            env["CONTROLPLANE_" + f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
 
