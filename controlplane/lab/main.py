@@ -192,6 +192,8 @@ def _wait_for_api(url: str, proc: subprocess.Popen, timeout: float = 60) -> None
 def _banner(endpoints: dict, directory: Path, workers: int, own_redis: bool) -> None:
     api = endpoints["api"]
     rel = os.path.relpath(directory, Path.cwd())
+    if rel.startswith(".."):
+        rel = str(directory)
     _say(f"""
 Cloud Desktop Service lab is running (Ctrl-C stops it; state is kept in {rel}/)
 

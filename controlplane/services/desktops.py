@@ -37,10 +37,11 @@ class Identity:
 def get_visible(identity: Identity, desktop_id: int) -> Desktop:
     """The desktop, if it exists and the caller may see it; otherwise DESKTOP_NOT_FOUND.
 
-    Another user's desktop answers 404 too, so ids do not reveal who has a desktop.
+    Another user's desktop answers 404 too, so ids do not reveal who has a desktop. A DELETED
+    desktop stays visible to its owner (soft delete), so that a poller sees the final state.
     """
     desktop = Desktop.get_or_none(Desktop.id == desktop_id)
-    if desktop is None or desktop.status == Status.DELETED.value and not identity.is_admin:
+    if desktop is None:
         raise DesktopNotFound(desktop_id)
     if not identity.is_admin and desktop.user_id != identity.user_id:
         raise DesktopNotFound(desktop_id)

@@ -1,0 +1,310 @@
+"""Shared fixtures: a real database (SQLite, or PostgreSQL with CONTROLPLANE_TEST_DATABASE=postgresql),
+a real Redis (a private redis-server, or CONTROLPLANE_TEST_REDIS_URL), and for the end-to-end tests
+the lab's services, real `controlplane worker` processes and the API over HTTP.
+
+`make test` runs the suite twice: once on SQLite, once on PostgreSQL (a throw-away database on
+CONTROLPLANE_TEST_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+JWT_SECRET = "test-" + secrets.token_hex(24)
+
+
+def pytest_report_header(config):
+    return f"controlplane database: {database_kind()}"
+
+
+def database_kind() -> str:
+    kind = os.environ.get("CONTROLPLANE_TEST_DATABASE", "sqlite").lower()
+    if kind not in ("sqlite", "postgresql"):
+        raise pytest.UsageError(f"CONTROLPLANE_TEST_DATABASE must be sqlite or postgresql, not {kind!r}")
+    return kind
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# ---- database ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    """A fresh, empty database for this test session."""
+    if database_kind() == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'controlplane.db'}"
+        return
+    import psycopg2
+    from psycopg2 import sql
+    admin_url = os.environ.get("CONTROLPLANE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        admin = psycopg2.connect(admin_url, connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.exit(f"PostgreSQL is not reachable at {admin_url}: {exc}\n"
+                    "Start it (see README, 'Running the tests') or run with CONTROLPLANE_TEST_DATABASE=sqlite.",
+                    returncode=3)
+    admin.autocommit = True
+    name = f"cp_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base = admin_url.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        from controlplane.extensions import db
+        if db.obj is not None and not db.is_closed():
+            db.close()
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def database(database_url):
+    from controlplane.models import init_db
+    return init_db(database_url)
+
+
+def clear_tables():
+    from controlplane.models import Desktop, DesktopEvent, VmidLease
+    for model in (DesktopEvent, VmidLease, Desktop):
+        model.delete().execute()
+
+
+# ---- Redis ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    url = os.environ.get("CONTROLPLANE_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    from controlplane.lab.redis_server import PrivateRedis
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"), persist=False).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_conn(base_settings):
+    """The API-only tests' Redis database."""
+    from controlplane.services.queue import get_redis
+    return get_redis(base_settings.redis_url)
+
+
+# ---- settings and the app (no workers) ------------------------------------------------------------
+
+def redis_db(url: str, number: int) -> str:
+    """The same Redis server, another database number."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = dict(parse_qsl(parts.query))
+        query["db"] = str(number)
+        return urlunsplit(parts._replace(query=urlencode(query)))
+    return urlunsplit(parts._replace(path=f"/{number}"))
+
+
+@pytest.fixture(scope="session")
+def base_settings(tmp_path_factory, database_url, redis_url):
+    """Settings for the API-only tests: no workers; their Redis database (1) is flushed per test."""
+    from controlplane.config import Settings
+    var = tmp_path_factory.mktemp("var")
+    return Settings(var_dir=var, database_url=database_url, redis_url=redis_db(redis_url, 1), jwt_secret=JWT_SECRET,
+                    proxmox_password="pve-test-password", guacamole_password="guac-test-password",
+                    guacamole_url="http://127.0.0.1:9/guacamole", proxmox_host="127.0.0.1", proxmox_port=9,
+                    proxmox_api_timeout=0.5, lab=True)
+
+
+@pytest.fixture(scope="session")
+def app(base_settings, database):
+    from controlplane import create_app
+    application = create_app(base_settings)
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture
+def client(app, redis_conn):
+    """A Flask test client on an empty database and an empty queue."""
+    from controlplane.extensions import db
+    with db.connection_context():
+        clear_tables()
+    redis_conn.flushdb()
+    return app.test_client()
+
+
+@pytest.fixture
+def token(base_settings):
+    from controlplane.auth import mint_lab_token
+
+    def make(user_id: str = "user_12345", admin: bool = False, **kw) -> str:
+        return mint_lab_token(base_settings, user_id, admin=admin, **kw)
+    return make
+
+
+@pytest.fixture
+def auth(token):
+    def headers(user_id: str = "user_12345", admin: bool = False) -> dict:
+        return {"Authorization": f"Bearer {token(user_id, admin)}"}
+    return headers
+
+
+# ---- the lab end to end -----------------------------------------------------------------------------
+
+class ServerThread:
+    """The Flask app over real HTTP (werkzeug, threaded), for clients that use `requests`."""
+
+    def __init__(self, app, host="127.0.0.1"):
+        from werkzeug.serving import make_server
+        self.server = make_server(host, 0, app, threaded=True)
+        self.url = f"http://{host}:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+
+
+class Workers:
+    """Real `controlplane worker` processes (RQ workers running the playbooks)."""
+
+    def __init__(self, settings, log_dir: Path):
+        self.settings = settings
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def env(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+        env.update(self.settings.to_env())
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def spawn(self, name: str | None = None) -> subprocess.Popen:
+        name = name or f"test-worker-{len(self.procs) + 1}-{uuid.uuid4().hex[:4]}"
+        log = open(self.log_dir / f"{name}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "worker", "--name", name],
+                                env=self.env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def wait_registered(self, redis_conn, count: int, timeout: float = 30):
+        from rq import Worker
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = [w for w in Worker.all(connection=redis_conn) if w.name in self.procs]
+            if len(alive) >= count:
+                return
+            for name, proc in self.procs.items():
+                if proc.poll() is not None and proc.returncode not in (0, -9, -15):
+                    raise RuntimeError(f"worker {name} exited with {proc.returncode}: "
+                                       f"{(self.log_dir / f'{name}.log').read_text()[-3000:]}")
+            time.sleep(0.1)
+        raise RuntimeError("the workers did not register in time")
+
+    def stop(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.log_dir.glob("*.log"))
+
+
+class Lab:
+    """Everything the end-to-end tests drive: the lab services, workers, the API over HTTP."""
+
+    def __init__(self, services, settings, workers, server):
+        self.services = services
+        self.settings = settings
+        self.workers = workers
+        self.server = server
+        self.url = server.url
+
+    @property
+    def pve(self):
+        return self.services.pve
+
+    @property
+    def guacamole(self):
+        return self.services.guacamole
+
+    def token(self, user_id: str, admin: bool = False) -> str:
+        from controlplane.auth import mint_lab_token
+        return mint_lab_token(self.settings, user_id, admin=admin)
+
+    def vms(self) -> dict[int, str]:
+        """vmid → name of every VM in fakepve that is not a template."""
+        return self.services.call(lambda: {vm.vmid: vm.name for vm in self.pve.vms if not vm.template})
+
+    def vm(self, vmid: int):
+        return self.services.call(lambda: self.pve.vm(vmid))
+
+    def connections(self) -> dict[str, dict]:
+        return self.services.call(lambda: {k: dict(v) for k, v in self.guacamole.connections.items()})
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory, database_url, redis_url, database):
+    """The lab's services (fakepve, guest agents, Guacamole stand-in), two real workers, the API."""
+    from controlplane import create_app
+    from controlplane.config import Settings
+    from controlplane.lab.services import LabConfig, LabServices
+    from controlplane.services.queue import get_redis
+
+    state = tmp_path_factory.mktemp("lab")
+    config = LabConfig(state_dir=state, proxmox_host="127.0.0.1", proxmox_port=free_port(),
+                       time_scale=0.01, agent_delay=0.5, guacamole_port=free_port(),
+                       guacamole_password="guac-e2e-" + secrets.token_hex(6))
+    services = LabServices(config).start()
+    settings = Settings(var_dir=state, database_url=database_url, redis_url=redis_url, jwt_secret=JWT_SECRET,
+                        proxmox_host=config.proxmox_host, proxmox_port=config.proxmox_port,
+                        proxmox_user=config.proxmox_user, proxmox_password=config.proxmox_password,
+                        proxmox_timeout=30, ip_wait_retries=8, ip_wait_delay=1,
+                        guacamole_url=services.guacamole.url, guacamole_username=config.guacamole_username,
+                        guacamole_password=config.guacamole_password, reaper_interval=2, abandoned_after=5,
+                        lab=True)
+    log_dir = tmp_path_factory.mktemp("workers")
+    workers = Workers(settings, log_dir)
+    server = None
+    try:
+        for _ in range(2):
+            workers.spawn()
+        workers.wait_registered(get_redis(redis_url), 2)
+        server = ServerThread(create_app(settings)).start()
+        yield Lab(services, settings, workers, server)
+    finally:
+        if server:
+            server.stop()
+        workers.stop()
+        services.stop()
+
+
+@pytest.fixture
+def fresh_user():
+    """A user id no other test uses (one active desktop per user)."""
+    return f"user_{uuid.uuid4().hex[:10]}"
