@@ -97,7 +97,13 @@ class Desktop(Schema):
 
 
 class Envelope(Schema):
+    """success first and timestamp last, as the contract's examples order them."""
     success = fields.Boolean(required=True)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dump_fields["timestamp"] = self.dump_fields.pop("timestamp")
+
     timestamp = fields.String(required=True, metadata={"format": "date-time"})
 
 
