@@ -19,11 +19,20 @@ class RedactSecrets(logging.Filter):
             cleaned = redact(message, self.secrets)
             if cleaned != message:
                 record.msg, record.args = cleaned, ()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = _formatter.formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = redact(record.exc_text, self.secrets)
+            if record.stack_info:
+                record.stack_info = redact(record.stack_info, self.secrets)
         return True
 
 
+_formatter = logging.Formatter()
+
+
 def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
+    for secret in sorted(secrets, key=len, reverse=True):  # a secret containing another one: longest first
         if secret and secret in text:
             text = text.replace(secret, REDACTED)
     return text

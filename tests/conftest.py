@@ -23,6 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-" + secrets.token_hex(24)
 
 
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "/tests/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.e2e)
+
+
 def pytest_report_header(config):
     return f"controlplane database: {database_kind()}"
 
