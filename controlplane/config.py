@@ -220,6 +220,14 @@ class Settings:
         for name in ("job_timeout", "reaper_interval", "abandoned_after", "port", "proxmox_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CONTROLPLANE_{name.upper()} must be positive")
+        if self.proxmox_api_timeout <= 0:
+            raise ConfigError("CONTROLPLANE_PROXMOX_API_TIMEOUT must be positive")
+        for name in ("ip_wait_retries", "ip_wait_delay", "max_resumes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"CONTROLPLANE_{name.upper()} must not be negative")
+        for name, lowest in (("port", 1), ("proxmox_port", 1), ("guacamole_port", 0)):
+            if not lowest <= getattr(self, name) <= 65535:
+                raise ConfigError(f"CONTROLPLANE_{name.upper()} must be a port number ({lowest}-65535)")
         if not self.plans_file.is_file():
             raise ConfigError(f"CONTROLPLANE_PLANS_FILE: {self.plans_file} does not exist")
 

@@ -103,7 +103,7 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
             data = event.get("event_data") or {}
             if kind == "playbook_on_task_start":
                 role, filename = _task_location(data)
-                task = data.get("task") or ""
+                task = redact(data.get("task") or "", secrets)  # a templated task name may show a secret
                 result.tasks.append((role, filename, task))
                 if on_task is not None:
                     try:
