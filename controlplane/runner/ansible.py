@@ -49,25 +49,30 @@ class PlaybookResult:
         return self.failure or f"the playbook ended with status {self.status} (rc {self.rc})"
 
 
-class _Unsafe(str):
-    pass
+class _Unsafe(dict):
+    """The extra vars mapping, tagged !unsafe as a whole: nothing inside is ever templated, and quoted
+    strings stay strings (ansible-core 2.19 re-resolves a tagged *scalar* as if it were plain, so
+    `!unsafe '0123'` would load as the integer 83, `!unsafe 'yes'` as True)."""
 
 
 class _UnsafeDumper(yaml.SafeDumper):
     pass
 
 
-_UnsafeDumper.add_representer(_Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value)))
+_UnsafeDumper.add_representer(_Unsafe, lambda dumper, value: dumper.represent_mapping("!unsafe", dict(value)))
 
 
 def _mark_unsafe(value):
-    if isinstance(value, str):
-        return _Unsafe(value)
-    if isinstance(value, dict):
-        return {k: _mark_unsafe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_mark_unsafe(v) for v in value]
-    return value
+    """Plain YAML-safe data (tuples become lists, str subclasses str), the top mapping tagged !unsafe."""
+    def plain(v):
+        if isinstance(v, str):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: plain(item) for k, item in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(item) for item in v]
+        return v
+    return _Unsafe(plain(value))
 
 
 def _task_location(event_data: dict) -> tuple[str, str]:

@@ -4,6 +4,7 @@ guacamole_connection role → the Guacamole stand-in."""
 from __future__ import annotations
 
 import base64
+import time
 import threading
 
 import pytest
@@ -163,3 +164,41 @@ def test_concurrent_creates_for_one_user_make_one_desktop(lab, fresh_user):
     assert len(named) == 1
     api.delete(desktop_id)
     assert api.wait_settled(desktop_id)["status"] == "DELETED"
+
+
+def test_refresh_reconciles_with_what_proxmox_says(lab, fresh_user):
+    """`?refresh=true` reads the VM's power state from Proxmox inside the request: a VM stopped or
+    removed behind the control plane's back shows up in the desktop's status."""
+    from controlplane.services.proxmox import client as proxmox_client
+    api = Api(lab.url, lab.token(fresh_user))
+    desktop_id = api.create(fresh_user, plan="BASIC").json()["data"]["id"]
+    assert api.wait_settled(desktop_id)["status"] == "RUNNING"
+    vmid = desktop_row(desktop_id).vmid
+    pve = proxmox_client(lab.settings).nodes("pve1").qemu(vmid)
+    pve.status.stop.post()
+    deadline = time.monotonic() + 30
+    while lab.vm(vmid).status != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    assert api.status(desktop_id).json()["data"]["status"] == "RUNNING"  # the database alone does not know
+    refreshed = api.status(desktop_id, refresh=True).json()["data"]
+    assert refreshed == {"desktopId": desktop_id, "status": "STOPPED", "ready": False,
+                         "statusMessage": "VM was stopped outside the control plane"}
+    assert events(desktop_id)[-1] == ("STOPPED", "VM was stopped outside the control plane", "refresh")
+
+    # Started again through the API, then the VM is deleted outside: refresh marks it FAILED.
+    assert api.start(desktop_id).status_code == 200
+    assert api.wait_settled(desktop_id)["status"] == "RUNNING"
+    pve.status.stop.post()
+    while lab.vm(vmid).status != "stopped":
+        time.sleep(0.1)
+    pve.delete()
+    while lab.vm(vmid) is not None:
+        time.sleep(0.1)
+    failed = api.status(desktop_id, refresh=True).json()["data"]
+    assert failed["status"] == "FAILED" and str(vmid) in failed["statusMessage"]
+    # Deleting the FAILED desktop still removes its Guacamole connection and finishes.
+    assert api.delete(desktop_id).status_code == 200
+    assert api.wait_settled(desktop_id)["status"] == "DELETED"
+    assert not [c for c in lab.connections().values() if c["name"] == f"cds-desktop-{desktop_id}"]

@@ -1,0 +1,333 @@
+"""run_playbook (controlplane/runner/ansible.py) on tiny throw-away playbooks against localhost."""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from controlplane.logs import REDACTED
+from controlplane.runner.ansible import PlaybookResult, run_playbook
+from controlplane.services.states import TASK_FILE_STATUS, Status
+
+SECRET = "Pve-Pa55word-7f3a"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    """Where run_playbook's private data directories go (so the test can see them come and go)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(runs))
+    return runs
+
+
+@pytest.fixture
+def project(tmp_path, run_dir):
+    """An ansible dir shaped like the repository's: ansible.cfg, playbooks/, roles/, an inventory."""
+    root = tmp_path / "ansible"
+    write(root / "ansible.cfg", """
+        [defaults]
+        roles_path = roles
+        host_key_checking = False
+        retry_files_enabled = False
+    """)
+    inventory = write(root / "inventory" / "hosts.ini", "localhost ansible_connection=local\n")
+
+    class Project:
+        dir = root
+        runs = run_dir
+
+        def playbook(self, name: str, tasks: str, header: str = "") -> str:
+            body = textwrap.indent(textwrap.dedent(tasks).strip(), "    ")
+            write(root / "playbooks" / name,
+                  f"- hosts: localhost\n  gather_facts: false\n{header}  tasks:\n{body}\n")
+            return name
+
+        def run(self, playbook: str, extravars: dict | None = None, env: dict | None = None, timeout: int = 60,
+                secrets: list[str] | None = None, on_task=None) -> PlaybookResult:
+            return run_playbook(root, playbook, inventory, extravars or {}, env or {}, timeout, secrets or [],
+                                on_task=on_task)
+
+    return Project()
+
+
+def private_dirs(runs: Path) -> list[Path]:
+    return [p for p in runs.iterdir() if p.name.startswith("controlplane-run-")]
+
+
+# ---- extra vars are data ---------------------------------------------------------------------------------
+
+def test_extra_vars_are_passed_as_data_not_templated(project, tmp_path):
+    marker = tmp_path / "pwned"
+    extravars = {
+        "home": "{{ lookup('env', 'HOME') }}",
+        "pipe": "{{ lookup('pipe', 'touch " + str(marker) + "') }}",
+        "nested": {"list": ["{{ 1 + 1 }}", 3, True, None], "inner": {"x": "{% raw %}{{ y }}"}},
+        "digits": "0123", "word": "yes", "number": "12345", "nothing": "null", "multiline": "a\nb: c",
+        "unicode": "Zoë ☃",
+        "count": 5, "flag": False,
+    }
+    project.playbook("vars.yml", """
+        - name: Hand the variables back
+          set_stats:
+            data:
+              home: "{{ home }}"
+              pipe: "{{ pipe }}"
+              nested: "{{ nested }}"
+              digits: "{{ digits }}"
+              word: "{{ word }}"
+              number: "{{ number }}"
+              nothing: "{{ nothing }}"
+              types: "{{ [digits, word, number, nothing] | map('type_debug') | list }}"
+              multiline: "{{ multiline }}"
+              unicode: "{{ unicode }}"
+              count: "{{ count }}"
+              flag: "{{ flag }}"
+              templated: "{{ 40 + 2 }}"
+    """)
+    result = project.run("vars.yml", extravars)
+    assert result.ok, result
+    stats = result.stats
+    assert stats["home"] == "{{ lookup('env', 'HOME') }}"
+    assert stats["pipe"] == extravars["pipe"]
+    assert not marker.exists(), "a lookup in an extra var ran"
+    assert stats["nested"] == {"list": ["{{ 1 + 1 }}", 3, True, None], "inner": {"x": "{% raw %}{{ y }}"}}
+    for key in ("digits", "word", "number", "nothing", "multiline", "unicode"):
+        assert stats[key] == extravars[key], key
+    assert stats["types"] == ["str"] * 4  # quoted-looking strings keep their type inside the playbook
+    assert stats["count"] == 5 and stats["flag"] is False
+    assert stats["templated"] == 42  # the playbook's own expressions still work
+
+
+def test_environment_reaches_the_playbook(project):
+    project.playbook("env.yml", """
+        - set_stats:
+            data: {value: "{{ lookup('env', 'CP_TEST_VALUE') }}"}
+    """)
+    result = project.run("env.yml", env={"CP_TEST_VALUE": "from-env"})
+    assert result.ok and result.stats == {"value": "from-env"}
+
+
+# ---- the private data dir --------------------------------------------------------------------------------
+
+def test_private_data_dir_is_private_and_removed_after_a_success(project):
+    seen = []
+
+    def look(role, filename, task):
+        (private,) = private_dirs(project.runs)
+        extravars = private / "env" / "extravars"
+        seen.append((stat.S_IMODE(private.stat().st_mode), stat.S_IMODE(extravars.stat().st_mode),
+                     sorted(p.name for p in (private / "env").iterdir())))
+
+    project.playbook("ok.yml", """
+        - name: Say hello
+          debug: {msg: hello}
+    """)
+    result = project.run("ok.yml", {"desktop_id": 1}, on_task=look)
+    assert result.ok and result.rc == 0 and result.status == "successful"
+    assert result.failed_task is None and result.failure is None
+    assert seen == [(0o700, 0o600, ["extravars"])]  # no envvars/passwords files next to the extra vars
+    assert private_dirs(project.runs) == []
+
+
+def test_private_data_dir_is_removed_after_a_failure(project):
+    during = []
+    project.playbook("fail.yml", """
+        - name: Fail at once
+          fail: {msg: nope}
+    """)
+    result = project.run("fail.yml", on_task=lambda *a: during.append(len(private_dirs(project.runs))))
+    assert not result.ok
+    assert during == [1]
+    assert private_dirs(project.runs) == []
+
+
+def test_private_data_dir_is_removed_when_the_runner_itself_raises(project, monkeypatch):
+    import ansible_runner
+
+    def explode(**kwargs):
+        assert Path(kwargs["private_data_dir"]).is_dir()
+        raise RuntimeError("runner broke")
+
+    monkeypatch.setattr(ansible_runner, "run", explode)
+    project.playbook("ok.yml", "- debug: {msg: hi}")
+    with pytest.raises(RuntimeError, match="runner broke"):
+        project.run("ok.yml")
+    assert private_dirs(project.runs) == []
+
+
+# ---- failures -----------------------------------------------------------------------------------------------
+
+def test_a_failing_task_gives_status_rc_task_and_message(project):
+    project.playbook("fail.yml", """
+        - name: Fine
+          debug: {msg: fine}
+        - name: Clone the VM
+          fail: {msg: "template 9000 does not exist"}
+        - name: Never reached
+          debug: {msg: unreachable}
+    """)
+    result = project.run("fail.yml")
+    assert result.status == "failed" and not result.ok
+    assert result.rc not in (0, None)
+    assert result.failed_task == "Clone the VM"
+    assert result.failure == "template 9000 does not exist"
+    assert result.reason() == "Clone the VM: template 9000 does not exist"
+    assert [t[2] for t in result.tasks] == ["Fine", "Clone the VM"]
+
+
+def test_an_ignored_failure_is_not_the_failure(project):
+    project.playbook("ignored.yml", """
+        - name: Allowed to fail
+          fail: {msg: ignored}
+          ignore_errors: true
+        - name: Really fails
+          command: /bin/false
+    """)
+    result = project.run("ignored.yml")
+    assert result.status == "failed"
+    assert result.failed_task == "Really fails"
+    assert result.failure and "ignored" not in result.failure
+
+
+def test_secrets_are_redacted_from_the_failure(project):
+    project.playbook("leak.yml", """
+        - name: "Log in to Proxmox with {{ lookup('env', 'CP_TEST_PASSWORD') }}"
+          fail:
+            msg: "login as root@pam with password {{ lookup('env', 'CP_TEST_PASSWORD') }} was refused"
+    """)
+    seen = []
+    result = project.run("leak.yml", env={"CP_TEST_PASSWORD": SECRET}, secrets=[SECRET],
+                         on_task=lambda *a: seen.append(a))
+    assert result.status == "failed"
+    assert result.failure == f"login as root@pam with password {REDACTED} was refused"
+    assert result.failed_task == f"Log in to Proxmox with {REDACTED}"
+    assert SECRET not in result.reason()
+    assert SECRET not in repr(result.tasks) and SECRET not in repr(seen)
+
+
+def test_a_playbook_that_does_not_parse_fails_with_a_redacted_message(project):
+    write(project.dir / "playbooks" / "broken.yml", f"""
+        - hosts: localhost
+          gather_facts: false
+          tasks:
+            - no_such_module_{SECRET}: {{}}
+    """)
+    result = project.run("broken.yml", secrets=[SECRET])
+    assert result.status == "failed" and result.rc not in (0, None)
+    assert result.failed_task is None and result.tasks == []
+    assert result.failure and "no_such_module_" in result.failure
+    assert SECRET not in result.failure and REDACTED in result.failure
+
+
+def test_a_missing_playbook_fails(project):
+    result = project.run("no_such_playbook.yml")
+    assert not result.ok
+    assert "no_such_playbook.yml" in result.reason()
+    assert private_dirs(project.runs) == []
+
+
+# ---- set_stats ----------------------------------------------------------------------------------------------
+
+def test_set_stats_data_comes_back(project):
+    project.playbook("stats.yml", """
+        - set_stats:
+            data: {desktop_ip: "192.0.2.10"}
+        - set_stats:
+            data: {guacamole_connection_id: "{{ 6 * 7 }}", extra: {a: [1, 2]}}
+    """)
+    result = project.run("stats.yml")
+    assert result.ok
+    assert result.stats == {"desktop_ip": "192.0.2.10", "guacamole_connection_id": 42, "extra": {"a": [1, 2]}}
+
+
+def test_no_set_stats_gives_empty_stats(project):
+    project.playbook("plain.yml", "- debug: {msg: hi}")
+    assert project.run("plain.yml").stats == {}
+
+
+# ---- task events ------------------------------------------------------------------------------------------
+
+def test_on_task_gets_role_task_file_and_task_name(project):
+    role = project.dir / "roles" / "proxmox_desktop" / "tasks"
+    write(role / "main.yml", """
+        - name: Clone
+          include_tasks: clone.yml
+        - name: Wait
+          import_tasks: wait_ip.yml
+    """)
+    write(role / "clone.yml", """
+        - name: Clone the template
+          debug: {msg: cloning}
+    """)
+    write(role / "wait_ip.yml", """
+        - name: Wait for the guest agent
+          debug: {msg: waiting}
+    """)
+    project.playbook("roles.yml", """
+        - name: Play task
+          debug: {msg: after}
+    """, header="  roles: [proxmox_desktop]\n")
+    calls = []
+    result = project.run("roles.yml", on_task=lambda *a: calls.append(a))
+    assert result.ok, result
+    assert ("proxmox_desktop", "clone.yml", "Clone the template") in calls
+    assert ("proxmox_desktop", "wait_ip.yml", "Wait for the guest agent") in calls
+    assert calls[-1] == ("", "roles.yml", "Play task")
+    assert calls.index(("proxmox_desktop", "clone.yml", "Clone the template")) < \
+        calls.index(("proxmox_desktop", "wait_ip.yml", "Wait for the guest agent"))
+    assert result.tasks == calls
+    # what the worker does with these: the state machine's task file table
+    statuses = [TASK_FILE_STATUS[(r, f)][0] for r, f, _ in calls if (r, f) in TASK_FILE_STATUS]
+    assert statuses == [Status.PROVISIONING, Status.WAITING_FOR_IP]
+
+
+def test_a_failing_task_callback_does_not_stop_the_run(project):
+    project.playbook("two.yml", """
+        - name: One
+          debug: {msg: 1}
+        - name: Two
+          debug: {msg: 2}
+    """)
+
+    def broken(*args):
+        raise RuntimeError("callback bug")
+
+    result = project.run("two.yml", on_task=broken)
+    assert result.ok
+    assert [t[2] for t in result.tasks] == ["One", "Two"]
+
+
+# ---- timeout ------------------------------------------------------------------------------------------------
+
+def test_a_timeout_is_honoured(project, tmp_path):
+    marker = tmp_path / "after-sleep"
+    project.playbook("slow.yml", f"""
+        - name: Sleep too long
+          command: sleep 7
+        - name: Must never run
+          file: {{path: "{marker}", state: touch}}
+    """)
+    started = time.monotonic()
+    result = project.run("slow.yml", timeout=1)
+    elapsed = time.monotonic() - started
+    assert not result.ok
+    assert result.status == "timeout"
+    assert result.reason() == "the playbook did not finish before its timeout"
+    # ansible-runner checks its timeout whenever output arrives, at least every 5 s (pexpect_timeout)
+    assert elapsed < 6.5, elapsed
+    assert private_dirs(project.runs) == []
+    # the playbook was stopped: the task after the sleep never runs
+    time.sleep(max(0.0, 8.5 - (time.monotonic() - started)))
+    assert not marker.exists()
