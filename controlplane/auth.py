@@ -11,8 +11,9 @@ import datetime as dt
 import uuid
 
 import jwt as pyjwt
-from flask import Flask
+from flask import Flask, current_app
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from flask_jwt_extended.default_callbacks import default_decode_key_callback
 
 from .config import Settings
 from .errors import Unauthorized
@@ -20,6 +21,7 @@ from .extensions import jwt
 from .services.desktops import Identity
 
 LAB_ISSUER = "controlplane-lab"
+JWKS_KEY = "controlplane.jwks"
 
 
 def init_auth(app: Flask, settings: Settings) -> None:
@@ -27,6 +29,7 @@ def init_auth(app: Flask, settings: Settings) -> None:
     app.config["JWT_TOKEN_LOCATION"] = ["headers"]
     app.config["JWT_IDENTITY_CLAIM"] = settings.jwt_user_claim
     app.config["JWT_ERROR_MESSAGE_KEY"] = "message"
+    app.config["JWT_DECODE_LEEWAY"] = 30  # seconds of clock skew tolerated between the IdP and us
     if settings.jwt_secret:
         app.config["JWT_SECRET_KEY"] = settings.jwt_secret
         app.config["JWT_ALGORITHM"] = "HS256"
@@ -41,16 +44,20 @@ def init_auth(app: Flask, settings: Settings) -> None:
     if settings.jwt_audience:
         app.config["JWT_DECODE_AUDIENCE"] = settings.jwt_audience
     jwt.init_app(app)
+    # `jwt` is one manager shared by every app in the process, so its loaders must not capture this
+    # app's settings: the JWKS client lives in the app, the loader looks it up per request.
+    app.extensions[JWKS_KEY] = (pyjwt.PyJWKClient(settings.jwt_jwks_url, cache_jwk_set=True, lifespan=300, timeout=5)
+                                if settings.jwt_jwks_url else None)
 
-    if settings.jwt_jwks_url:
-        jwks = pyjwt.PyJWKClient(settings.jwt_jwks_url, cache_jwk_set=True, lifespan=300, timeout=5)
-
-        @jwt.decode_key_loader
-        def _key_for(header, payload):
-            try:
-                return jwks.get_signing_key_from_jwt_header(header).key  # type: ignore[attr-defined]
-            except Exception as exc:  # unknown kid or JWKS unreachable: a bad token, not a 500
-                raise pyjwt.InvalidTokenError(f"no signing key: {exc}") from None
+    @jwt.decode_key_loader
+    def _key_for(header, payload):
+        jwks = current_app.extensions.get(JWKS_KEY)
+        if jwks is None:
+            return default_decode_key_callback(header, payload)  # JWT_SECRET_KEY or JWT_PUBLIC_KEY
+        try:
+            return jwks.get_signing_key(header.get("kid")).key
+        except Exception as exc:  # unknown kid or JWKS unreachable: a bad token, not a 500
+            raise pyjwt.InvalidTokenError(f"no signing key: {exc}") from None
 
     @jwt.token_verification_loader
     def _is_access_token(header, payload):

@@ -3,6 +3,7 @@ secrets() and the validation rules."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def test_from_env_with_an_empty_mapping_gives_the_defaults():
 
 
 def test_from_env_reads_the_given_mapping_not_os_environ(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("CONTROLPLANE_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("CONTROLPLANE_PORT", "9999")
     assert Settings.from_env({}).port == 8080
     assert Settings.from_env().port == 9999  # without a mapping: os.environ

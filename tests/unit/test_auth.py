@@ -1,0 +1,453 @@
+"""Bearer token checks (controlplane/auth.py): HS256 on the shared test app, RS256 with a PEM public key
+and with a JWKS URL on apps of their own."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from controlplane.auth import LAB_ISSUER, mint_lab_token, roles_of
+
+LIST = "/api/v1/desktops"
+ENVELOPE_KEYS = ["success", "error", "message", "path", "timestamp"]
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def claims(user: str = "user_12345", **extra) -> dict:
+    base = {"sub": user, "iat": now(), "nbf": now(), "exp": now() + dt.timedelta(minutes=5),
+            "jti": uuid.uuid4().hex, "typ": "Bearer"}
+    base.update(extra)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned_token(payload: dict, alg: str = "none") -> str:
+    def enc(obj):
+        return b64(json.dumps(obj, default=lambda d: int(d.timestamp())).encode())
+    return f"{enc({'alg': alg, 'typ': 'JWT'})}.{enc(payload)}."
+
+
+def hs256_with_raw_key(payload: dict, key: bytes, headers: dict | None = None) -> str:
+    """HS256 by hand: PyJWT refuses to use a PEM key as an HMAC secret, an attacker does not."""
+    def enc(obj):
+        return b64(json.dumps(obj, default=lambda d: int(d.timestamp())).encode())
+    signing_input = f"{enc({'alg': 'HS256', 'typ': 'JWT', **(headers or {})})}.{enc(payload)}"
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+def assert_unauthorized(response, message: str | None = None, path: str = LIST):
+    assert response.status_code == 401, response.get_json()
+    body = response.get_json()
+    assert list(body) == ENVELOPE_KEYS
+    assert body["success"] is False
+    assert body["error"] == "UNAUTHORIZED"
+    assert body["path"] == path
+    dt.datetime.fromisoformat(body["timestamp"])
+    if message is not None:
+        assert body["message"] == message
+    return body
+
+
+def create_desktop_for(client, headers, user_id: str) -> int:
+    response = client.post(LIST, json={"userId": user_id, "plan": "BASIC"}, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["data"]["id"]
+
+
+# ---- HS256 (the lab's tokens) on the shared app ----------------------------------------------------------
+
+def test_a_valid_lab_token_is_accepted(client, auth):
+    response = client.get(LIST, headers=auth())
+    assert response.status_code == 200
+    assert response.get_json()["data"] == {"desktops": [], "total": 0}
+
+
+def test_missing_header(client):
+    assert_unauthorized(client.get(LIST), "Missing bearer token")
+
+
+@pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Token abc", "bearer"])
+def test_a_header_without_a_bearer_token(client, header):
+    assert_unauthorized(client.get(LIST, headers={"Authorization": header}))
+
+
+@pytest.mark.parametrize("raw", ["not-a-jwt", "a.b.c", "Zm9v.YmFy.YmF6"])
+def test_garbage_tokens(client, raw):
+    assert_unauthorized(client.get(LIST, headers=bearer(raw)), "Invalid token")
+
+
+def test_expired_token(client, token):
+    expired = token(ttl=-dt.timedelta(seconds=30))
+    assert_unauthorized(client.get(LIST, headers=bearer(expired)), "Token has expired")
+
+
+def test_token_not_yet_valid(client, base_settings):
+    future = now() + dt.timedelta(minutes=10)
+    tok = pyjwt.encode(claims(nbf=future, iat=future), base_settings.jwt_secret, algorithm="HS256")
+    assert_unauthorized(client.get(LIST, headers=bearer(tok)))
+
+
+def test_bad_signature(client):
+    tok = pyjwt.encode(claims(), "another-secret-of-at-least-32-chars!", algorithm="HS256")
+    assert_unauthorized(client.get(LIST, headers=bearer(tok)), "Invalid token")
+
+
+def test_tampered_payload(client, token):
+    header, _payload, signature = token("user_12345").split(".")
+    forged = b64(json.dumps(claims("user_admin", realm_access={"roles": ["admin"]}),
+                            default=lambda d: int(d.timestamp())).encode())
+    assert_unauthorized(client.get(LIST, headers=bearer(f"{header}.{forged}.{signature}")), "Invalid token")
+
+
+def test_alg_none_is_refused(client):
+    tok = unsigned_token(claims(realm_access={"roles": ["admin"]}))
+    assert_unauthorized(client.get(LIST, headers=bearer(tok)), "Invalid token")
+    assert_unauthorized(client.get(LIST, headers=bearer(unsigned_token(claims(), alg="None"))), "Invalid token")
+
+
+@pytest.mark.parametrize("typ", ["Refresh", "ID", "Offline", "bearer"])
+def test_only_access_tokens_are_accepted(client, base_settings, typ):
+    tok = pyjwt.encode(claims(typ=typ), base_settings.jwt_secret, algorithm="HS256")
+    assert_unauthorized(client.get(LIST, headers=bearer(tok)), "Not an access token")
+
+
+def test_a_token_without_typ_counts_as_an_access_token(client, base_settings):
+    tok = pyjwt.encode(claims(typ=None), base_settings.jwt_secret, algorithm="HS256")
+    assert client.get(LIST, headers=bearer(tok)).status_code == 200
+
+
+@pytest.mark.parametrize("sub", [None, ""])
+def test_a_token_without_a_user(client, base_settings, sub):
+    payload = claims()
+    if sub is None:
+        del payload["sub"]
+    else:
+        payload["sub"] = sub
+    tok = pyjwt.encode(payload, base_settings.jwt_secret, algorithm="HS256")
+    assert_unauthorized(client.get(LIST, headers=bearer(tok)))
+
+
+def test_401_on_every_desktop_endpoint(client):
+    for method, path in [("get", "/api/v1/desktops/1"), ("delete", "/api/v1/desktops/1"),
+                         ("get", "/api/v1/desktops/1/status"), ("get", "/api/v1/desktops/1/connect"),
+                         ("post", "/api/v1/desktops/1/start"), ("post", "/api/v1/desktops/1/stop"),
+                         ("get", "/api/v1/desktops/user/user_1"), ("post", LIST)]:
+        assert_unauthorized(getattr(client, method)(path), "Missing bearer token", path=path)
+
+
+def test_an_rs256_token_is_refused_by_the_hs256_app(client, rsa_keys):
+    tok = pyjwt.encode(claims(), rsa_keys.private_pem, algorithm="RS256")
+    assert_unauthorized(client.get(LIST, headers=bearer(tok)), "Invalid token")
+
+
+# ---- who may see what ---------------------------------------------------------------------------------------
+
+def test_admins_list_anyones_desktops_users_only_their_own(client, auth):
+    other = "user_other"
+    desktop_id = create_desktop_for(client, auth(other), other)
+
+    forbidden = client.get(LIST, query_string={"userId": other}, headers=auth("user_12345"))
+    assert forbidden.status_code == 403
+    body = forbidden.get_json()
+    assert list(body) == ENVELOPE_KEYS and body["success"] is False and body["error"] == "FORBIDDEN"
+
+    own = client.get(LIST, headers=auth("user_12345")).get_json()["data"]
+    assert own["total"] == 0
+
+    as_admin = client.get(LIST, query_string={"userId": other}, headers=auth("user_admin", admin=True))
+    assert as_admin.status_code == 200
+    assert [d["id"] for d in as_admin.get_json()["data"]["desktops"]] == [desktop_id]
+    everything = client.get(LIST, headers=auth("user_admin", admin=True)).get_json()["data"]
+    assert [d["userId"] for d in everything["desktops"]] == [other]
+
+    # the owner sees it too
+    mine = client.get(LIST, query_string={"userId": other}, headers=auth(other)).get_json()["data"]
+    assert mine["total"] == 1
+
+
+def test_a_top_level_roles_claim_makes_an_admin(client, auth, base_settings):
+    create_desktop_for(client, auth("user_other"), "user_other")
+    tok = pyjwt.encode(claims("user_admin", roles=[base_settings.jwt_admin_role]), base_settings.jwt_secret,
+                       algorithm="HS256")
+    assert client.get(LIST, query_string={"userId": "user_other"}, headers=bearer(tok)).status_code == 200
+    tok = pyjwt.encode(claims("user_admin", roles=["viewer"], realm_access={"roles": ["offline_access"]}),
+                       base_settings.jwt_secret, algorithm="HS256")
+    assert client.get(LIST, query_string={"userId": "user_other"}, headers=bearer(tok)).status_code == 403
+
+
+def test_roles_of():
+    token_claims = {"roles": ["a"], "realm_access": {"roles": ["b"]},
+                    "resource_access": {"portal": {"roles": ["c"]}, "other": {"roles": ["d"]}}}
+    assert roles_of(token_claims) == {"a", "b"}
+    assert roles_of(token_claims, "portal") == {"a", "b", "c"}
+    assert roles_of(token_claims, "missing") == {"a", "b"}
+    assert roles_of({}) == set()
+    assert roles_of({"roles": None, "realm_access": None, "resource_access": None}, "portal") == set()
+
+
+def test_mint_lab_token_shape(base_settings):
+    tok = mint_lab_token(base_settings, "user_7", admin=True, ttl=dt.timedelta(minutes=1))
+    decoded = pyjwt.decode(tok, base_settings.jwt_secret, algorithms=["HS256"])
+    assert decoded["sub"] == "user_7" and decoded["typ"] == "Bearer" and decoded["iss"] == LAB_ISSUER
+    assert decoded["realm_access"] == {"roles": [base_settings.jwt_admin_role]}
+    assert 0 < decoded["exp"] - decoded["iat"] <= 60
+    with pytest.raises(RuntimeError, match="CONTROLPLANE_JWT_SECRET"):
+        mint_lab_token(base_settings.replace(jwt_secret="", jwt_public_key="pem"), "user_7")
+
+
+# ---- RS256 -----------------------------------------------------------------------------------------------------
+
+class RsaKeys:
+    def __init__(self, kid: str):
+        self.kid = kid
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.private_pem = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()).decode()
+        self.public_pem = self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    def jwk(self) -> dict:
+        jwk = json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        return {**jwk, "kid": self.kid, "use": "sig", "alg": "RS256"}
+
+    def sign(self, payload: dict, kid: str | None = "same", algorithm: str = "RS256") -> str:
+        headers = {"kid": self.kid if kid == "same" else kid} if kid else None
+        return pyjwt.encode(payload, self.private_pem, algorithm=algorithm, headers=headers)
+
+
+@pytest.fixture(scope="module")
+def rsa_keys():
+    return RsaKeys("key-1")
+
+
+@pytest.fixture(scope="module")
+def other_keys():
+    return RsaKeys("key-1")  # same kid, another key: what a forger would try
+
+
+@pytest.fixture(scope="module")
+def jwks_server(rsa_keys):
+    state = {"keys": [rsa_keys.jwk()], "hits": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            state["hits"] += 1
+            if self.path != "/realms/desk/protocol/openid-connect/certs":
+                self.send_error(404)
+                return
+            body = json.dumps({"keys": state["keys"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{server.server_port}/realms/desk/protocol/openid-connect/certs"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def restore_logging(base_settings):
+    """create_app() reconfigures the process's log redaction for its settings; put the shared app's back."""
+    yield
+    from controlplane.logs import configure_logging
+    configure_logging(base_settings)
+
+
+ISSUER = "https://sso.example/realms/desk"
+AUDIENCE = "desktop-api"
+CLIENT = "desktop-portal"
+ADMIN_ROLE = "desktop-admin"
+
+
+@pytest.fixture(scope="module")
+def pem_app(base_settings, database, rsa_keys, restore_logging):
+    """RS256 with a PEM public key; issuer, audience, a Keycloak client and its own admin role."""
+    from controlplane import create_app
+    settings = base_settings.replace(jwt_secret="", jwt_public_key=rsa_keys.public_pem, jwt_issuer=ISSUER,
+                                     jwt_audience=AUDIENCE, jwt_client_id=CLIENT, jwt_admin_role=ADMIN_ROLE)
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture(scope="module")
+def jwks_app(base_settings, database, jwks_server, restore_logging):
+    """RS256 with keys from a JWKS URL; users named by preferred_username; no issuer/audience check."""
+    from controlplane import create_app
+    settings = base_settings.replace(jwt_secret="", jwt_jwks_url=jwks_server["url"],
+                                     jwt_user_claim="preferred_username")
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def pem(pem_app, client):  # `client` empties the database and the queue
+    return pem_app.test_client()
+
+
+@pytest.fixture
+def jwks(jwks_app, client):
+    return jwks_app.test_client()
+
+
+def kc_claims(user: str = "user_12345", **extra) -> dict:
+    """A Keycloak-shaped access token for the PEM app."""
+    return claims(user, **{"iss": ISSUER, "aud": [AUDIENCE, "account"], "azp": CLIENT, **extra})
+
+
+def test_pem_valid_token_is_accepted(pem, rsa_keys):
+    response = pem.get(LIST, headers=bearer(rsa_keys.sign(kc_claims(), kid=None)))
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["data"]["total"] == 0
+    # aud may be a string too
+    assert pem.get(LIST, headers=bearer(rsa_keys.sign(kc_claims(aud=AUDIENCE)))).status_code == 200
+
+
+def test_pem_wrong_key(pem, other_keys):
+    assert_unauthorized(pem.get(LIST, headers=bearer(other_keys.sign(kc_claims()))), "Invalid token")
+
+
+def test_pem_alg_confusion_hs256_signed_with_the_public_key(pem, rsa_keys):
+    for key in (rsa_keys.public_pem.encode(), rsa_keys.public_pem.strip().encode()):
+        tok = hs256_with_raw_key(kc_claims(), key)
+        assert_unauthorized(pem.get(LIST, headers=bearer(tok)), "Invalid token")
+
+
+def test_pem_alg_none_and_other_algorithms(pem, rsa_keys):
+    assert_unauthorized(pem.get(LIST, headers=bearer(unsigned_token(kc_claims()))), "Invalid token")
+    assert_unauthorized(pem.get(LIST, headers=bearer(rsa_keys.sign(kc_claims(), algorithm="PS256"))),
+                        "Invalid token")
+
+
+def test_pem_lab_token_is_refused(pem, token):
+    assert_unauthorized(pem.get(LIST, headers=bearer(token())), "Invalid token")
+
+
+@pytest.mark.parametrize("changes", [
+    {"iss": "https://evil.example/realms/desk"},
+    {"iss": None},
+    {"aud": "another-api"},
+    {"aud": ["account"]},
+    {"aud": None},
+])
+def test_pem_wrong_issuer_or_audience(pem, rsa_keys, changes):
+    payload = kc_claims()
+    for key, value in changes.items():
+        if value is None:
+            payload.pop(key)
+        else:
+            payload[key] = value
+    assert_unauthorized(pem.get(LIST, headers=bearer(rsa_keys.sign(payload))), "Invalid token")
+
+
+def test_pem_expired(pem, rsa_keys):
+    tok = rsa_keys.sign(kc_claims(exp=now() - dt.timedelta(seconds=5), iat=now() - dt.timedelta(minutes=5)))
+    assert_unauthorized(pem.get(LIST, headers=bearer(tok)), "Token has expired")
+
+
+def test_pem_id_token_is_refused(pem, rsa_keys):
+    assert_unauthorized(pem.get(LIST, headers=bearer(rsa_keys.sign(kc_claims(typ="ID")))), "Not an access token")
+
+
+@pytest.mark.parametrize("extra,admin", [
+    ({"resource_access": {CLIENT: {"roles": [ADMIN_ROLE]}}}, True),
+    ({"realm_access": {"roles": [ADMIN_ROLE]}}, True),
+    ({"roles": [ADMIN_ROLE]}, True),
+    ({"resource_access": {"another-client": {"roles": [ADMIN_ROLE]}}}, False),
+    ({"resource_access": {CLIENT: {"roles": ["admin"]}}, "realm_access": {"roles": ["admin"]}}, False),
+    ({}, False),
+])
+def test_pem_admin_roles(pem, rsa_keys, extra, admin):
+    owner = bearer(rsa_keys.sign(kc_claims("user_other")))
+    create_desktop_for(pem, owner, "user_other")
+    caller = bearer(rsa_keys.sign(kc_claims("user_caller", **extra)))
+    response = pem.get(LIST, query_string={"userId": "user_other"}, headers=caller)
+    assert response.status_code == (200 if admin else 403), response.get_json()
+    if admin:
+        assert response.get_json()["data"]["total"] == 1
+
+
+def test_jwks_valid_token_is_accepted(jwks, rsa_keys):
+    tok = rsa_keys.sign(claims("kc-uuid-1", preferred_username="alice"))
+    response = jwks.get(LIST, headers=bearer(tok))
+    assert response.status_code == 200, response.get_json()
+    # the identity is the configured claim, not sub
+    assert jwks.get(LIST, query_string={"userId": "alice"}, headers=bearer(tok)).status_code == 200
+    assert jwks.get(LIST, query_string={"userId": "kc-uuid-1"}, headers=bearer(tok)).status_code == 403
+
+
+def test_jwks_token_without_the_user_claim(jwks, rsa_keys):
+    assert_unauthorized(jwks.get(LIST, headers=bearer(rsa_keys.sign(claims("kc-uuid-1")))))
+
+
+def test_jwks_wrong_key_with_a_known_kid(jwks, other_keys):
+    tok = other_keys.sign(claims("kc-uuid-1", preferred_username="alice"))
+    assert_unauthorized(jwks.get(LIST, headers=bearer(tok)), "Invalid token")
+
+
+@pytest.mark.parametrize("kid", ["unknown-kid", None])
+def test_jwks_unknown_or_missing_kid(jwks, rsa_keys, kid):
+    tok = rsa_keys.sign(claims("kc-uuid-1", preferred_username="alice"), kid=kid)
+    assert_unauthorized(jwks.get(LIST, headers=bearer(tok)), "Invalid token")
+
+
+def test_jwks_alg_confusion(jwks, rsa_keys):
+    tok = hs256_with_raw_key(claims("kc-uuid-1", preferred_username="alice"), rsa_keys.public_pem.encode(),
+                             headers={"kid": rsa_keys.kid})
+    assert_unauthorized(jwks.get(LIST, headers=bearer(tok)), "Invalid token")
+
+
+def test_jwks_unreachable_is_a_401_not_a_500(base_settings, database, rsa_keys, restore_logging, client):
+    from controlplane import create_app
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(base_settings.replace(jwt_secret="", jwt_jwks_url=f"http://127.0.0.1:{port}/certs"))
+    tok = rsa_keys.sign(claims())
+    assert_unauthorized(app.test_client().get(LIST, headers=bearer(tok)), "Invalid token")
+
+
+# ---- several apps in one process --------------------------------------------------------------------------------
+
+def test_apps_with_different_key_setups_do_not_disturb_each_other(client, auth, pem, jwks, rsa_keys):
+    """flask-jwt-extended's manager is shared by every app: the JWKS app's key lookup must not leak
+    into the HS256 or PEM apps."""
+    assert client.get(LIST, headers=auth()).status_code == 200
+    assert pem.get(LIST, headers=bearer(rsa_keys.sign(kc_claims(), kid=None))).status_code == 200
+    assert jwks.get(LIST, headers=bearer(rsa_keys.sign(claims("u", preferred_username="alice")))).status_code == 200
+    # and each still refuses the others' tokens
+    assert client.get(LIST, headers=bearer(rsa_keys.sign(kc_claims()))).status_code == 401
+    assert pem.get(LIST, headers=auth()).status_code == 401
+    assert jwks.get(LIST, headers=auth()).status_code == 401
