@@ -99,7 +99,7 @@ def test_garbage_tokens(client, raw):
 
 
 def test_expired_token(client, token):
-    expired = token(ttl=-dt.timedelta(seconds=30))
+    expired = token(ttl=-dt.timedelta(seconds=60))
     assert_unauthorized(client.get(LIST, headers=bearer(expired)), "Token has expired")
 
 
@@ -373,7 +373,7 @@ def test_pem_wrong_issuer_or_audience(pem, rsa_keys, changes):
 
 
 def test_pem_expired(pem, rsa_keys):
-    tok = rsa_keys.sign(kc_claims(exp=now() - dt.timedelta(seconds=5), iat=now() - dt.timedelta(minutes=5)))
+    tok = rsa_keys.sign(kc_claims(exp=now() - dt.timedelta(seconds=60), iat=now() - dt.timedelta(minutes=5)))
     assert_unauthorized(pem.get(LIST, headers=bearer(tok)), "Token has expired")
 
 
@@ -451,3 +451,11 @@ def test_apps_with_different_key_setups_do_not_disturb_each_other(client, auth, 
     assert client.get(LIST, headers=bearer(rsa_keys.sign(kc_claims()))).status_code == 401
     assert pem.get(LIST, headers=auth()).status_code == 401
     assert jwks.get(LIST, headers=auth()).status_code == 401
+
+
+def test_small_clock_skew_is_tolerated(pem, rsa_keys):
+    """An IdP whose clock runs a few seconds ahead or behind must not lock users out (30 s leeway)."""
+    ahead = rsa_keys.sign(kc_claims(iat=now() + dt.timedelta(seconds=10), nbf=now() + dt.timedelta(seconds=10)))
+    assert pem.get(LIST, headers=bearer(ahead)).status_code == 200
+    just_expired = rsa_keys.sign(kc_claims(exp=now() - dt.timedelta(seconds=5), iat=now() - dt.timedelta(minutes=5)))
+    assert pem.get(LIST, headers=bearer(just_expired)).status_code == 200
