@@ -1,6 +1,6 @@
 # Cloud Desktop Service. Two commands do all the set-up on a fresh machine:
 #   make lab    create .venv, install the project with its lab extras, run the whole system
-#   make test   install what the tests need and run them (SQLite, then PostgreSQL)
+#   make test   install what the tests need, lint the Ansible, run the tests (SQLite, then PostgreSQL)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -26,7 +26,7 @@ install: $(STAMP)
 lab: install
 	$(VENV)/bin/controlplane lab
 
-test: install
+test: install lint
 	$(MAKE) --no-print-directory test-sqlite
 	$(MAKE) --no-print-directory test-postgresql
 
@@ -39,7 +39,7 @@ test-postgresql: install
 
 lint: install
 	$(VENV)/bin/ansible-lint --profile production roles playbooks
-	$(VENV)/bin/yamllint -s roles playbooks inventory
+	$(VENV)/bin/yamllint -s roles playbooks inventory config
 
 bench:
 	@echo "make bench: the benchmark suite (issue 7) is not written yet; nothing was measured." >&2

@@ -65,7 +65,8 @@ def cmd_worker(args) -> int:
     stop = threading.Event()
     if not args.burst:
         threading.Thread(target=_reaper_loop, args=(settings, stop), daemon=True, name="reaper").start()
-    worker = Worker([QUEUE_NAME], connection=get_redis(settings.redis_url), name=args.name)
+    worker = Worker([QUEUE_NAME], connection=get_redis(settings.redis_url), name=args.name,
+                    job_monitoring_interval=settings.worker_heartbeat)
     try:
         worker.work(burst=args.burst, with_scheduler=False, logging_level="INFO")
     finally:

@@ -124,6 +124,18 @@ class Settings:
         return 3389 if self.guacamole_protocol == "rdp" else 5900
 
     @property
+    def worker_heartbeat(self) -> int:
+        """Seconds between a busy worker's heartbeats (RQ's job_monitoring_interval, 30 by
+        default): a fraction of abandoned_after, so that the reaper can tell a live worker from a
+        dead one (worker_stale_after)."""
+        return max(1, min(30, self.abandoned_after // 4))
+
+    @property
+    def worker_stale_after(self) -> int:
+        """Seconds without a heartbeat after which a worker counts as dead: several beats."""
+        return max(self.abandoned_after, 3 * self.worker_heartbeat)
+
+    @property
     def tz(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
 

@@ -31,7 +31,7 @@ def enqueue(settings: Settings, operation: Operation, desktop_id: int, job_id: s
         job_timeout=settings.job_timeout + 120,
         failure_ttl=FAILURE_TTL,
         result_ttl=RESULT_TTL,
-        meta={"desktop_id": desktop_id, "operation": operation.value},
+        meta={"desktop_id": desktop_id, "operation": operation.value, "force": force},
         on_failure=Callback(on_job_failure),
         description=f"{operation.value} desktop {desktop_id}",
     )

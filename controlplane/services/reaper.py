@@ -53,12 +53,24 @@ def job_is_alive(conn, job_id: str | None, live_workers: set[str]) -> bool:
     return status == JobStatus.STARTED and job.worker_name in live_workers
 
 
+def _was_forced(settings: Settings, job_id: str | None) -> bool:
+    """Whether the abandoned job was a forced one (a resumed forced stop stays forced)."""
+    if not job_id:
+        return False
+    try:
+        job = Job.fetch(job_id, connection=get_redis(settings.redis_url))
+    except (NoSuchJobError, redis.RedisError):
+        return False
+    return bool(job.meta.get("force", False))
+
+
 def resolve_abandoned(settings: Settings, desktop: Desktop, reason: str) -> str:
     """Resume the desktop's operation, or fail it. Returns what was done."""
     if Status(desktop.status) not in TRANSITIONAL or not desktop.operation:
         return "settled"
     op = Operation(desktop.operation)
     if desktop.resumes < settings.max_resumes:
+        force = _was_forced(settings, desktop.job_id)
         job_id = jobs.new_job_id(desktop.id, op)
         with db.atomic():
             changed = (Desktop.update(job_id=job_id, resumes=Desktop.resumes + 1, updated_at=utcnow())
@@ -66,7 +78,7 @@ def resolve_abandoned(settings: Settings, desktop: Desktop, reason: str) -> str:
         if not changed:
             return "moved on"
         try:
-            jobs.enqueue(settings, op, desktop.id, job_id, force=False)
+            jobs.enqueue(settings, op, desktop.id, job_id, force=force)
         except redis.RedisError as exc:
             log.error("could not re-enqueue %s for desktop %s: %s", op.value, desktop.id, exc)
             return "retry later"
@@ -87,7 +99,9 @@ def reap(settings: Settings) -> dict[str, int]:
     """One pass over transitional desktops whose job is gone. Safe to run from several places."""
     conn = get_redis(settings.redis_url)
     cutoff = utcnow() - dt.timedelta(seconds=settings.abandoned_after)
-    live = _live_workers(conn, stale_after=max(settings.abandoned_after, 30))
+    # A busy worker beats every settings.worker_heartbeat seconds (cli.cmd_worker); the threshold
+    # must stay well above that, or a live job would be taken for dead and run twice.
+    live = _live_workers(conn, stale_after=settings.worker_stale_after)
     outcome: dict[str, int] = {}
     with db.connection_context():
         stuck = Desktop.select().where(Desktop.status.in_([s.value for s in TRANSITIONAL]),

@@ -87,8 +87,13 @@ def run_desktop_job(desktop_id: int, operation: str, force: bool = False) -> dic
         result = run_playbook(cfg.ansible_dir, PLAYBOOK[op], cfg.inventory_path, extravars, cfg.playbook_env(),
                               timeout=cfg.job_timeout, secrets=cfg.secrets(), on_task=on_task)
         if not result.ok:
-            _fail(cfg, desktop, op, result.reason())
-            raise DesktopJobFailed(f"{op.value} of desktop {desktop.id} failed: {result.reason()}")
+            reason = result.reason()
+            if result.status == "failed" and (result.failure or "").startswith(FAILURE_VERB[op]):
+                # The playbook reported the failed step itself ("Create failed at '<task>': <error>",
+                # desktop_create.yml's rescue): not prefixed with the name of the reporting task.
+                reason = result.failure
+            _fail(cfg, desktop, op, reason)
+            raise DesktopJobFailed(f"{op.value} of desktop {desktop.id} failed: {reason}")
 
         final, message = FINAL_STATUS[op]
         fields: dict = {"operation": None}

@@ -1,0 +1,86 @@
+"""The reaper's policy on a real database and Redis: a desktop whose job died is resumed (keeping
+what the job was asked to do), then FAILED once resumes are used up; live jobs are left alone."""
+from __future__ import annotations
+
+import datetime as dt
+
+from rq import Queue
+from rq.job import JobStatus
+
+from controlplane.extensions import db
+from controlplane.models import Desktop, DesktopEvent, utcnow
+from controlplane.services import jobs
+from controlplane.services.queue import QUEUE_NAME
+from controlplane.services.reaper import reap
+from controlplane.services.states import Operation
+
+
+def stuck_desktop(settings, redis_conn, status="STOPPING", operation=Operation.STOP, force=True, worker="ghost"):
+    """A desktop in a transition whose job was taken by a worker that is gone."""
+    with db.connection_context():
+        desktop = Desktop.create(user_id="user_reaped", name="d", plan="BASIC", cpu_cores=2, memory_mb=2048,
+                                 status=status, status_message="Shutting down VM", operation=operation.value,
+                                 vmid=12345, node="pve1",
+                                 updated_at=utcnow() - dt.timedelta(seconds=settings.abandoned_after + 5))
+        job_id = jobs.new_job_id(desktop.id, operation)
+        job = jobs.enqueue(settings, operation, desktop.id, job_id, force=force)
+        Desktop.update(job_id=job_id).where(Desktop.id == desktop.id).execute()
+    Queue(QUEUE_NAME, connection=redis_conn).remove(job)
+    job.set_status(JobStatus.STARTED)
+    job.worker_name = worker
+    job.save()
+    return desktop.id, job_id
+
+
+def test_abandoned_forced_stop_is_resumed_forced(client, base_settings, redis_conn):
+    desktop_id, old_job = stuck_desktop(base_settings, redis_conn, force=True)
+    assert reap(base_settings) == {"resumed": 1}
+    with db.connection_context():
+        desktop = Desktop.get_by_id(desktop_id)
+        assert desktop.job_id != old_job and desktop.resumes == 1 and desktop.status == "STOPPING"
+        last = DesktopEvent.select().where(DesktopEvent.desktop == desktop_id).order_by(DesktopEvent.id.desc()).get()
+        assert last.source == "reaper" and "resumed after the worker stopped" in last.message
+    new_job = Queue(QUEUE_NAME, connection=redis_conn).fetch_job(desktop.job_id)
+    assert new_job.args == (desktop_id, "stop", True) and new_job.meta["force"] is True
+
+
+def test_graceful_stop_is_resumed_graceful(client, base_settings, redis_conn):
+    desktop_id, _ = stuck_desktop(base_settings, redis_conn, force=False)
+    reap(base_settings)
+    with db.connection_context():
+        job_id = Desktop.get_by_id(desktop_id).job_id
+    assert Queue(QUEUE_NAME, connection=redis_conn).fetch_job(job_id).args == (desktop_id, "stop", False)
+
+
+def test_second_abandonment_fails_the_desktop(client, base_settings, redis_conn):
+    desktop_id, _ = stuck_desktop(base_settings, redis_conn, status="PROVISIONING", operation=Operation.CREATE,
+                                  force=False)
+    with db.connection_context():
+        Desktop.update(resumes=base_settings.max_resumes).where(Desktop.id == desktop_id).execute()
+    assert reap(base_settings) == {"failed": 1}
+    with db.connection_context():
+        desktop = Desktop.get_by_id(desktop_id)
+    assert desktop.status == "FAILED" and desktop.operation is None
+    assert desktop.status_message.startswith("Create failed: the worker running it stopped")
+    assert "not resumed" in desktop.status_message
+
+
+def test_a_job_still_queued_or_run_by_a_live_worker_is_left_alone(client, base_settings, redis_conn):
+    from rq import Worker
+    desktop_id, job_id = stuck_desktop(base_settings, redis_conn, worker="alive-worker")
+    worker = Worker([QUEUE_NAME], connection=redis_conn, name="alive-worker")
+    worker.register_birth()
+    worker.heartbeat()
+    try:
+        assert reap(base_settings) == {}
+    finally:
+        worker.register_death()
+    with db.connection_context():
+        assert Desktop.get_by_id(desktop_id).job_id == job_id
+
+
+def test_recent_transitions_are_not_reaped(client, base_settings, redis_conn):
+    desktop_id, job_id = stuck_desktop(base_settings, redis_conn)
+    with db.connection_context():
+        Desktop.update(updated_at=utcnow()).where(Desktop.id == desktop_id).execute()
+    assert reap(base_settings) == {}
