@@ -75,6 +75,9 @@ def test_lab_runs_everything_stops_cleanly_and_keeps_state(tmp_path):
         assert set(endpoints["guacamole"]) == {"url", "dataSource", "username", "password"}
         assert endpoints["redis"].startswith("unix://" + str(lab_dir))  # its own Redis: none was configured
         assert oct((lab_dir / "endpoints.json").stat().st_mode & 0o777) == "0o600"
+        deadline = time.monotonic() + 30  # the banner follows the first healthy answer
+        while "controlplane token" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
         banner = log_path.read_text()
         assert endpoints["api"] in banner and "controlplane token" in banner
 
