@@ -57,7 +57,7 @@ def cmd_worker(args) -> int:
 
     from .logs import configure_logging
     from .services.queue import QUEUE_NAME, get_redis
-    from .tasks import desktops as tasks
+    from .tasks import engine as tasks
     settings = Settings.from_env()
     settings.require_redis()
     configure_logging(settings)

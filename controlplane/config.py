@@ -46,7 +46,11 @@ def _float(name: str, raw: str) -> float:
 
 # Settings whose values are secrets: never logged, never returned, redacted from messages.
 SECRET_FIELDS = ("jwt_secret", "proxmox_password", "proxmox_token_secret", "guacamole_password",
-                 "guacamole_vnc_password")
+                 "guacamole_vnc_password", "llm_openai_api_key", "llm_anthropic_api_key", "llm_openrouter_api_key",
+                 "llm_compat_api_key", "llm_user_keys_secret")
+
+# AI chat providers: model ids are "<provider>/<model>" (controlplane/services/chat.py).
+LLM_PROVIDERS = ("openai", "anthropic", "openrouter", "compat")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ class Settings:
     jwt_client_id: str = ""  # Keycloak client whose resource_access roles count too
     # Desktops
     plans_file: Path = REPO_ROOT / "config" / "plans.yml"
+    projects_file: Path = REPO_ROOT / "config" / "projects.yml"  # os → template, network pool, sizes
+    shares_dir: str = ""  # one folder per project, served over WebDAV; default: <var_dir>/shares
+    shares_public_url: str = ""  # what project VMs and users open; default: http://<host>:<port>/shares
     vmid_min: int = 10000
     vmid_max: int = 99999
     # Ansible
@@ -104,6 +111,16 @@ class Settings:
     guacamole_protocol: str = "vnc"
     guacamole_port: int = 0  # 0: 5900 for vnc, 3389 for rdp
     guacamole_vnc_password: str = ""
+    # AI chat (litellm; controlplane/services/chat.py). Provider keys are server configuration.
+    llm_timeout: float = 60.0  # seconds for one provider call
+    llm_default_model: str = "openai/gpt-4"  # "<provider>/<model>", provider one of LLM_PROVIDERS
+    llm_openai_api_key: str = ""  # enables openai/<model>
+    llm_openai_base_url: str = ""  # empty: https://api.openai.com/v1 (the lab points it at its echo model)
+    llm_anthropic_api_key: str = ""  # enables anthropic/<model>
+    llm_openrouter_api_key: str = ""  # enables openrouter/<vendor>/<model>
+    llm_compat_base_url: str = ""  # an OpenAI-compatible server (Ollama, vLLM, ...): enables compat/<model>
+    llm_compat_api_key: str = ""  # its key, if it wants one
+    llm_user_keys_secret: str = ""  # encrypts users' own provider keys at rest; empty: they are not stored
     # Lab
     lab: bool = False
     extra: dict = field(default_factory=dict)
@@ -112,6 +129,10 @@ class Settings:
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.var_dir / 'controlplane.db'}"
+
+    @property
+    def effective_shares_dir(self) -> Path:
+        return Path(self.shares_dir) if self.shares_dir else self.var_dir / "shares"
 
     @property
     def effective_guacamole_public_url(self) -> str:
@@ -240,6 +261,18 @@ class Settings:
         for name, lowest in (("port", 1), ("proxmox_port", 1), ("guacamole_port", 0)):
             if not lowest <= getattr(self, name) <= 65535:
                 raise ConfigError(f"CONTROLPLANE_{name.upper()} must be a port number ({lowest}-65535)")
+        if self.llm_timeout <= 0:
+            raise ConfigError("CONTROLPLANE_LLM_TIMEOUT must be positive")
+        provider, _, name = self.llm_default_model.partition("/")
+        if provider not in LLM_PROVIDERS or not name.strip() or any(c.isspace() for c in self.llm_default_model):
+            raise ConfigError("CONTROLPLANE_LLM_DEFAULT_MODEL must be <provider>/<model> with provider one of "
+                              f"{', '.join(LLM_PROVIDERS)}, not {self.llm_default_model!r}")
+        for name in ("llm_openai_base_url", "llm_compat_base_url"):
+            value = getattr(self, name)
+            if value and not value.startswith(("http://", "https://")):
+                raise ConfigError(f"CONTROLPLANE_{name.upper()} must be an http:// or https:// URL, not {value!r}")
+        if self.llm_user_keys_secret and len(self.llm_user_keys_secret) < 32:
+            raise ConfigError("CONTROLPLANE_LLM_USER_KEYS_SECRET must be at least 32 characters")
         if not self.plans_file.is_file():
             raise ConfigError(f"CONTROLPLANE_PLANS_FILE: {self.plans_file} does not exist")
 

@@ -86,8 +86,8 @@ def database(database_url):
 
 
 def clear_tables():
-    from controlplane.models import Desktop, DesktopEvent, VmidLease
-    for model in (DesktopEvent, VmidLease, Desktop):
+    from controlplane.models import ALL_MODELS
+    for model in reversed(ALL_MODELS):  # children first
         model.delete().execute()
 
 
@@ -284,7 +284,7 @@ def lab(tmp_path_factory, database_url, redis_url, database):
 
     state = tmp_path_factory.mktemp("lab")
     config = LabConfig(state_dir=state, proxmox_host="127.0.0.1", proxmox_port=free_port(),
-                       time_scale=0.01, agent_delay=0.5, guacamole_port=free_port(),
+                       time_scale=0.01, agent_delay=0.5, guacamole_port=free_port(), llm_port=free_port(),
                        guacamole_password="guac-e2e-" + secrets.token_hex(6))
     services = LabServices(config).start()
     settings = Settings(var_dir=state, database_url=database_url, redis_url=redis_url, jwt_secret=JWT_SECRET,

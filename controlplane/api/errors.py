@@ -1,6 +1,7 @@
 """One error handler per API, each rendering its contract's envelope.
 
 /api/v1/... (the Desktop API): {"success": false, "error", "message", "details"?, "path", "timestamp"}.
+/api/... and /ws (the projects API): {"error": {"code", "message", "details"?}}.
 Views never build error JSON: they raise controlplane.errors.ApiError subclasses, and HTTP errors
 from routing, webargs validation and Werkzeug are translated here.
 """
@@ -20,7 +21,32 @@ log = logging.getLogger(__name__)
 BODY_KEY = "body"
 
 
+# The projects contract's codes, by HTTP status (its table has no code for 405, 409 or 413: those
+# are invalid requests too, with their own status).
+PROJECT_CODES = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
+                 405: "INVALID_REQUEST", 409: "INVALID_REQUEST", 413: "INVALID_REQUEST", 415: "INVALID_REQUEST",
+                 429: "RATE_LIMIT_EXCEEDED", 500: "INTERNAL_ERROR", 502: "SERVICE_UNAVAILABLE",
+                 503: "SERVICE_UNAVAILABLE", 504: "SERVICE_UNAVAILABLE"}
+
+
+def is_projects_api(path: str) -> bool:
+    return (path.startswith("/api/") and not path.startswith("/api/v1/")) or path == "/ws"
+
+
+def project_error_body(exc: errors.ApiError) -> dict:
+    code = getattr(exc, "project_code", None) or PROJECT_CODES.get(exc.status, "INTERNAL_ERROR")
+    error = {"code": code, "message": exc.message}
+    if exc.details:
+        error["details"] = exc.details
+    return {"error": error}
+
+
 def render_error(exc: errors.ApiError):
+    if is_projects_api(request.path):
+        response = jsonify(project_error_body(exc))
+        for name, value in (getattr(exc, "headers", None) or {}).items():
+            response.headers[name] = value
+        return response, exc.status
     body = {"success": False, "error": exc.code, "message": exc.message}
     if exc.details:
         body["details"] = exc.details

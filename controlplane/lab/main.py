@@ -1,9 +1,10 @@
 """`controlplane lab` (make lab): the whole system on one machine, in the foreground.
 
 Starts a private Redis (unless CONTROLPLANE_REDIS_URL is set), fakepve with the lab's templates
-and guest agents, the Guacamole stand-in, RQ workers and the API under gunicorn; writes
-var/lab/endpoints.json and var/lab/lab.env; Ctrl-C stops everything. State (database, Redis,
-Proxmox VMs, Guacamole connections) is kept in var/lab for the next run.
+and guest agents, the Guacamole stand-in, the lab echo model (answers openai/<model> chats), RQ
+workers and the API under gunicorn; writes var/lab/endpoints.json and var/lab/lab.env; Ctrl-C
+stops everything. State (database, Redis, Proxmox VMs, Guacamole connections) is kept in var/lab
+for the next run.
 """
 from __future__ import annotations
 
@@ -68,12 +69,15 @@ def run_lab(workers: int = 2) -> int:
         time_scale=float(_env("CONTROLPLANE_LAB_TIME_SCALE", "0.05")),
         agent_delay=float(_env("CONTROLPLANE_LAB_AGENT_DELAY", "3")),
         guacamole_port=int(_env("CONTROLPLANE_LAB_GUACAMOLE_PORT", "8090")),
+        llm_port=int(_env("CONTROLPLANE_LAB_LLM_PORT", "8091")),
     )
     for name, host, port in (("API", api_host, api_port), ("Proxmox stand-in", config.proxmox_host, config.proxmox_port),
-                             ("Guacamole stand-in", config.guacamole_host, config.guacamole_port)):
+                             ("Guacamole stand-in", config.guacamole_host, config.guacamole_port),
+                             ("lab echo model", config.llm_host, config.llm_port)):
         if not _port_free(host, port):
             _say(f"lab: {host}:{port} for the {name} is in use (another lab running?). Stop it, or change the "
-                 "port (CONTROLPLANE_PORT, CONTROLPLANE_LAB_PROXMOX_PORT, CONTROLPLANE_LAB_GUACAMOLE_PORT).")
+                 "port (CONTROLPLANE_PORT, CONTROLPLANE_LAB_PROXMOX_PORT, CONTROLPLANE_LAB_GUACAMOLE_PORT, "
+                 "CONTROLPLANE_LAB_LLM_PORT).")
             return 1
 
     children: list[subprocess.Popen] = []
@@ -116,6 +120,10 @@ def run_lab(workers: int = 2) -> int:
             "CONTROLPLANE_GUACAMOLE_DATA_SOURCE": config.guacamole_data_source,
             "CONTROLPLANE_IP_WAIT_DELAY": _env("CONTROLPLANE_IP_WAIT_DELAY", "1"),
         }
+        if not any(os.environ.get(k) for k in ("CONTROLPLANE_LLM_OPENAI_API_KEY", "CONTROLPLANE_LLM_OPENAI_BASE_URL")):
+            # openai/<model> chats go to the lab echo model unless the user configured OpenAI
+            env["CONTROLPLANE_LLM_OPENAI_BASE_URL"] = services.llm.url
+            env["CONTROLPLANE_LLM_OPENAI_API_KEY"] = config.llm_api_key
         for key, value in os.environ.items():  # the user's own CONTROLPLANE_* win over lab defaults
             if key.startswith("CONTROLPLANE_") and key not in ("CONTROLPLANE_REDIS_URL",):
                 env.setdefault(key, value)
@@ -128,6 +136,7 @@ def run_lab(workers: int = 2) -> int:
             "guacamole": {"url": guacamole_url, "dataSource": config.guacamole_data_source,
                           "username": config.guacamole_username, "password": config.guacamole_password},
             "redis": redis_url,
+            "llm": {"url": services.llm.url, "apiKey": config.llm_api_key},
         }
         _write_private(endpoints_file(), json.dumps(endpoints, indent=2) + "\n")
 
@@ -202,6 +211,7 @@ Cloud Desktop Service lab is running (Ctrl-C stops it; state is kept in {rel}/)
   Health           {api}/api/v1/health
   Proxmox (fake)   {endpoints['proxmox']['url']}   user {endpoints['proxmox']['user']} / {endpoints['proxmox']['password']}
   Guacamole (lab)  {endpoints['guacamole']['url']}/   user {endpoints['guacamole']['username']}
+  LLM (lab echo)   {endpoints['llm']['url']}   key {endpoints['llm']['apiKey']}   (answers openai/<model> chats)
   Redis            {endpoints['redis']}{'  (private to the lab)' if own_redis else ''}
   Workers          {workers}
   Endpoints file   {rel}/endpoints.json

@@ -1,5 +1,5 @@
-"""The lab's in-process services (fakepve + guest agents, the Guacamole stand-in) in one asyncio
-loop on a background thread. Used by `controlplane lab` and by the end-to-end tests, which reach
+"""The lab's in-process services (fakepve + guest agents, the Guacamole stand-in, the echo model) in
+one asyncio loop on a background thread. Used by `controlplane lab` and by the end-to-end tests, which reach
 the objects directly to cause faults (`call(lambda: ...)` runs code on the loop's thread).
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .guacamole import GuacamoleStandIn
+from .llm import LabLlm
 from .proxmox import LabProxmox
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ class LabConfig:
     guacamole_username: str = "guacadmin"
     guacamole_password: str = "guacadmin"
     guacamole_data_source: str = "postgresql"
+    llm_host: str = "127.0.0.1"
+    llm_port: int = 8091
+    llm_api_key: str = "lab-llm-key"
 
 
 class LabServices:
@@ -45,6 +49,7 @@ class LabServices:
                                           username=config.guacamole_username, password=config.guacamole_password,
                                           data_source=config.guacamole_data_source,
                                           state_file=str(config.state_dir / "guacamole.json"))
+        self.llm = LabLlm(host=config.llm_host, port=config.llm_port, api_key=config.llm_api_key)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="lab-services", daemon=True)
 
@@ -57,6 +62,7 @@ class LabServices:
         try:
             self._run(self.proxmox.start())
             self._run(self.guacamole.start())
+            self._run(self.llm.start())
         except Exception:
             self.stop()
             raise
@@ -65,7 +71,7 @@ class LabServices:
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
-        for stopper in (self.guacamole.stop, self.proxmox.stop):
+        for stopper in (self.llm.stop, self.guacamole.stop, self.proxmox.stop):
             try:
                 self._run(stopper(), timeout=10)
             except Exception:

@@ -27,7 +27,8 @@ def _available():
 
 def migrate(database: pw.Database) -> list[str]:
     """Apply every migration not yet recorded, each in its own transaction."""
-    with database.bind_ctx([SchemaMigration]):
+    from ..models import ALL_MODELS
+    with database.bind_ctx([SchemaMigration, *ALL_MODELS]):
         database.create_tables([SchemaMigration], safe=True)
         done = {m.number for m in SchemaMigration.select()}
         applied = []

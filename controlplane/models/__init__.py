@@ -70,13 +70,19 @@ class DesktopEvent(BaseModel):
 
 
 class VmidLease(BaseModel):
-    """A VM id held by a desktop, from allocation until its VM is confirmed gone."""
+    """A VM id held by a desktop or a project, from allocation until its VM is confirmed gone."""
     vmid = pw.IntegerField(primary_key=True)
     desktop = pw.ForeignKeyField(Desktop, null=True, backref="leases", on_delete="SET NULL")
+    project_id = pw.BigIntegerField(null=True, index=True)  # migration 2; Project is defined later
     created_at = pw.DateTimeField(default=utcnow)
 
 
 MODELS = (Desktop, DesktopEvent, VmidLease)
+
+from .projects import (PROJECT_MODELS, ChatMessage, Invitation, NetworkLease, Project,  # noqa: E402
+                       ProjectEvent, ProjectMember, UsageRecord, UserSettings)
+
+ALL_MODELS = MODELS + PROJECT_MODELS
 
 
 def init_db(url: str) -> pw.Database:

@@ -1,4 +1,4 @@
-"""Enqueueing desktop operations as RQ jobs, and what happens when a job dies."""
+"""Enqueueing operations on desktops and projects as RQ jobs (one job per operation)."""
 from __future__ import annotations
 
 import logging
@@ -16,22 +16,28 @@ FAILURE_TTL = 7 * 24 * 3600
 RESULT_TTL = 24 * 3600
 
 
-def new_job_id(desktop_id: int, operation: Operation) -> str:
-    return f"desktop-{desktop_id}-{operation.value}-{uuid.uuid4().hex[:12]}"
+def new_job_id(resource_id: int, operation: Operation, kind: str = "desktop") -> str:
+    return f"{kind}-{resource_id}-{operation.value}-{uuid.uuid4().hex[:12]}"
 
 
-def enqueue(settings: Settings, operation: Operation, desktop_id: int, job_id: str, force: bool = False):
-    """Put the operation's job on the queue. Raises redis errors to the caller."""
-    from ..tasks.desktops import on_job_failure, run_desktop_job
-    queue = get_queue(settings.redis_url)
-    return queue.enqueue(
-        run_desktop_job, desktop_id, operation.value, force,
+def enqueue(settings: Settings, operation: Operation, resource_id: int, job_id: str, force: bool = False,
+            kind: str = "desktop"):
+    """Put the operation's job on the queue. Raises redis errors to the caller.
+
+    The job's arguments are ids and flags only: never secrets, never user input beyond ids."""
+    from . import kinds
+    described = kinds.get(kind)
+    meta = {"kind": kind, "resource_id": resource_id, "operation": operation.value, "force": force}
+    if kind == "desktop":
+        meta["desktop_id"] = resource_id
+    return get_queue(settings.redis_url).enqueue(
+        described.job_function, resource_id, operation.value, force,
         job_id=job_id,
         # The playbook has its own timeout inside (ansible-runner); RQ's is the backstop.
         job_timeout=settings.job_timeout + 120,
         failure_ttl=FAILURE_TTL,
         result_ttl=RESULT_TTL,
-        meta={"desktop_id": desktop_id, "operation": operation.value, "force": force},
-        on_failure=Callback(on_job_failure),
-        description=f"{operation.value} desktop {desktop_id}",
+        meta=meta,
+        on_failure=Callback("controlplane.tasks.engine.on_job_failure"),
+        description=f"{operation.value} {kind} {resource_id}",
     )

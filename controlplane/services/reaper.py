@@ -1,8 +1,8 @@
-"""Desktops left in a transition by a job that no longer runs (worker killed, API died between
+"""Desktops and projects left in a transition by a job that no longer runs (worker killed, API died between
 commit and enqueue, Redis lost the job) are found here and resumed or failed.
 
 Policy: an abandoned operation is enqueued again up to `max_resumes` times (the playbooks are
-idempotent); after that the desktop is FAILED with the reason, and can be deleted.
+idempotent); after that the record is FAILED with the reason, and can be deleted.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from rq.worker import Worker
 
 from ..config import Settings
 from ..extensions import db
-from ..models import Desktop, utcnow
-from . import jobs, lifecycle
+from ..models import utcnow
+from . import jobs, kinds, lifecycle
 from .queue import get_redis
-from .states import FAILURE_VERB, TRANSITIONAL, Operation, Status
+from .states import Operation
 
 log = logging.getLogger(__name__)
 
@@ -64,34 +64,36 @@ def _was_forced(settings: Settings, job_id: str | None) -> bool:
     return bool(job.meta.get("force", False))
 
 
-def resolve_abandoned(settings: Settings, desktop: Desktop, reason: str) -> str:
-    """Resume the desktop's operation, or fail it. Returns what was done."""
-    if Status(desktop.status) not in TRANSITIONAL or not desktop.operation:
+def resolve_abandoned(settings: Settings, row, reason: str) -> str:
+    """Resume the desktop's or project's operation, or fail it. Returns what was done."""
+    kind = kinds.of(row)
+    model = kind.model
+    if kind.status(row.status) not in kind.transitional or not row.operation:
         return "settled"
-    op = Operation(desktop.operation)
-    if desktop.resumes < settings.max_resumes:
-        force = _was_forced(settings, desktop.job_id)
-        job_id = jobs.new_job_id(desktop.id, op)
+    op = Operation(row.operation)
+    if row.resumes < settings.max_resumes:
+        force = _was_forced(settings, row.job_id)
+        job_id = jobs.new_job_id(row.id, op, kind.name)
         with db.atomic():
-            changed = (Desktop.update(job_id=job_id, resumes=Desktop.resumes + 1, updated_at=utcnow())
-                       .where(Desktop.id == desktop.id, Desktop.job_id == desktop.job_id).execute())
+            changed = (model.update(job_id=job_id, resumes=model.resumes + 1, updated_at=utcnow())
+                       .where(model.id == row.id, model.job_id == row.job_id).execute())
         if not changed:
             return "moved on"
         try:
-            jobs.enqueue(settings, op, desktop.id, job_id, force=force)
+            jobs.enqueue(settings, op, row.id, job_id, force=force, kind=kind.name)
         except redis.RedisError as exc:
-            log.error("could not re-enqueue %s for desktop %s: %s", op.value, desktop.id, exc)
+            log.error("could not re-enqueue %s for %s %s: %s", op.value, kind.name, row.id, exc)
             return "retry later"
-        desktop.job_id = job_id
-        lifecycle.set_status(desktop, Status(desktop.status),
-                             f"{desktop.status_message} (resumed after the worker stopped: {reason})",
+        row.job_id = job_id
+        lifecycle.set_status(row, kind.status(row.status),
+                             f"{row.status_message} (resumed after the worker stopped: {reason})",
                              "reaper", job_id=job_id, publish_to=settings.redis_url)
-        log.warning("desktop %s: resumed %s after %s", desktop.id, op.value, reason)
+        log.warning("%s %s: resumed %s after %s", kind.name, row.id, op.value, reason)
         return "resumed"
-    message = f"{FAILURE_VERB[op]}: the worker running it stopped ({reason}) and it was not resumed"
-    lifecycle.set_status(desktop, Status.FAILED, message, "reaper", job_id=desktop.job_id,
+    message = f"{kind.failure_verb[op]}: the worker running it stopped ({reason}) and it was not resumed"
+    lifecycle.set_status(row, kind.failed, message, "reaper", job_id=row.job_id,
                          publish_to=settings.redis_url, operation=None)
-    log.warning("desktop %s: %s", desktop.id, message)
+    log.warning("%s %s: %s", kind.name, row.id, message)
     return "failed"
 
 
@@ -104,11 +106,13 @@ def reap(settings: Settings) -> dict[str, int]:
     live = _live_workers(conn, stale_after=settings.worker_stale_after)
     outcome: dict[str, int] = {}
     with db.connection_context():
-        stuck = Desktop.select().where(Desktop.status.in_([s.value for s in TRANSITIONAL]),
-                                       Desktop.updated_at < cutoff)
-        for desktop in stuck:
-            if job_is_alive(conn, desktop.job_id, live):
-                continue
-            result = resolve_abandoned(settings, desktop, "its job is no longer running")
-            outcome[result] = outcome.get(result, 0) + 1
+        for kind in kinds.KINDS.values():
+            model = kind.model
+            stuck = model.select().where(model.status.in_([s.value for s in kind.transitional]),
+                                         model.updated_at < cutoff)
+            for row in stuck:
+                if job_is_alive(conn, row.job_id, live):
+                    continue
+                result = resolve_abandoned(settings, row, "its job is no longer running")
+                outcome[result] = outcome.get(result, 0) + 1
     return outcome

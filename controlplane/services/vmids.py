@@ -1,6 +1,6 @@
 """VM ids come from a configured range, leased in the database (no cluster/nextid race).
 
-A lease is taken when a desktop is created and released only when its VM is confirmed deleted,
+A lease is taken when a desktop or project is created and released only when its VM is confirmed deleted,
 so an id is never reused while a VM might still carry it.
 """
 from __future__ import annotations
@@ -17,8 +17,9 @@ class VmidRangeExhausted(RuntimeError):
     pass
 
 
-def allocate(desktop_id: int, low: int, high: int) -> int:
-    """Lease the lowest free VM id in [low, high] for the desktop. Call inside a transaction."""
+def allocate(desktop_id: int | None, low: int, high: int, project_id: int | None = None) -> int:
+    """Lease the lowest free VM id in [low, high] for the desktop (or the project). Call inside a
+    transaction."""
     for _ in range(ATTEMPTS):
         taken = {row.vmid for row in VmidLease.select(VmidLease.vmid)
                  .where(VmidLease.vmid.between(low, high)).order_by(VmidLease.vmid)}
@@ -27,7 +28,7 @@ def allocate(desktop_id: int, low: int, high: int) -> int:
             raise VmidRangeExhausted(f"no free VM id in {low}-{high}")
         try:
             with db.atomic():  # a savepoint: a lost race leaves the outer transaction usable
-                VmidLease.create(vmid=candidate, desktop=desktop_id)
+                VmidLease.create(vmid=candidate, desktop=desktop_id, project_id=project_id)
             return candidate
         except pw.IntegrityError:
             continue  # another create took it between our read and insert; look again

@@ -64,13 +64,15 @@ def test_lab_runs_everything_stops_cleanly_and_keeps_state(tmp_path):
     env.update({
         "CONTROLPLANE_LAB_DIR": str(lab_dir), "CONTROLPLANE_PORT": str(free_port()),
         "CONTROLPLANE_LAB_PROXMOX_HOST": "127.0.0.1", "CONTROLPLANE_LAB_PROXMOX_PORT": str(free_port()),
-        "CONTROLPLANE_LAB_GUACAMOLE_PORT": str(free_port()), "CONTROLPLANE_LAB_TIME_SCALE": "0.01",
+        "CONTROLPLANE_LAB_GUACAMOLE_PORT": str(free_port()), "CONTROLPLANE_LAB_LLM_PORT": str(free_port()),
+        "CONTROLPLANE_LAB_TIME_SCALE": "0.01",
         "CONTROLPLANE_LAB_AGENT_DELAY": "0.5", "PYTHONUNBUFFERED": "1",
     })
     proc = start_lab(env, log_path)
     try:
         endpoints = wait_healthy(lab_dir, proc, log_path)
-        assert set(endpoints) == {"api", "proxmox", "guacamole", "redis"}
+        assert set(endpoints) == {"api", "proxmox", "guacamole", "redis", "llm"}
+        assert set(endpoints["llm"]) == {"url", "apiKey"} and endpoints["llm"]["url"].endswith("/v1")
         assert set(endpoints["proxmox"]) == {"url", "user", "password"}
         assert set(endpoints["guacamole"]) == {"url", "dataSource", "username", "password"}
         assert endpoints["redis"].startswith("unix://" + str(lab_dir))  # its own Redis: none was configured

@@ -69,6 +69,16 @@ def test_a_bad_int_names_the_variable(raw):
 def test_a_bad_float_names_the_variable():
     with pytest.raises(ConfigError, match=r"CONTROLPLANE_PROXMOX_API_TIMEOUT must be a number"):
         Settings.from_env(env(proxmox_api_timeout="fast"))
+    with pytest.raises(ConfigError, match=r"CONTROLPLANE_LLM_TIMEOUT must be a number"):
+        Settings.from_env(env(llm_timeout="1m"))
+
+
+def test_llm_defaults():
+    s = Settings()
+    assert (s.llm_timeout, s.llm_default_model) == (60.0, "openai/gpt-4")
+    assert not (s.llm_openai_api_key or s.llm_openai_base_url or s.llm_anthropic_api_key or s.llm_openrouter_api_key
+                or s.llm_compat_base_url or s.llm_compat_api_key or s.llm_user_keys_secret)
+    assert Settings.from_env(env(llm_timeout="2.5")).llm_timeout == 2.5
 
 
 @pytest.mark.parametrize("name", ["job_timeout", "reaper_interval", "abandoned_after", "port", "proxmox_timeout"])
@@ -141,7 +151,9 @@ def test_round_trip_of_every_field_changed(tmp_path):
         else:
             changed[f.name] = f"{value}x" if value else f"value-of-{f.name}"
     changed.update(plans_file=plans, timezone="Asia/Kolkata", guacamole_protocol="rdp", jwt_secret=GOOD_SECRET,
-                   jwt_jwks_url="", jwt_public_key="", vmid_min=20000, vmid_max=20999)
+                   jwt_jwks_url="", jwt_public_key="", vmid_min=20000, vmid_max=20999,
+                   llm_default_model="anthropic/claude-opus-4-5", llm_openai_base_url="http://llm.example/v1",
+                   llm_compat_base_url="http://127.0.0.1:11434/v1", llm_user_keys_secret="k" * 32)
     s = Settings(**changed)
     s.validate()
     assert all(getattr(s, k) != getattr(Settings(), k) for k in changed if k not in ("jwt_jwks_url", "jwt_public_key"))
@@ -163,11 +175,14 @@ def test_secrets_lists_only_the_non_empty_secret_values():
                  guacamole_username="guacadmin", proxmox_token_id="root@pam!cp")
     assert s.secrets() == [GOOD_SECRET, "pw1", "tok", "gpw", "vnc"]
     assert "root@pam" not in s.secrets() and "guacadmin" not in s.secrets()
+    llm = Settings(llm_openai_api_key="sk-o", llm_anthropic_api_key="sk-a", llm_openrouter_api_key="sk-r",
+                   llm_compat_api_key="ck", llm_user_keys_secret="u" * 32, llm_openai_base_url="http://h/v1")
+    assert llm.secrets() == ["sk-o", "sk-a", "sk-r", "ck", "u" * 32]
 
 
-def test_every_password_or_secret_field_is_a_secret():
+def test_every_password_secret_or_api_key_field_is_a_secret():
     suspicious = {f.name for f in dataclasses.fields(Settings)
-                  if any(word in f.name for word in ("password", "secret"))}
+                  if any(word in f.name for word in ("password", "secret", "api_key"))}
     assert suspicious == set(SECRET_FIELDS)
 
 
@@ -219,6 +234,15 @@ def test_replace_returns_a_new_settings():
     ({"jwt_secret": GOOD_SECRET, "jwt_public_key": "-----BEGIN PUBLIC KEY-----"}, "CONTROLPLANE_JWT_SECRET"),
     ({"jwt_secret": "s" * 31}, "CONTROLPLANE_JWT_SECRET must be at least 32"),
     ({"plans_file": Path("/nonexistent/plans.yml")}, "CONTROLPLANE_PLANS_FILE"),
+    ({"llm_timeout": 0.0}, "CONTROLPLANE_LLM_TIMEOUT must be positive"),
+    ({"llm_timeout": -1.0}, "CONTROLPLANE_LLM_TIMEOUT must be positive"),
+    ({"llm_default_model": "gpt-4"}, "CONTROLPLANE_LLM_DEFAULT_MODEL"),
+    ({"llm_default_model": "mistral/large"}, "CONTROLPLANE_LLM_DEFAULT_MODEL"),
+    ({"llm_default_model": "openai/"}, "CONTROLPLANE_LLM_DEFAULT_MODEL"),
+    ({"llm_default_model": "openai/gpt 4"}, "CONTROLPLANE_LLM_DEFAULT_MODEL"),
+    ({"llm_openai_base_url": "api.openai.com/v1"}, "CONTROLPLANE_LLM_OPENAI_BASE_URL"),
+    ({"llm_compat_base_url": "ftp://ollama:11434"}, "CONTROLPLANE_LLM_COMPAT_BASE_URL"),
+    ({"llm_user_keys_secret": "k" * 31}, "CONTROLPLANE_LLM_USER_KEYS_SECRET must be at least 32"),
 ])
 def test_validate_rejects(changes, names):
     with pytest.raises(ConfigError, match=re.escape(names)):
@@ -232,6 +256,9 @@ def test_validate_rejects(changes, names):
     {"jwt_secret": GOOD_SECRET},
     {"jwt_jwks_url": "https://kc/certs", "jwt_public_key": "-----BEGIN PUBLIC KEY-----"},
     {"guacamole_protocol": "rdp", "timezone": "Europe/Berlin"},
+    {"llm_default_model": "openrouter/anthropic/claude-opus-4-5", "llm_timeout": 0.5},
+    {"llm_default_model": "compat/llama3.1:8b", "llm_compat_base_url": "http://127.0.0.1:11434/v1"},
+    {"llm_openai_base_url": "https://gateway.example/openai/v1", "llm_user_keys_secret": "k" * 32},
 ])
 def test_validate_accepts(changes):
     Settings(**changes).validate()

@@ -1,0 +1,349 @@
+"""Projects (projects-api.md): create, read, operate, delete; members, invitations; and the one
+permission table that REST and the WebSocket both use.
+
+A project is provisioned by the same engine as a desktop (kinds.PROJECT): a VM from the template
+of its `os`, on its own SDN network (a /24 leased from the configured pool), by the project_*
+playbooks.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import peewee as pw
+import redis
+import yaml
+
+from ..config import Settings
+from ..errors import ApiError, Forbidden, InfrastructureError, InvalidOperation, NotFound, ValidationFailed
+from ..extensions import db
+from ..models import (ChatMessage, Invitation, NetworkLease, Project, ProjectEvent, ProjectMember, VmidLease,
+                      utcnow)
+from . import jobs, lifecycle
+from .desktops import Identity
+from .project_states import ACCEPTED, ALLOWED_FROM, ProjectStatus
+from .states import Operation
+
+log = logging.getLogger(__name__)
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProjectsConfig:
+    os_templates: dict[str, str]
+    default_os: str
+    network_pool: ipaddress.IPv4Network
+    default_estimate_seconds: int
+
+
+_config_cache: dict[Path, tuple[float, ProjectsConfig]] = {}
+
+
+def projects_config(settings: Settings) -> ProjectsConfig:
+    """config/projects.yml (CONTROLPLANE_PROJECTS_FILE), re-read when it changes."""
+    path = Path(settings.projects_file)
+    mtime = path.stat().st_mtime
+    cached = _config_cache.get(path)
+    if cached and cached[0] == mtime:
+        return cached[1]
+    data = yaml.safe_load(path.read_text()) or {}
+    templates = {str(k): str(v) for k, v in (data.get("os_templates") or {}).items()}
+    if not templates:
+        raise ValueError(f"{path}: os_templates is empty")
+    default_os = str(data.get("default_os") or next(iter(templates)))
+    config = ProjectsConfig(os_templates=templates, default_os=default_os,
+                            network_pool=ipaddress.ip_network(str(data.get("network_pool", "172.30.0.0/16"))),
+                            default_estimate_seconds=int(data.get("default_estimate_seconds", 150)))
+    _config_cache[path] = (mtime, config)
+    return config
+
+
+# ---- permissions -------------------------------------------------------------------------------
+
+class Role(str, enum.Enum):
+    OWNER = "owner"
+    EDITOR = "editor"
+    VIEWER = "viewer"
+
+
+class Action(str, enum.Enum):
+    READ = "read"  # the project, its status, its members
+    READ_CHAT = "read_chat"  # chat history, chat events
+    CHAT = "chat"  # send chat messages
+    OPERATE = "operate"  # start and stop the VM
+    DELETE = "delete"
+    MANAGE_MEMBERS = "manage_members"  # invite and remove collaborators
+
+
+# The permission table, used by every REST view and the WebSocket. Admins may do everything.
+PERMISSIONS: dict[Action, frozenset[Role]] = {
+    Action.READ: frozenset({Role.VIEWER, Role.EDITOR, Role.OWNER}),
+    Action.READ_CHAT: frozenset({Role.VIEWER, Role.EDITOR, Role.OWNER}),
+    Action.CHAT: frozenset({Role.EDITOR, Role.OWNER}),
+    Action.OPERATE: frozenset({Role.EDITOR, Role.OWNER}),
+    Action.DELETE: frozenset({Role.OWNER}),
+    Action.MANAGE_MEMBERS: frozenset({Role.OWNER}),
+}
+
+INVITABLE_ROLES = (Role.EDITOR, Role.VIEWER)
+
+
+def allowed(role: Role | None, action: Action, is_admin: bool = False) -> bool:
+    return is_admin or (role is not None and role in PERMISSIONS[action])
+
+
+def access(identity: Identity, project_id: str, action: Action) -> tuple[Project, Role | None]:
+    """The project and the caller's role, if the caller may do `action` on it.
+
+    Someone who is not a member gets 404 (projects they cannot see do not exist for them); a
+    member whose role does not allow the action gets 403."""
+    project = (Project.select().where(Project.public_id == project_id,
+                                      Project.status != ProjectStatus.DELETED.value).first())
+    if project is None:
+        raise NotFound(f"Project {project_id} not found", details={"project_id": project_id})
+    member = ProjectMember.get_or_none(ProjectMember.project == project.id, ProjectMember.user_id == identity.user_id)
+    role = Role(member.role) if member else None
+    if role is None and not identity.is_admin:
+        raise NotFound(f"Project {project_id} not found", details={"project_id": project_id})
+    if not allowed(role, action, identity.is_admin):
+        raise Forbidden(f"Your role ({role.value}) does not allow this on project {project_id}",
+                        details={"project_id": project_id, "required": _roles_text(action)})
+    return project, role
+
+
+def _roles_text(action: Action) -> str:
+    return " or ".join(r.value for r in Role if r in PERMISSIONS[action])
+
+
+# ---- reading -----------------------------------------------------------------------------------------
+
+def list_for(identity: Identity) -> list[Project]:
+    return list(Project.select().join(ProjectMember)
+                .where(ProjectMember.user_id == identity.user_id, Project.status != ProjectStatus.DELETED.value)
+                .order_by(Project.id))
+
+
+def members(project: Project) -> list[ProjectMember]:
+    order = pw.Case(ProjectMember.role, ((Role.OWNER.value, 0), (Role.EDITOR.value, 1)), 2)
+    return list(ProjectMember.select().where(ProjectMember.project == project.id)
+                .order_by(order, ProjectMember.joined_at, ProjectMember.id))
+
+
+def estimated_seconds(settings: Settings) -> int:
+    """From measured provisioning times (the median of the last 20), else the configured guess."""
+    rows = (Project.select(Project.provisioning_started_at, Project.provisioning_finished_at)
+            .where(Project.provisioning_finished_at.is_null(False), Project.provisioning_started_at.is_null(False))
+            .order_by(Project.provisioning_finished_at.desc()).limit(20))
+    durations = [(r.provisioning_finished_at - r.provisioning_started_at).total_seconds() for r in rows]
+    if not durations:
+        return projects_config(settings).default_estimate_seconds
+    return max(1, round(statistics.median(durations)))
+
+
+def estimate_text(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} seconds"
+    low, high = seconds // 60, -(-seconds // 60)
+    if low == high:
+        return f"{low} minute{'s' if low != 1 else ''}"
+    return f"{low}-{high} minutes"
+
+
+# ---- creating ----------------------------------------------------------------------------------------
+
+def create(settings: Settings, identity: Identity, name: str, description: str, os_name: str | None) -> Project:
+    config = projects_config(settings)
+    os_name = os_name or config.default_os
+    if os_name not in config.os_templates:
+        raise ValidationFailed(f"Unknown os {os_name!r}",
+                               details={"os": "Must be one of " + ", ".join(sorted(config.os_templates))})
+    accepted, message = ACCEPTED[Operation.CREATE]
+    now = utcnow()
+    from .vmids import VmidRangeExhausted, allocate
+    try:
+        with db.atomic():
+            project = Project.create(owner_id=identity.user_id, name=name, description=description or "",
+                                     os=os_name, status=accepted.value, status_message=message,
+                                     node=settings.proxmox_node, operation=Operation.CREATE.value,
+                                     provisioning_started_at=now, created_at=now, updated_at=now)
+            project.vmid = allocate(None, settings.vmid_min, settings.vmid_max, project_id=project.id)
+            project.network_cidr = _allocate_network(config.network_pool, project.id)
+            project.job_id = jobs.new_job_id(project.id, Operation.CREATE, "project")
+            project.save(only=[Project.vmid, Project.network_cidr, Project.job_id])
+            ProjectMember.create(project=project.id, user_id=identity.user_id, email=identity.email,
+                                 name=identity.name, role=Role.OWNER.value, joined_at=now)
+            ProjectEvent.create(project=project.id, status=accepted.value, message=message, source="api")
+    except (VmidRangeExhausted, NetworkPoolExhausted) as exc:
+        raise InfrastructureError(f"Failed to create project: {exc}") from None
+    try:
+        jobs.enqueue(settings, Operation.CREATE, project.id, project.job_id, kind="project")
+    except redis.RedisError as exc:
+        log.error("enqueue of create for project %s failed: %s", project.id, exc)
+        with db.atomic():  # nothing was made yet: undo the record so the user can retry
+            VmidLease.delete().where(VmidLease.project_id == project.id).execute()
+            NetworkLease.delete().where(NetworkLease.project == project.id).execute()
+            project.delete_instance(recursive=True)
+        raise ServiceUnavailable("Failed to create project: the job queue is unavailable") from None
+    lifecycle.publish(settings.redis_url, project)
+    return project
+
+
+class NetworkPoolExhausted(RuntimeError):
+    pass
+
+
+def _allocate_network(pool: ipaddress.IPv4Network, project_id: int) -> str:
+    """Lease the first free /24 of the pool for the project. Call inside a transaction."""
+    if pool.prefixlen > 24:
+        raise NetworkPoolExhausted(f"network pool {pool} is smaller than a /24")
+    taken = {row.cidr for row in NetworkLease.select(NetworkLease.cidr)}
+    for subnet in pool.subnets(new_prefix=24):
+        cidr = str(subnet)
+        if cidr in taken:
+            continue
+        try:
+            with db.atomic():
+                NetworkLease.create(cidr=cidr, project=project_id)
+            return cidr
+        except pw.IntegrityError:
+            continue
+    raise NetworkPoolExhausted(f"no free /24 left in {pool}")
+
+
+class ServiceUnavailable(ApiError):
+    status, code, kind = 503, "SERVICE_UNAVAILABLE", "unavailable"
+    default_message = "Service temporarily unavailable"
+
+
+# ---- operations ----------------------------------------------------------------------------------------
+
+def request(settings: Settings, identity: Identity, project_id: str, operation: Operation,
+            force: bool = False) -> Project:
+    action = Action.DELETE if operation is Operation.DELETE else Action.OPERATE
+    project, _ = access(identity, project_id, action)
+    status = ProjectStatus(project.status)
+    if status not in ALLOWED_FROM[operation]:
+        raise InvalidOperation(f"Cannot {operation.value} project in {status.value} state",
+                               details={"status": status.value})
+    accepted, message = ACCEPTED[operation]
+    job_id = jobs.new_job_id(project.id, operation, "project")
+    previous = (project.status, project.status_message, project.operation, project.job_id)
+    with db.atomic():
+        changed = (Project.update(status=accepted.value, status_message=message, operation=operation.value,
+                                  job_id=job_id, resumes=0, updated_at=utcnow())
+                   .where(Project.id == project.id, Project.status == project.status).execute())
+        if not changed:
+            current = Project.get_by_id(project.id)
+            raise InvalidOperation(f"Cannot {operation.value} project in {current.status} state")
+        ProjectEvent.create(project=project.id, status=accepted.value, message=message, source="api")
+    try:
+        jobs.enqueue(settings, operation, project.id, job_id, force=force, kind="project")
+    except redis.RedisError as exc:
+        log.error("enqueue of %s for project %s failed: %s", operation.value, project.id, exc)
+        status_value, status_message, op, old_job = previous
+        Project.update(status=status_value, status_message=status_message, operation=op, job_id=old_job) \
+            .where(Project.id == project.id, Project.job_id == job_id).execute()
+        raise ServiceUnavailable(f"Failed to {operation.value} project: the job queue is unavailable") from None
+    project = Project.get_by_id(project.id)
+    lifecycle.publish(settings.redis_url, project)
+    return project
+
+
+def forget_contents(project: Project) -> None:
+    """Once the project's VM and network are gone: its chat, members and invitations go too."""
+    ChatMessage.delete().where(ChatMessage.project == project.id).execute()
+    Invitation.delete().where(Invitation.project == project.id).execute()
+    ProjectMember.delete().where(ProjectMember.project == project.id).execute()
+
+
+# ---- collaborators ---------------------------------------------------------------------------------------
+
+def invite(settings: Settings, identity: Identity, project_id: str, email: str, role: str) -> Invitation:
+    project, _ = access(identity, project_id, Action.MANAGE_MEMBERS)
+    email = email.strip().lower()
+    if role not in {r.value for r in INVITABLE_ROLES}:
+        raise ValidationFailed("Invalid role", details={"role": "Must be editor or viewer"})
+    if ProjectMember.select().where(ProjectMember.project == project.id,
+                                    pw.fn.LOWER(ProjectMember.email) == email).exists():
+        raise ValidationFailed(f"{email} is already a member of this project", details={"email": email})
+    with db.atomic():
+        open_invitation = Invitation.get_or_none(Invitation.project == project.id, Invitation.email == email,
+                                                 Invitation.status == "sent")
+        if open_invitation is not None:  # inviting again updates the role of the open invitation
+            open_invitation.role = role
+            open_invitation.save(only=[Invitation.role])
+            return open_invitation
+        invitation = Invitation.create(project=project.id, email=email, role=role, invited_by=identity.user_id)
+    lifecycle_notify(settings, project, {"type": "collaborator_activity", "project_id": project.public_id,
+                                         "user": {"id": identity.user_id, "name": identity.name},
+                                         "activity": "invited", "email": email, "role": role})
+    return invitation
+
+
+def invitations_for(identity: Identity) -> list[Invitation]:
+    if not identity.email:
+        return []
+    return list(Invitation.select(Invitation, Project).join(Project)
+                .where(Invitation.email == identity.email.strip().lower(), Invitation.status == "sent",
+                       Project.status != ProjectStatus.DELETED.value)
+                .order_by(Invitation.id))
+
+
+def respond(settings: Settings, identity: Identity, invitation_id: str, accept: bool) -> Invitation:
+    invitation = (Invitation.select(Invitation, Project).join(Project)
+                  .where(Invitation.public_id == invitation_id).first())
+    mine = invitation is not None and identity.email and invitation.email == identity.email.strip().lower()
+    if not mine or invitation.project.status == ProjectStatus.DELETED.value:
+        raise NotFound(f"Invitation {invitation_id} not found", details={"invitation_id": invitation_id})
+    if invitation.status != "sent":
+        raise InvalidOperation(f"Invitation {invitation_id} is already {invitation.status}",
+                               details={"status": invitation.status})
+    now = utcnow()
+    with db.atomic():
+        changed = (Invitation.update(status="accepted" if accept else "declined", responded_at=now)
+                   .where(Invitation.id == invitation.id, Invitation.status == "sent").execute())
+        if not changed:
+            raise InvalidOperation(f"Invitation {invitation_id} was already answered")
+        if accept:
+            member = ProjectMember.get_or_none(ProjectMember.project == invitation.project_id,
+                                               ProjectMember.user_id == identity.user_id)
+            if member is None:
+                ProjectMember.create(project=invitation.project_id, user_id=identity.user_id, email=identity.email,
+                                     name=identity.name, role=invitation.role, joined_at=now)
+    invitation.status = "accepted" if accept else "declined"
+    lifecycle_notify(settings, invitation.project, {
+        "type": "collaborator_activity", "project_id": invitation.project.public_id,
+        "user": {"id": identity.user_id, "name": identity.name},
+        "activity": "joined_project" if accept else "declined_invitation"})
+    return invitation
+
+
+def remove_member(settings: Settings, identity: Identity, project_id: str, user_id: str) -> None:
+    """The owner removes a collaborator; a collaborator may remove themselves (leave)."""
+    action = Action.READ if user_id == identity.user_id else Action.MANAGE_MEMBERS
+    project, _ = access(identity, project_id, action)
+    member = ProjectMember.get_or_none(ProjectMember.project == project.id, ProjectMember.user_id == user_id)
+    if member is None:
+        raise NotFound(f"User {user_id} is not a collaborator on project {project_id}",
+                       details={"project_id": project_id, "user_id": user_id})
+    if member.role == Role.OWNER.value:
+        raise ValidationFailed("The project's owner cannot be removed", details={"user_id": user_id})
+    member.delete_instance()
+    lifecycle_notify(settings, project, {"type": "collaborator_activity", "project_id": project.public_id,
+                                         "user": {"id": user_id, "name": member.name},
+                                         "activity": "left_project" if user_id == identity.user_id else "removed"})
+
+
+def lifecycle_notify(settings: Settings, project: Project, payload: dict) -> None:
+    """Publish an event to the project's room (best effort)."""
+    from .queue import EVENTS_CHANNEL_PREFIX, get_redis
+    from .kinds import dumps
+    try:
+        get_redis(settings.redis_url).publish(f"{EVENTS_CHANNEL_PREFIX}project:{project.public_id}", dumps(payload))
+    except Exception as exc:
+        log.warning("could not publish to project %s: %s", project.public_id, exc)

@@ -1,0 +1,45 @@
+"""Schema migrations: a fresh database gets every table; a database made by an older version is
+brought up to date without losing rows; running them twice changes nothing."""
+from __future__ import annotations
+
+import peewee as pw
+from playhouse.db_url import connect
+
+from controlplane.migrations import SchemaMigration, migrate
+from controlplane.models import ALL_MODELS
+
+
+def tables(database) -> set[str]:
+    return set(database.get_tables())
+
+
+def test_fresh_database_gets_every_table(tmp_path):
+    database = connect(f"sqlite:///{tmp_path / 'fresh.db'}")
+    applied = migrate(database)
+    assert applied == ["m0001_initial", "m0002_projects"]
+    assert {m._meta.table_name for m in ALL_MODELS} <= tables(database)
+    assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
+    assert migrate(database) == []
+
+
+def test_version_one_database_is_upgraded_in_place(tmp_path):
+    database = connect(f"sqlite:///{tmp_path / 'old.db'}")
+    # The schema as version 1 made it: vmid_lease without project_id, one lease in it.
+    database.execute_sql("CREATE TABLE vmid_lease (vmid INTEGER NOT NULL PRIMARY KEY, desktop_id BIGINT, "
+                         "created_at DATETIME NOT NULL)")
+    database.execute_sql("INSERT INTO vmid_lease (vmid, desktop_id, created_at) VALUES (10001, 7, '2026-11-01')")
+    with database.bind_ctx([SchemaMigration]):
+        database.create_tables([SchemaMigration])
+        SchemaMigration.create(number=1, name="m0001_initial")
+    assert migrate(database) == ["m0002_projects"]
+    assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
+    assert database.execute_sql("SELECT vmid, desktop_id, project_id FROM vmid_lease").fetchall() == [(10001, 7, None)]
+    assert "project" in tables(database)
+
+
+def test_migrations_on_the_test_database(database):
+    """The session's database (SQLite or PostgreSQL) carries every model's table and column."""
+    for model in ALL_MODELS:
+        columns = {c.name for c in database.get_columns(model._meta.table_name)}
+        assert {f.column_name for f in model._meta.sorted_fields} <= columns, model
+    assert isinstance(database, pw.Database)
