@@ -19,6 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .api.desktops.resources import blp as desktops_blp
     from .api.errors import init_error_handlers
     from .api.health.resources import blp as health_blp
+    from .api.projects.resources import blp as projects_blp
     from .auth import init_auth
     from .extensions import api, db
     from .models import init_db
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.init_app(app)
     api.register_blueprint(desktops_blp)
     api.register_blueprint(health_blp)
+    api.register_blueprint(projects_blp)
     init_error_handlers(app)
 
     @app.before_request

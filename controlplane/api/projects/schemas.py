@@ -1,0 +1,131 @@
+"""Marshmallow schemas of the projects API (projects-api.md), field names as the contract has them."""
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("Must not be blank")
+
+
+class ProjectCreate(Strict):
+    name = fields.String(required=True, validate=[_not_blank, validate.Length(max=100, error="At most 100 characters")],
+                         metadata={"example": "My New Project"},
+                         error_messages={"required": "Project name is required", "null": "Project name is required",
+                                         "invalid": "Must be a string"})
+    description = fields.String(load_default="", validate=validate.Length(max=2000, error="At most 2000 characters"),
+                                error_messages={"invalid": "Must be a string"})
+    os = fields.String(load_default=None, metadata={"example": "windows11", "description": "Template key; windows11 by default"},
+                       error_messages={"invalid": "Must be a string"})
+
+
+class ProjectStopBody(Strict):
+    force = fields.Boolean(load_default=False, error_messages={"invalid": "Must be true or false"})
+
+
+class ProjectEmptyBody(Strict):
+    pass
+
+
+class ProjectSummary(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    status = fields.String(required=True)
+    created_at = fields.String(required=True)
+    vm_ip = fields.String(allow_none=True)
+    shared_folder_url = fields.String(allow_none=True)
+
+
+class ProjectList(Schema):
+    projects = fields.List(fields.Nested(ProjectSummary), required=True)
+
+
+class ProjectCreated(Schema):
+    project_id = fields.String(required=True)
+    status = fields.String(required=True)
+    estimated_time = fields.String(required=True)
+
+
+class Collaborator(Schema):
+    user_id = fields.String(required=True)
+    email = fields.String(allow_none=True)
+    name = fields.String(allow_none=True)
+    role = fields.String(required=True)
+    joined_at = fields.String()
+
+
+class ProjectDetails(ProjectSummary):
+    description = fields.String()
+    os = fields.String()
+    status_message = fields.String()
+    network = fields.String(allow_none=True)
+    role = fields.String(allow_none=True, metadata={"description": "The caller's role in the project"})
+    collaborators = fields.List(fields.Nested(Collaborator), required=True)
+
+
+class Done(Schema):
+    success = fields.Boolean(required=True)
+    message = fields.String()
+
+
+class ProjectOperation(Done):
+    project_id = fields.String()
+    status = fields.String()
+
+
+class Invite(Strict):
+    email = fields.Email(required=True, error_messages={"required": "Email is required", "invalid": "Not a valid email address"})
+    role = fields.String(required=True, validate=validate.OneOf(["editor", "viewer"], error="Must be editor or viewer"),
+                         error_messages={"required": "Role is required"})
+
+    @validates("email")
+    def _length(self, value, **_):
+        if len(value) > 320:
+            raise ValidationError("At most 320 characters")
+
+
+class Invited(Schema):
+    success = fields.Boolean(required=True)
+    invitation_id = fields.String(required=True)
+    status = fields.String(required=True)
+
+
+class CollaboratorList(Schema):
+    collaborators = fields.List(fields.Nested(Collaborator), required=True)
+
+
+class InvitationOut(Schema):
+    id = fields.String(required=True)
+    project_id = fields.String(required=True)
+    project_name = fields.String()
+    role = fields.String(required=True)
+    invited_by = fields.String()
+    status = fields.String(required=True)
+    created_at = fields.String()
+
+
+class InvitationList(Schema):
+    invitations = fields.List(fields.Nested(InvitationOut), required=True)
+
+
+class InvitationAnswer(Schema):
+    success = fields.Boolean(required=True)
+    invitation_id = fields.String(required=True)
+    status = fields.String(required=True)
+    project_id = fields.String(required=True)
+
+
+class ErrorBody(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Dict()
+
+
+class ProjectError(Schema):
+    error = fields.Nested(ErrorBody, required=True)
