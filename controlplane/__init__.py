@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 def create_app(settings: Settings | None = None) -> Flask:
     from .api.common import SETTINGS_KEY
+    from .api.chat.resources import blp as chat_blp
     from .api.desktops.resources import blp as desktops_blp
     from .api.errors import init_error_handlers
     from .api.health.resources import blp as health_blp
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(desktops_blp)
     api.register_blueprint(health_blp)
     api.register_blueprint(projects_blp)
+    api.register_blueprint(chat_blp)
     init_error_handlers(app)
 
     @app.before_request

@@ -1,0 +1,159 @@
+"""The projects API's AI chat, user settings and usage (projects-api.md): /api/chat, /api/user."""
+from __future__ import annotations
+
+from flask import g
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+from ...auth import current_identity
+from ...services import conversations as service
+from ..common import settings
+from ..projects.resources import with_errors
+from ..projects.schemas import ProjectError  # noqa: F401  (documented error shape)
+
+blp = Blueprint("chat", __name__, url_prefix="/api", description="AI chat in a project, user settings and usage.")
+
+
+@blp.before_request
+def _authenticate():
+    g.identity = current_identity(settings())
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class ChatParameters(Schema):
+    class Meta:
+        unknown = EXCLUDE  # validated again (ranges, the model's limits) by the chat service
+
+    temperature = fields.Raw()
+    max_tokens = fields.Raw()
+    top_p = fields.Raw()
+
+
+class ChatSend(Strict):
+    project_id = fields.String(required=True, error_messages={"required": "project_id is required"})
+    message = fields.String(required=True, error_messages={"required": "message is required"})
+    model = fields.String(load_default=None, metadata={"example": "openai/gpt-4"})
+    parameters = fields.Dict(load_default=None, metadata={"example": {"temperature": 0.7, "max_tokens": 2000}})
+
+
+class ChatAnswer(Schema):
+    message_id = fields.String(required=True)
+    response = fields.String(required=True)
+    model = fields.String(required=True)
+    tokens_used = fields.Integer(required=True)
+    cost = fields.Float(required=True)
+
+
+class Message(Schema):
+    id = fields.String(required=True)
+    role = fields.String(required=True)
+    content = fields.String(required=True)
+    timestamp = fields.String(required=True)
+    model = fields.String(allow_none=True)
+    tokens = fields.Integer(allow_none=True)
+    user_id = fields.String(allow_none=True)
+    error = fields.String()
+
+
+class History(Schema):
+    messages = fields.List(fields.Nested(Message), required=True)
+
+
+class HistoryQuery(Strict):
+    limit = fields.Integer(load_default=200, validate=validate.Range(1, 1000, error="Must be between 1 and 1000"))
+    before = fields.String(load_default=None, metadata={"description": "Only messages older than this message id"})
+
+
+class UserSettingsOut(Schema):
+    user_id = fields.String(required=True)
+    preferred_model = fields.String(required=True)
+    model_parameters = fields.Dict(required=True)
+    custom_models = fields.List(fields.String(), required=True)
+    api_keys = fields.List(fields.String(), metadata={"description": "Providers with a key of your own (keys are never shown)"})
+
+
+class UserSettingsIn(Strict):
+    preferred_model = fields.String()
+    model_parameters = fields.Dict()
+    custom_models = fields.List(fields.String())
+    api_keys = fields.Dict(keys=fields.String(), values=fields.String(),
+                           metadata={"description": "provider → your own key (write-only; empty removes it)"})
+
+
+class SettingsUpdated(Schema):
+    success = fields.Boolean(required=True)
+    settings = fields.Nested(UserSettingsOut, required=True)
+
+
+class UsageQuery(Strict):
+    period = fields.String(load_default="last_30_days",
+                           validate=validate.OneOf(list(service.PERIODS), error="Must be one of " + ", ".join(service.PERIODS)))
+
+
+class ModelUsage(Schema):
+    tokens = fields.Integer()
+    cost = fields.Float()
+    requests = fields.Integer()
+
+
+class Usage(Schema):
+    total_tokens = fields.Integer(required=True)
+    total_cost = fields.Float(required=True)
+    by_model = fields.Dict(keys=fields.String(), values=fields.Nested(ModelUsage), required=True)
+    period = fields.String(required=True)
+
+
+@blp.route("/chat")
+class Chat(MethodView):
+    @blp.arguments(ChatSend)
+    @blp.response(200, ChatAnswer)
+    @with_errors(400, 401, 403, 404, 503)
+    def post(self, body):
+        """Send a message to the project's AI model (owner or editor); everyone in the project sees it."""
+        answer, result = service.send(settings(), g.identity, body["project_id"], body["message"], body["model"],
+                                      body["parameters"])
+        return {"message_id": answer.public_id, "response": answer.content, "model": answer.model,
+                "tokens_used": result.total_tokens, "cost": result.cost}
+
+
+@blp.route("/chat/<project_id>/history")
+class ChatHistory(MethodView):
+    @blp.arguments(HistoryQuery, location="query")
+    @blp.response(200, History)
+    @with_errors(400, 401, 404)
+    def get(self, query, project_id):
+        """The project's chat, oldest first (any member)."""
+        messages = service.history(g.identity, project_id, query["limit"], query["before"])
+        return {"messages": [service.message_data(m) for m in messages]}
+
+
+@blp.route("/user/settings")
+class Settings(MethodView):
+    @blp.response(200, UserSettingsOut)
+    @with_errors(401)
+    def get(self):
+        """Your chat settings (defaults until you change them)."""
+        return service.user_settings(settings(), g.identity)
+
+    @blp.arguments(UserSettingsIn)
+    @blp.response(200, SettingsUpdated)
+    @with_errors(400, 401)
+    def put(self, body):
+        """Change your preferred model, its parameters, custom models, and your own provider keys."""
+        updated = service.update_settings(settings(), g.identity, body)
+        return {"success": True, "settings": updated}
+
+
+@blp.route("/user/usage")
+class UsageView(MethodView):
+    @blp.arguments(UsageQuery, location="query")
+    @blp.response(200, Usage)
+    @with_errors(400, 401)
+    def get(self, query):
+        """Your model usage: tokens, cost and requests per model over a period (last 30 days by default)."""
+        return service.usage(g.identity, query["period"])
