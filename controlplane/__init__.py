@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(projects_blp)
     api.register_blueprint(chat_blp)
     init_error_handlers(app)
+    from .api.ws import init_ws
+    init_ws(app)
 
     @app.before_request
     def _connect():
