@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_error_handlers(app)
     from .api.ws import init_ws
     init_ws(app)
+    from .api.limits import init_limits
+    init_limits(app, settings)
 
     @app.before_request
     def _connect():

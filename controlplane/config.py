@@ -121,6 +121,12 @@ class Settings:
     llm_compat_base_url: str = ""  # an OpenAI-compatible server (Ollama, vLLM, ...): enables compat/<model>
     llm_compat_api_key: str = ""  # its key, if it wants one
     llm_user_keys_secret: str = ""  # encrypts users' own provider keys at rest; empty: they are not stored
+    # Rate limits (both contracts' numbers); "N/second|minute|hour|day"
+    rate_limits: bool = True
+    rate_limit_api: str = "100/minute"  # every API request, per user
+    rate_limit_desktop_create: str = "5/hour"  # desktops created, per user
+    rate_limit_project_create: str = "5/hour"  # projects created, per user
+    rate_limit_chat: str = "20/minute"  # chat messages, per project
     # Lab
     lab: bool = False
     extra: dict = field(default_factory=dict)
@@ -273,6 +279,13 @@ class Settings:
                 raise ConfigError(f"CONTROLPLANE_{name.upper()} must be an http:// or https:// URL, not {value!r}")
         if self.llm_user_keys_secret and len(self.llm_user_keys_secret) < 32:
             raise ConfigError("CONTROLPLANE_LLM_USER_KEYS_SECRET must be at least 32 characters")
+        for name in ("rate_limit_api", "rate_limit_desktop_create", "rate_limit_project_create", "rate_limit_chat"):
+            try:
+                from limits import parse
+                parse(getattr(self, name))
+            except ValueError:
+                raise ConfigError(f"CONTROLPLANE_{name.upper()} must look like 100/minute, "
+                                  f"not {getattr(self, name)!r}") from None
         if not self.plans_file.is_file():
             raise ConfigError(f"CONTROLPLANE_PLANS_FILE: {self.plans_file} does not exist")
 

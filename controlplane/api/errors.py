@@ -99,6 +99,9 @@ def _from_http(exc: HTTPException) -> errors.ApiError:
         return errors.MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}")
     if exc.code == 413:
         return errors.PayloadTooLarge()
+    if exc.code == 429:  # Flask-Limiter's RateLimitExceeded: its description is the limit
+        from .limits import RateLimited
+        return RateLimited(f"Rate limit exceeded: {exc.description}", details={"limit": str(exc.description)})
     if exc.code == 415:
         return errors.ValidationFailed(details={BODY_KEY: "Content-Type must be application/json"})
     generic = errors.ApiError(exc.description or exc.name)

@@ -1,0 +1,89 @@
+"""Rate limits on Redis (Flask-Limiter): the contracts' limits, their headers, and 429 in each API's
+own envelope. Limits are made small by configuration here."""
+from __future__ import annotations
+
+import pytest
+
+from controlplane.extensions import db
+from controlplane.models import Desktop
+
+
+@pytest.fixture
+def limited(base_settings, database, client):
+    from controlplane import create_app
+
+    def make(**limits):
+        return create_app(base_settings.replace(**limits)).test_client()
+    return make
+
+
+def test_api_limit_per_user_with_headers(limited, auth):
+    c = limited(rate_limit_api="5/minute")
+    for n in range(5):
+        response = c.get("/api/v1/desktops", headers=auth())
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Limit"] == "5"
+        assert response.headers["X-RateLimit-Remaining"] == str(4 - n)
+        assert int(response.headers["X-RateLimit-Reset"]) > 0
+    refused = c.get("/api/v1/desktops", headers=auth())
+    assert refused.status_code == 429
+    body = refused.get_json()
+    assert body["success"] is False and body["error"] == "RATE_LIMIT_EXCEEDED" and body["path"] == "/api/v1/desktops"
+    assert int(refused.headers["Retry-After"]) > 0
+    # Per user: someone else is not affected; the projects API shares the same per-user budget.
+    assert c.get("/api/v1/desktops", headers=auth("user_other")).status_code == 200
+    projects = c.get("/api/projects", headers=auth())
+    assert projects.status_code == 429 and projects.get_json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    # Health and the API documents are not limited.
+    assert c.get("/api/v1/openapi.json").status_code == 200
+
+
+def test_desktop_creations_per_hour_count_only_created_desktops(limited, auth):
+    c = limited(rate_limit_desktop_create="2/hour")
+    for attempt in range(2):
+        created = c.post("/api/v1/desktops", json={"userId": "user_12345"}, headers=auth())
+        assert created.status_code == 201
+        if attempt == 0:  # a refused create (409) does not use up the budget
+            assert c.post("/api/v1/desktops", json={"userId": "user_12345"}, headers=auth()).status_code == 409
+        with db.connection_context():
+            Desktop.update(status="DELETED").where(Desktop.id == created.get_json()["data"]["id"]).execute()
+    third = c.post("/api/v1/desktops", json={"userId": "user_12345"}, headers=auth())
+    assert third.status_code == 429 and third.get_json()["error"] == "RATE_LIMIT_EXCEEDED"
+    with db.connection_context():
+        assert Desktop.select().where(Desktop.status != "DELETED").count() == 0
+    # Reading is not creation.
+    assert c.get("/api/v1/desktops", headers=auth()).status_code == 200
+
+
+def test_project_creations_per_hour(limited, token):
+    c = limited(rate_limit_project_create="1/hour")
+    headers = {"Authorization": "Bearer " + token("user_p")}
+    assert c.post("/api/projects", json={"name": "one"}, headers=headers).status_code == 201
+    refused = c.post("/api/projects", json={"name": "two"}, headers=headers)
+    assert refused.status_code == 429
+    assert refused.get_json() == {"error": {"code": "RATE_LIMIT_EXCEEDED",
+                                            "message": "Rate limit exceeded: 1 per 1 hour",
+                                            "details": {"limit": "1 per 1 hour"}}}
+
+
+def test_chat_messages_per_project(limited, token):
+    c = limited(rate_limit_chat="2/minute")
+    owner = {"Authorization": "Bearer " + token("user_chat")}
+    project_id = c.post("/api/projects", json={"name": "p"}, headers=owner).get_json()["project_id"]
+    other = c.post("/api/projects", json={"name": "q"}, headers=owner).get_json()["project_id"]
+    for _ in range(2):  # no model is configured in these tests: 400, but the message still counts
+        assert c.post("/api/chat", json={"project_id": project_id, "message": "hi"}, headers=owner).status_code == 400
+    assert c.post("/api/chat", json={"project_id": project_id, "message": "hi"}, headers=owner).status_code == 429
+    assert c.post("/api/chat", json={"project_id": other, "message": "hi"}, headers=owner).status_code == 400
+
+
+def test_limits_can_be_switched_off(limited, auth):
+    c = limited(rate_limits=False, rate_limit_api="1/minute")
+    for _ in range(3):
+        assert c.get("/api/v1/desktops", headers=auth()).status_code == 200
+
+
+def test_bad_limit_setting_is_refused():
+    from controlplane.config import ConfigError, Settings
+    with pytest.raises(ConfigError, match="CONTROLPLANE_RATE_LIMIT_CHAT"):
+        Settings.from_env({"CONTROLPLANE_RATE_LIMIT_CHAT": "lots"})
