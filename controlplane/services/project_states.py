@@ -73,12 +73,13 @@ PLAYBOOK: dict[Operation, str] = {
 
 # (role, task file) → (status, message) the worker shows while that file runs.
 TASK_FILE_STATUS: dict[tuple[str, str], tuple[ProjectStatus, str]] = {
-    ("proxmox_network", "present.yml"): (P.PROVISIONING, "Creating the project's network"),
+    ("proxmox_network", "zone.yml"): (P.PROVISIONING, "Creating the project's network"),
+    ("proxmox_network", "vnet.yml"): (P.PROVISIONING, "Creating the project's network"),
+    ("proxmox_network", "subnet.yml"): (P.PROVISIONING, "Creating the project's network"),
     ("proxmox_desktop", "clone.yml"): (P.PROVISIONING, "Cloning VM from template"),
     ("proxmox_desktop", "configure.yml"): (P.PROVISIONING, "Attaching the VM to the project's network"),
     ("proxmox_desktop", "start.yml"): (P.PROVISIONING, "VM is booting up"),
     ("proxmox_desktop", "wait_ip.yml"): (P.PROVISIONING, "Waiting for the VM's network"),
     ("proxmox_desktop", "stop.yml"): (P.STOPPING, "Shutting down VM"),
     ("proxmox_desktop", "delete.yml"): (P.DELETING, "Removing VM"),
-    ("proxmox_network", "absent.yml"): (P.DELETING, "Removing the project's network"),
 }
