@@ -165,3 +165,31 @@ def test_malformed_messages_get_an_error_and_keep_the_session(server, people):
         assert sock.next() == {"type": "pong"}
     finally:
         sock.close()
+
+
+def test_a_removed_member_stops_receiving_the_rooms_events(server, people, post):
+    import requests
+    project_id = make_team(post, people)
+    owner, editor = Socket(server.url), Socket(server.url)
+    try:
+        owner.auth(people["owner"])
+        editor.auth(people["editor"])
+        for sock in (owner, editor):
+            sock.send({"type": "join", "project_id": project_id})
+            sock.next(type_="joined")
+        removed = requests.delete(f"{server.url}/api/projects/{project_id}/collaborators/user_editor",
+                                  headers=people["owner"], timeout=10)
+        assert removed.status_code == 200
+        news = editor.next(type_="collaborator_activity")
+        while news["activity"] == "joined_chat":  # the owner's own join may arrive first
+            news = editor.next(type_="collaborator_activity")
+        assert news["activity"] == "removed" and news["user"]["id"] == "user_editor"
+        post("/api/chat", people["owner"], {"project_id": project_id, "message": "secret plans"})
+        assert owner.next(type_="chat_message")["message"]["content"] == "secret plans"
+        editor.send({"type": "ping"})
+        assert editor.next() == {"type": "pong"}  # nothing from the room came before the pong
+        editor.send({"type": "join", "project_id": project_id})
+        assert editor.next()["error"]["code"] == "NOT_FOUND"
+    finally:
+        owner.close()
+        editor.close()
