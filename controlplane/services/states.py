@@ -101,12 +101,3 @@ TASK_FILE_STATUS: dict[tuple[str, str], tuple[Status, str]] = {
 
 def can(operation: Operation, status: Status | str) -> bool:
     return Status(status) in ALLOWED_FROM[operation]
-
-
-def advances(operation: Operation, current: Status | str, new: Status) -> bool:
-    """True if `new` is further along the operation's progression than `current`."""
-    order = PROGRESSION[operation]
-    if new not in order:
-        return False
-    current = Status(current)
-    return current not in order or order.index(new) > order.index(current)

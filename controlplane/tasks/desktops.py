@@ -1,7 +1,6 @@
 """RQ job functions for desktops: thin names over the engine (tasks/engine.py)."""
 from __future__ import annotations
 
-from ..services.kinds import JobFailed as DesktopJobFailed  # noqa: F401  (the name older code raised)
 from .engine import configure, on_job_failure, run_job, settings  # noqa: F401
 
 

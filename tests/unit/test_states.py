@@ -7,12 +7,17 @@ import pytest
 
 from controlplane.config import REPO_ROOT
 from controlplane.services.states import (ACCEPTED, ALLOWED_FROM, FAILURE_VERB, FINAL_STATUS, INACTIVE, PLAYBOOK,
-                                          PROGRESSION, TASK_FILE_STATUS, TRANSITIONAL, Operation, Status, advances,
+                                          PROGRESSION, TASK_FILE_STATUS, TRANSITIONAL, Operation, Status,
                                           can)
 
 S = Status
 CONTRACT_STATUSES = ["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP", "CONFIGURING", "RUNNING", "STOPPING",
                      "STOPPED", "DELETING", "DELETED", "FAILED"]
+
+
+def advances(operation, current, new):
+    from controlplane.services.kinds import DESKTOP
+    return DESKTOP.advances(operation, current, new)
 
 
 def test_statuses_are_exactly_the_contracts():
@@ -156,3 +161,14 @@ def test_task_file_statuses_name_real_task_files_and_transitional_statuses():
     # every status a create moves through after PENDING is announced by some task file
     assert set(PROGRESSION[Operation.CREATE][1:]) <= statuses
     assert {S.STOPPING, S.DELETING} <= statuses
+
+
+def test_project_steps_move_the_message_forward_within_a_status():
+    from controlplane.services.kinds import PROJECT
+    from controlplane.services.project_states import ProjectStatus as P
+    assert PROJECT.advances(Operation.CREATE, P.PROVISIONING, P.PROVISIONING, "Project creation queued",
+                            "Cloning VM from template")
+    assert not PROJECT.advances(Operation.CREATE, P.PROVISIONING, P.PROVISIONING, "Cloning VM from template",
+                                "Cloning VM from template")
+    assert not PROJECT.advances(Operation.CREATE, P.PROVISIONING, P.DELETING)  # a failed create's clean-up
+    assert PROJECT.advances(Operation.DELETE, P.FAILED, P.DELETING)
