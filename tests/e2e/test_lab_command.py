@@ -67,6 +67,7 @@ def test_lab_runs_everything_stops_cleanly_and_keeps_state(tmp_path):
         "CONTROLPLANE_LAB_GUACAMOLE_PORT": str(free_port()), "CONTROLPLANE_LAB_LLM_PORT": str(free_port()),
         "CONTROLPLANE_LAB_TIME_SCALE": "0.01",
         "CONTROLPLANE_LAB_AGENT_DELAY": "0.5", "PYTHONUNBUFFERED": "1",
+        "CONTROLPLANE_RATE_LIMIT_API": "100000/minute",  # the test polls fast
     })
     proc = start_lab(env, log_path)
     try:
