@@ -64,6 +64,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .api.limits import init_limits
     init_limits(app, settings)
 
+    from .services import shares
+    if shares.enabled(settings):
+        # The projects' shared folders (WebDAV), beside the Flask app in the same WSGI process.
+        from werkzeug.middleware.dispatcher import DispatcherMiddleware
+        from .api.shares import MOUNT, make_shares_app
+        app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {MOUNT: make_shares_app(app, settings)})
+    else:
+        logging.getLogger(__name__).warning("project shared folders are disabled: set CONTROLPLANE_SHARES_SECRET "
+                                            "(or CONTROLPLANE_JWT_SECRET)")
+
     @app.before_request
     def _connect():
         db.connect(reuse_if_open=True)

@@ -85,6 +85,23 @@ def current_identity(settings: Settings) -> Identity:
                     email=claims.get("email"), name=claims.get("name"))
 
 
+def identity_from_token(settings: Settings, token: str) -> Identity:
+    """Verify a bearer token given outside a request's Authorization header (the WebSocket's auth
+    message, the shares' WebDAV requests) the way the API does. Needs an app context."""
+    from flask_jwt_extended import decode_token
+    try:
+        claims = decode_token(token)
+    except Exception:  # expired, bad signature, wrong audience, not a JWT
+        raise Unauthorized("Invalid or expired token") from None
+    if claims.get("typ", "Bearer") != "Bearer":
+        raise Unauthorized("Not an access token")
+    user_id = claims.get(settings.jwt_user_claim)
+    if not isinstance(user_id, str) or not user_id:
+        raise Unauthorized("Token has no user identity")
+    return Identity(user_id=user_id, is_admin=settings.jwt_admin_role in roles_of(claims, settings.jwt_client_id),
+                    email=claims.get("email"), name=claims.get("name"))
+
+
 def roles_of(claims: dict, client_id: str = "") -> set[str]:
     roles = set(claims.get("roles") or [])
     roles.update((claims.get("realm_access") or {}).get("roles") or [])

@@ -47,7 +47,7 @@ def _float(name: str, raw: str) -> float:
 # Settings whose values are secrets: never logged, never returned, redacted from messages.
 SECRET_FIELDS = ("jwt_secret", "proxmox_password", "proxmox_token_secret", "guacamole_password",
                  "guacamole_vnc_password", "llm_openai_api_key", "llm_anthropic_api_key", "llm_openrouter_api_key",
-                 "llm_compat_api_key", "llm_user_keys_secret")
+                 "llm_compat_api_key", "llm_user_keys_secret", "shares_secret")
 
 # AI chat providers: model ids are "<provider>/<model>" (controlplane/services/chat.py).
 LLM_PROVIDERS = ("openai", "anthropic", "openrouter", "compat")
@@ -77,6 +77,7 @@ class Settings:
     projects_file: Path = REPO_ROOT / "config" / "projects.yml"  # os → template, network pool, sizes
     shares_dir: str = ""  # one folder per project, served over WebDAV; default: <var_dir>/shares
     shares_public_url: str = ""  # what project VMs and users open; default: http://<host>:<port>/shares
+    shares_secret: str = ""  # derives each project's share password (HMAC); default: jwt_secret; neither: no shares
     vmid_min: int = 10000
     vmid_max: int = 99999
     # Ansible
@@ -139,6 +140,19 @@ class Settings:
     @property
     def effective_shares_dir(self) -> Path:
         return Path(self.shares_dir) if self.shares_dir else self.var_dir / "shares"
+
+    @property
+    def effective_shares_url(self) -> str:
+        """The base URL of the project shares (a project's folder is <base>/<project id>/)."""
+        if self.shares_public_url:
+            return self.shares_public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/shares"
+
+    @property
+    def effective_shares_secret(self) -> str:
+        """The key of the share passwords; empty: shares are disabled."""
+        return self.shares_secret or self.jwt_secret
 
     @property
     def effective_guacamole_public_url(self) -> str:
@@ -279,6 +293,11 @@ class Settings:
                 raise ConfigError(f"CONTROLPLANE_{name.upper()} must be an http:// or https:// URL, not {value!r}")
         if self.llm_user_keys_secret and len(self.llm_user_keys_secret) < 32:
             raise ConfigError("CONTROLPLANE_LLM_USER_KEYS_SECRET must be at least 32 characters")
+        if self.shares_secret and len(self.shares_secret) < 32:
+            raise ConfigError("CONTROLPLANE_SHARES_SECRET must be at least 32 characters")
+        if self.shares_public_url and not self.shares_public_url.startswith(("http://", "https://")):
+            raise ConfigError("CONTROLPLANE_SHARES_PUBLIC_URL must be an http:// or https:// URL, "
+                              f"not {self.shares_public_url!r}")
         for name in ("rate_limit_api", "rate_limit_desktop_create", "rate_limit_project_create", "rate_limit_chat"):
             try:
                 from limits import parse

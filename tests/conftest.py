@@ -177,9 +177,9 @@ def auth(token):
 class ServerThread:
     """The Flask app over real HTTP (werkzeug, threaded), for clients that use `requests`."""
 
-    def __init__(self, app, host="127.0.0.1"):
+    def __init__(self, app, host="127.0.0.1", port=0):
         from werkzeug.serving import make_server
-        self.server = make_server(host, 0, app, threaded=True)
+        self.server = make_server(host, port, app, threaded=True)
         self.url = f"http://{host}:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

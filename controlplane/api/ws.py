@@ -17,7 +17,6 @@ import logging
 import time
 
 from flask import current_app
-from flask_jwt_extended import decode_token
 from simple_websocket import ConnectionClosed
 
 from ..errors import ApiError, Unauthorized
@@ -39,19 +38,8 @@ CLOSE_PROTOCOL = 4400
 
 
 def _identity(token: str) -> Identity:
-    cfg = settings()
-    try:
-        claims = decode_token(token)
-    except Exception:  # expired, bad signature, wrong audience, not a JWT
-        raise Unauthorized("Invalid or expired token") from None
-    if claims.get("typ", "Bearer") != "Bearer":
-        raise Unauthorized("Not an access token")
-    user_id = claims.get(cfg.jwt_user_claim)
-    if not isinstance(user_id, str) or not user_id:
-        raise Unauthorized("Token has no user identity")
-    from ..auth import roles_of
-    return Identity(user_id=user_id, is_admin=cfg.jwt_admin_role in roles_of(claims, cfg.jwt_client_id),
-                    email=claims.get("email"), name=claims.get("name"))
+    from ..auth import identity_from_token
+    return identity_from_token(settings(), token)
 
 
 def _send(ws, payload: dict) -> None:

@@ -43,7 +43,7 @@ class Kind:
     job_function: str
     extravars: Callable  # (settings, row, operation, force) -> dict; raises JobFailed
     result_fields: Callable  # (settings, operation, stats) -> dict; raises JobFailed
-    release: Callable  # (row) -> None: free what the record held once it is deleted
+    release: Callable  # (row, settings) -> None: free what the record held once it is deleted
     channel: Callable  # (row) -> list of pub/sub channel suffixes
     event: Callable  # (row) -> dict published on status changes
     same_status_steps: bool = False  # a step may keep the status and change only the message
@@ -88,7 +88,7 @@ def _desktop_result(settings, operation, stats):
     return fields
 
 
-def _desktop_release(desktop):
+def _desktop_release(desktop, settings=None):
     VmidLease.delete().where(VmidLease.desktop == desktop.id).execute()
 
 
@@ -133,11 +133,13 @@ def _project_result(settings, operation, stats):
     return fields
 
 
-def _project_release(project):
+def _project_release(project, settings):
     from .projects import forget_contents
+    if settings is None:
+        raise ValueError("releasing a project needs the settings (its shared folder lives in shares_dir)")
     VmidLease.delete().where(VmidLease.project_id == project.id).execute()
     NetworkLease.delete().where(NetworkLease.project == project.id).execute()
-    forget_contents(project)
+    forget_contents(settings, project)
 
 
 def _project_channels(project):

@@ -17,9 +17,10 @@ log = logging.getLogger(__name__)
 
 
 def set_status(row, status, message: str, source: str, *, job_id: str | None = None,
-               publish_to: str | None = None, **fields) -> bool:
+               publish_to: str | None = None, settings=None, **fields) -> bool:
     """Move `row` (a Desktop or a Project) to `status`. With `job_id`, only if the record's
-    current job is that job. Returns False (and changes nothing) when it has moved on."""
+    current job is that job. Returns False (and changes nothing) when it has moved on.
+    `settings` are needed to move a project to deleted (releasing it removes its shared folder)."""
     kind = kinds.of(row)
     model = kind.model
     now = utcnow()
@@ -35,7 +36,7 @@ def set_status(row, status, message: str, source: str, *, job_id: str | None = N
         kind.event_model.create(**{kind.event_fk: row.id}, status=status.value, message=message, source=source,
                                 created_at=now)
         if status is kind.deleted:
-            kind.release(row)
+            kind.release(row, settings)
     row.status, row.status_message, row.updated_at = status.value, message, now
     for name, value in fields.items():
         setattr(row, name, value)

@@ -23,7 +23,7 @@ from ..errors import ApiError, Forbidden, InfrastructureError, InvalidOperation,
 from ..extensions import db
 from ..models import (ChatMessage, Invitation, NetworkLease, Project, ProjectEvent, ProjectMember, VmidLease,
                       utcnow)
-from . import jobs, lifecycle
+from . import jobs, lifecycle, shares
 from .desktops import Identity
 from .project_states import ACCEPTED, ALLOWED_FROM, ProjectStatus
 from .states import Operation
@@ -180,10 +180,13 @@ def create(settings: Settings, identity: Identity, name: str, description: str, 
             ProjectEvent.create(project=project.id, status=accepted.value, message=message, source="api")
     except (VmidRangeExhausted, NetworkPoolExhausted) as exc:
         raise InfrastructureError(f"Failed to create project: {exc}") from None
+    if shares.enabled(settings):
+        shares.create_folder(settings, project.public_id)
     try:
         jobs.enqueue(settings, Operation.CREATE, project.id, project.job_id, kind="project")
     except redis.RedisError as exc:
         log.error("enqueue of create for project %s failed: %s", project.id, exc)
+        shares.remove_folder(settings, project.public_id)
         with db.atomic():  # nothing was made yet: undo the record so the user can retry
             VmidLease.delete().where(VmidLease.project_id == project.id).execute()
             NetworkLease.delete().where(NetworkLease.project == project.id).execute()
@@ -254,11 +257,14 @@ def request(settings: Settings, identity: Identity, project_id: str, operation: 
     return project
 
 
-def forget_contents(project: Project) -> None:
-    """Once the project's VM and network are gone: its chat, members and invitations go too."""
+def forget_contents(settings: Settings, project: Project) -> None:
+    """Once the project's VM and network are gone: its chat, members, invitations and shared
+    folder go too. (Called in the transaction that marks the project deleted: the share is
+    refused from then on, whether or not its folder could be removed.)"""
     ChatMessage.delete().where(ChatMessage.project == project.id).execute()
     Invitation.delete().where(Invitation.project == project.id).execute()
     ProjectMember.delete().where(ProjectMember.project == project.id).execute()
+    shares.remove_folder(settings, project.public_id)
 
 
 # ---- collaborators ---------------------------------------------------------------------------------------

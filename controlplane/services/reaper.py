@@ -87,12 +87,12 @@ def resolve_abandoned(settings: Settings, row, reason: str) -> str:
         row.job_id = job_id
         lifecycle.set_status(row, kind.status(row.status),
                              f"{row.status_message} (resumed after the worker stopped: {reason})",
-                             "reaper", job_id=job_id, publish_to=settings.redis_url)
+                             "reaper", job_id=job_id, publish_to=settings.redis_url, settings=settings)
         log.warning("%s %s: resumed %s after %s", kind.name, row.id, op.value, reason)
         return "resumed"
     message = f"{kind.failure_verb[op]}: the worker running it stopped ({reason}) and it was not resumed"
     lifecycle.set_status(row, kind.failed, message, "reaper", job_id=row.job_id,
-                         publish_to=settings.redis_url, operation=None)
+                         publish_to=settings.redis_url, settings=settings, operation=None)
     log.warning("%s %s: %s", kind.name, row.id, message)
     return "failed"
 

@@ -57,7 +57,8 @@ def run_job(kind_name: str, resource_id: int, operation: str, force: bool = Fals
             status, message = mapped
             current = model.get_by_id(resource_id)
             if kind.advances(op, current.status, status, current.status_message, message):
-                lifecycle.set_status(current, status, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url)
+                lifecycle.set_status(current, status, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
+                                     settings=cfg)
 
         try:
             extravars = kind.extravars(cfg, row, op, force)
@@ -82,7 +83,7 @@ def run_job(kind_name: str, resource_id: int, operation: str, force: bool = Fals
             raise
         final, message = kind.final[op]
         if not lifecycle.set_status(row, final, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
-                                    operation=None, **fields):
+                                    settings=cfg, operation=None, **fields):
             log.warning("%s %s moved on before job %s finished; its result is not recorded", kind.name, resource_id,
                         job_id)
         return {"id": row.id, "status": final.value, **result.stats}
@@ -92,7 +93,7 @@ def _fail(cfg: Settings, kind: kinds.Kind, row, op: Operation, reason: str) -> N
     verb = kind.failure_verb[op]
     message = reason if reason.startswith(verb) else f"{verb}: {reason}"
     lifecycle.set_status(row, kind.failed, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
-                         operation=None)
+                         settings=cfg, operation=None)
 
 
 def on_job_failure(job, connection, exc_type, exc_value, traceback) -> None:

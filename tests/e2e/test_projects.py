@@ -70,6 +70,15 @@ def test_project_lifecycle(lab, fresh_user):
     # Measured provisioning time feeds the next estimate.
     assert row.provisioning_finished_at is not None
 
+    # Its shared folder (WebDAV at /shares): made on create, the owner's credentials write to it.
+    folder = running["shared_folder"]
+    assert running["shared_folder_url"] == folder["url"] and folder["username"] == project_id
+    share = f"{lab.url}/shares/{project_id}/"
+    put = requests.put(share + "hello.txt", data=b"hi", auth=(folder["username"], folder["password"]), timeout=10)
+    assert put.status_code == 201, put.text
+    share_dir = lab.settings.effective_shares_dir / project_id
+    assert (share_dir / "hello.txt").read_bytes() == b"hi"
+
     # An editor can stop and start it; a viewer cannot.
     editor_user, viewer_user = fresh_user + "_ed", fresh_user + "_vw"
     for user, role in ((editor_user, "editor"), (viewer_user, "viewer")):
@@ -85,7 +94,7 @@ def test_project_lifecycle(lab, fresh_user):
     again = owner.wait(project_id, {"running", "failed"})
     assert again["status"] == "running" and again["vm_ip"] == f"{network}.2"
 
-    # Delete (owner only): VM, network, chat history and members all go.
+    # Delete (owner only): VM, network, share, chat history and members all go.
     with db.connection_context():
         ChatMessage.create(project=row.id, user_id=fresh_user, role="user", content="remember me")
     assert editor.call("DELETE", f"/api/projects/{project_id}").status_code == 403
@@ -101,6 +110,10 @@ def test_project_lifecycle(lab, fresh_user):
         assert not VmidLease.select().where(VmidLease.project_id == row.id).exists()
     assert row.vmid not in lab.vms()
     assert f"p{row.id}" not in sdn_vnets(lab)
+    # The worker removed the shared folder when it marked the project deleted; the share refuses.
+    assert not share_dir.exists()
+    assert requests.get(share + "hello.txt", auth=(folder["username"], folder["password"]),
+                        timeout=10).status_code == 401
     assert owner.call("GET", "/api/projects").json() == {"projects": []}
 
 

@@ -154,7 +154,8 @@ def test_round_trip_of_every_field_changed(tmp_path):
                    jwt_jwks_url="", jwt_public_key="", vmid_min=20000, vmid_max=20999,
                    llm_default_model="anthropic/claude-opus-4-5", llm_openai_base_url="http://llm.example/v1",
                    llm_compat_base_url="http://127.0.0.1:11434/v1", llm_user_keys_secret="k" * 32, rate_limit_api="7/second",
-                   rate_limit_desktop_create="3/day", rate_limit_project_create="2/day", rate_limit_chat="9/hour")
+                   rate_limit_desktop_create="3/day", rate_limit_project_create="2/day", rate_limit_chat="9/hour",
+                   shares_secret="h" * 32, shares_public_url="https://files.example/shares")
     s = Settings(**changed)
     s.validate()
     assert all(getattr(s, k) != getattr(Settings(), k) for k in changed if k not in ("jwt_jwks_url", "jwt_public_key"))
@@ -176,6 +177,7 @@ def test_secrets_lists_only_the_non_empty_secret_values():
                  guacamole_username="guacadmin", proxmox_token_id="root@pam!cp")
     assert s.secrets() == [GOOD_SECRET, "pw1", "tok", "gpw", "vnc"]
     assert "root@pam" not in s.secrets() and "guacadmin" not in s.secrets()
+    assert Settings(shares_secret="h" * 32, shares_public_url="http://x/shares").secrets() == ["h" * 32]
     llm = Settings(llm_openai_api_key="sk-o", llm_anthropic_api_key="sk-a", llm_openrouter_api_key="sk-r",
                    llm_compat_api_key="ck", llm_user_keys_secret="u" * 32, llm_openai_base_url="http://h/v1")
     assert llm.secrets() == ["sk-o", "sk-a", "sk-r", "ck", "u" * 32]
@@ -213,6 +215,20 @@ def test_derived_values(tmp_path):
     assert str(s.replace(timezone="Asia/Kolkata").tz) == "Asia/Kolkata"
 
 
+def test_shares_derived_values(tmp_path):
+    s = Settings(var_dir=tmp_path, host="10.0.0.5", port=8123)
+    assert s.effective_shares_dir == tmp_path / "shares"
+    assert s.replace(shares_dir="/srv/shares").effective_shares_dir == Path("/srv/shares")
+    assert s.effective_shares_url == "http://10.0.0.5:8123/shares"
+    assert s.replace(host="::1").effective_shares_url == "http://[::1]:8123/shares"
+    assert s.replace(shares_public_url="https://files.example/dav/").effective_shares_url == \
+        "https://files.example/dav"
+    # The share passwords' key: its own secret, else the JWT secret, else none (shares disabled).
+    assert s.effective_shares_secret == ""
+    assert s.replace(jwt_secret=GOOD_SECRET).effective_shares_secret == GOOD_SECRET
+    assert s.replace(jwt_secret=GOOD_SECRET, shares_secret="h" * 32).effective_shares_secret == "h" * 32
+
+
 def test_replace_returns_a_new_settings():
     s = Settings()
     t = s.replace(port=1234)
@@ -244,6 +260,8 @@ def test_replace_returns_a_new_settings():
     ({"llm_openai_base_url": "api.openai.com/v1"}, "CONTROLPLANE_LLM_OPENAI_BASE_URL"),
     ({"llm_compat_base_url": "ftp://ollama:11434"}, "CONTROLPLANE_LLM_COMPAT_BASE_URL"),
     ({"llm_user_keys_secret": "k" * 31}, "CONTROLPLANE_LLM_USER_KEYS_SECRET must be at least 32"),
+    ({"shares_secret": "h" * 31}, "CONTROLPLANE_SHARES_SECRET must be at least 32"),
+    ({"shares_public_url": "files.example/shares"}, "CONTROLPLANE_SHARES_PUBLIC_URL"),
 ])
 def test_validate_rejects(changes, names):
     with pytest.raises(ConfigError, match=re.escape(names)):

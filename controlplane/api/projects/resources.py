@@ -14,6 +14,7 @@ from flask_smorest import Blueprint
 from ...auth import current_identity
 from ...models import Invitation, Project, ProjectMember
 from ...services import projects as service
+from ...services import shares
 from ...services.states import Operation
 from ..common import settings
 from . import schemas
@@ -48,7 +49,18 @@ def with_errors(*codes):
 
 
 def shared_folder_url(project: Project) -> str | None:
-    return None  # the per-project WebDAV share is not built yet (issue 4)
+    """The project's folder over HTTP/WebDAV (served at /shares); None when shares are disabled."""
+    return shares.url(settings(), project.public_id)
+
+
+def shared_folder(project: Project, role) -> dict | None:
+    """The share's URL and credentials, for the project's members only (never logged)."""
+    if role is None:
+        return None
+    creds = shares.credentials(settings(), project.public_id)
+    if creds is None:
+        return None
+    return {"url": creds.url, "username": creds.username, "password": creds.password}
 
 
 def summary(project: Project) -> dict:
@@ -94,11 +106,13 @@ class ProjectItem(MethodView):
     @blp.response(200, schemas.ProjectDetails)
     @with_errors(401, 404)
     def get(self, project_id):
-        """A project's details and its collaborators."""
+        """A project's details and its collaborators. Members (any role) also get
+        `shared_folder`: the URL, user name and password of the project's WebDAV folder."""
         project, role = service.access(g.identity, project_id, service.Action.READ)
         return {**summary(project), "description": project.description, "os": project.os,
                 "status_message": project.status_message, "network": project.network,
                 "role": role.value if role else None,
+                "shared_folder": shared_folder(project, role),
                 "collaborators": [collaborator(m) for m in service.members(project)]}
 
     @blp.response(200, schemas.Done)

@@ -60,12 +60,21 @@ class Collaborator(Schema):
     joined_at = fields.String()
 
 
+class SharedFolder(Schema):
+    url = fields.String(required=True, metadata={"example": "http://127.0.0.1:8080/shares/proj_0123456789abcdef/"})
+    username = fields.String(required=True, metadata={"description": "The project id"})
+    password = fields.String(required=True, metadata={"description": "HTTP Basic password for this project's folder"})
+
+
 class ProjectDetails(ProjectSummary):
     description = fields.String()
     os = fields.String()
     status_message = fields.String()
     network = fields.String(allow_none=True)
     role = fields.String(allow_none=True, metadata={"description": "The caller's role in the project"})
+    shared_folder = fields.Nested(SharedFolder, allow_none=True,
+                                  metadata={"description": "The project's WebDAV folder and its credentials "
+                                                           "(members only; null when shares are disabled)"})
     collaborators = fields.List(fields.Nested(Collaborator), required=True)
 
 

@@ -1,0 +1,128 @@
+"""Project shared folders: where they live, their URL, their credentials.
+
+Each project has one folder, `<shares_dir>/<project public id>/`, served over HTTP/WebDAV by the
+API itself (WsgiDAV mounted at /shares, controlplane/api/shares.py) at
+`<effective_shares_url>/<project public id>/`.
+
+Credentials are per project and nothing secret is stored: the user name is the project's public
+id, the password an HMAC-SHA256 of it under the server's share secret (CONTROLPLANE_SHARES_SECRET,
+else CONTROLPLANE_JWT_SECRET). Without either secret, shares are disabled.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Settings
+
+log = logging.getLogger(__name__)
+
+#: What a project's public id looks like (models.projects.public_id): the only names a share
+#: folder can have, so that a folder path is always a direct child of shares_dir.
+PROJECT_ID = re.compile(r"proj_[0-9a-f]{1,32}")
+
+PASSWORD_LENGTH = 24  # characters of url-safe base64: 144 bits
+_CONTEXT = b"controlplane project share v1\0"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    url: str
+    username: str
+    password: str
+
+
+def enabled(settings: Settings) -> bool:
+    return bool(settings.effective_shares_secret)
+
+
+def is_project_id(value: str) -> bool:
+    return bool(PROJECT_ID.fullmatch(value or ""))
+
+
+def password(settings: Settings, project_id: str) -> str:
+    """The share password of a project (deterministic; derived, never stored)."""
+    secret = settings.effective_shares_secret
+    if not secret:
+        raise RuntimeError("shares are disabled: no CONTROLPLANE_SHARES_SECRET or CONTROLPLANE_JWT_SECRET")
+    digest = hmac.new(secret.encode(), _CONTEXT + project_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii")[:PASSWORD_LENGTH]
+
+
+def check(settings: Settings, project_id: str, username: str, given_password: str) -> bool:
+    """Whether username/password are the credentials of the project's share (constant time)."""
+    if not enabled(settings) or not is_project_id(project_id):
+        return False
+    same_user = hmac.compare_digest(username.encode("utf-8", "surrogateescape"), project_id.encode())
+    same_password = hmac.compare_digest(given_password.encode("utf-8", "surrogateescape"),
+                                        password(settings, project_id).encode())
+    return same_user and same_password
+
+
+def url(settings: Settings, project_id: str) -> str | None:
+    """The project's `shared_folder_url`, or None when shares are disabled."""
+    if not enabled(settings):
+        return None
+    return f"{settings.effective_shares_url}/{project_id}/"
+
+
+def credentials(settings: Settings, project_id: str) -> Credentials | None:
+    if not enabled(settings):
+        return None
+    return Credentials(url=url(settings, project_id), username=project_id, password=password(settings, project_id))
+
+
+def folder(settings: Settings, project_id: str) -> Path:
+    if not is_project_id(project_id):
+        raise ValueError(f"not a project id: {project_id!r}")
+    return settings.effective_shares_dir / project_id
+
+
+def ensure_root(settings: Settings) -> Path:
+    root = settings.effective_shares_dir
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return root
+
+
+def create_folder(settings: Settings, project_id: str) -> bool:
+    """Make the project's folder (best effort: a failure is logged, the project goes on)."""
+    try:
+        ensure_root(settings)
+        folder(settings, project_id).mkdir(mode=0o700, exist_ok=True)
+        return True
+    except OSError as exc:
+        log.error("could not create the shared folder of project %s: %s", project_id, exc)
+        return False
+
+
+def remove_folder(settings: Settings, project_id: str) -> bool:
+    """Remove the project's folder and everything in it, only ever inside shares_dir.
+
+    Returns True when nothing is left. A failure is logged (the share is refused anyway once the
+    project is deleted), not raised."""
+    try:
+        path = folder(settings, project_id)
+    except ValueError:
+        log.error("refusing to remove a shared folder for %r: not a project id", project_id)
+        return False
+    try:
+        if path.is_symlink():  # never follow it out of shares_dir
+            path.unlink()
+            return True
+        if not path.exists():
+            return True
+        root = settings.effective_shares_dir.resolve()
+        if path.resolve().parent != root:
+            log.error("refusing to remove %s: not inside %s", path, root)
+            return False
+        shutil.rmtree(path)  # does not follow symlinks inside (fd-based on Linux)
+        return True
+    except OSError as exc:
+        log.error("could not remove the shared folder of project %s: %s", project_id, exc)
+        return False
