@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 
+from . import states
 from .states import Operation
 
 
@@ -57,12 +58,7 @@ FINAL_STATUS: dict[Operation, tuple[ProjectStatus, str]] = {
     Operation.DELETE: (P.DELETED, "Project deleted"),
 }
 
-FAILURE_VERB: dict[Operation, str] = {
-    Operation.CREATE: "Create failed",
-    Operation.START: "Start failed",
-    Operation.STOP: "Stop failed",
-    Operation.DELETE: "Delete failed",
-}
+FAILURE_VERB = states.FAILURE_VERB  # "Create failed", ... as for desktops
 
 PLAYBOOK: dict[Operation, str] = {
     Operation.CREATE: "project_create.yml",

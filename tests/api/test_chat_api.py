@@ -8,7 +8,7 @@ import pytest
 
 from controlplane.extensions import db
 from controlplane.models import ChatMessage, Project, UsageRecord, utcnow
-from tests.unit.test_chat import LoopThread
+from tests.loop import LoopThread
 
 LAB_KEY = "lab-key-for-api-tests-0123456789"
 USER_KEYS_SECRET = "u" * 40

@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
-import threading
 
 import pytest
 import requests
 
 from controlplane.lab.guacamole import GuacamoleStandIn, client_identifier, parse_client_identifier
+from tests.loop import LoopThread
 
 ADMIN = "guacadmin"
 ADMIN_PASSWORD = "s3cret-admin"
 TIMEOUT = 10
 
 
-class LoopThread:
-    """An asyncio loop running in a background thread, like the lab runs it."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(TIMEOUT)
-        self.loop.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ its key check, its validation, its deterministic reply and token counts, and its
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -11,26 +10,12 @@ import pytest
 import requests
 
 from controlplane.lab.llm import HELP_LINE, LabLlm, count_tokens, reply_for, truncate_tokens
+from tests.loop import LoopThread
 
 KEY = "lab-test-key-0123456789"
 TIMEOUT = 10
 
 
-class LoopThread:
-    """An asyncio loop running in a background thread, like the lab runs it."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout=TIMEOUT):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(TIMEOUT)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,10 @@ parameter checks, model ids, provider errors mapped to ChatError kinds, no secre
 own keys encrypted at rest."""
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -18,6 +16,7 @@ from controlplane.config import Settings
 from controlplane.lab.llm import LabLlm, count_tokens, reply_for
 from controlplane.services import chat
 from controlplane.services.chat import ChatError, ChatResult
+from tests.loop import LoopThread
 from tests.conftest import REPO, free_port
 
 LAB_KEY = "lab-chat-key-7f3a9c1e5b"
@@ -26,19 +25,6 @@ USER_SECRET = "user-keys-secret-" + "x" * 24
 TIMEOUT = 10
 
 
-class LoopThread:
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(TIMEOUT)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
