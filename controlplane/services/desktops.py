@@ -115,7 +115,7 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
             desktop.vmid = vmids.allocate(desktop.id, settings.vmid_min, settings.vmid_max)
             desktop.job_id = jobs.new_job_id(desktop.id, Operation.CREATE)
             desktop.save(only=[Desktop.vmid, Desktop.job_id])
-            lifecycle.DesktopEvent.create(desktop=desktop.id, status=accepted.value, message=message, source="api")
+            lifecycle.record_event(desktop, accepted, message, "api")
     except pw.IntegrityError:
         # Lost the race against a concurrent create for the same user: the partial unique index.
         raise DesktopAlreadyExists() from None
@@ -137,33 +137,19 @@ def request(settings: Settings, identity: Identity, desktop_id: int, operation: 
             force: bool = False) -> Desktop:
     """Accept start/stop/delete: check the state machine, record the new status, enqueue."""
     desktop = get_visible(identity, desktop_id)
-    previous = (Status(desktop.status), desktop.status_message, desktop.operation, desktop.job_id)
     if Status(desktop.status) not in ALLOWED_FROM[operation]:
         raise InvalidOperation(f"Cannot {operation.value} desktop in {desktop.status} state")
     accepted, message = ACCEPTED[operation]
     if operation is Operation.STOP and force:
         message = "Forcing VM power-off"
-    job_id = jobs.new_job_id(desktop.id, operation)
-    with db.atomic():
-        # Conditional on the status we checked: two concurrent requests cannot both win.
-        changed = (Desktop.update(status=accepted.value, status_message=message, operation=operation.value,
-                                  job_id=job_id, resumes=0, updated_at=utcnow())
-                   .where(Desktop.id == desktop.id, Desktop.status == desktop.status).execute())
-        if not changed:
-            current = Desktop.get_by_id(desktop.id)
-            raise InvalidOperation(f"Cannot {operation.value} desktop in {current.status} state")
-        lifecycle.DesktopEvent.create(desktop=desktop.id, status=accepted.value, message=message, source="api")
     try:
-        jobs.enqueue(settings, operation, desktop.id, job_id, force=force)
-    except redis.RedisError as exc:
-        log.error("enqueue of %s for desktop %s failed: %s", operation.value, desktop.id, exc)
-        status, status_message, op, old_job = previous
-        Desktop.update(status=status.value, status_message=status_message, operation=op, job_id=old_job) \
-            .where(Desktop.id == desktop.id, Desktop.job_id == job_id).execute()
+        fresh = lifecycle.accept(settings, desktop, operation, accepted, message, force=force)
+    except lifecycle.QueueUnavailable:
         raise InfrastructureError(f"Failed to {operation.value} desktop: the job queue is unavailable") from None
-    desktop = Desktop.get_by_id(desktop.id)
-    lifecycle.publish(settings.redis_url, desktop)
-    return desktop
+    if fresh is None:
+        current = Desktop.get_by_id(desktop.id)
+        raise InvalidOperation(f"Cannot {operation.value} desktop in {current.status} state")
+    return fresh
 
 
 # ---- helpers ------------------------------------------------------------------------------

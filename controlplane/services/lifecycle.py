@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from ..extensions import db
-from ..models import DesktopEvent, utcnow  # noqa: F401  (DesktopEvent: used by services.desktops)
+from ..models import utcnow
 from . import kinds
 
 log = logging.getLogger(__name__)
@@ -61,3 +61,38 @@ def publish(redis_url: str, row, extra: dict | None = None) -> None:
             conn.publish(f"{EVENTS_CHANNEL_PREFIX}{suffix}", payload)
     except Exception as exc:  # a missed live event must never fail a status write
         log.warning("could not publish status of %s %s: %s", kind.name, row.id, exc)
+
+
+class QueueUnavailable(Exception):
+    """The operation could not be enqueued; the record was put back as it was."""
+
+
+def accept(settings, row, operation, accepted, message: str, force: bool = False):
+    """Accept an operation on a desktop or project whose current status allows it: move it to
+    `accepted` (conditional on the status the caller checked, so two concurrent requests cannot
+    both win), record the event, enqueue the job, and publish. Returns the fresh record, or None
+    when another request changed the status first. If Redis refuses the job, the record is put
+    back and QueueUnavailable is raised."""
+    import redis
+    from . import jobs
+    kind = kinds.of(row)
+    model = kind.model
+    previous = {"status": row.status, "status_message": row.status_message, "operation": row.operation,
+                "job_id": row.job_id}
+    job_id = jobs.new_job_id(row.id, operation, kind.name)
+    with db.atomic():
+        changed = (model.update(status=accepted.value, status_message=message, operation=operation.value,
+                                job_id=job_id, resumes=0, updated_at=utcnow())
+                   .where(model.id == row.id, model.status == row.status).execute())
+        if not changed:
+            return None
+        record_event(row, accepted, message, "api")
+    try:
+        jobs.enqueue(settings, operation, row.id, job_id, force=force, kind=kind.name)
+    except redis.RedisError as exc:
+        log.error("enqueue of %s for %s %s failed: %s", operation.value, kind.name, row.id, exc)
+        model.update(**previous).where(model.id == row.id, model.job_id == job_id).execute()
+        raise QueueUnavailable(str(exc)) from None
+    fresh = model.get_by_id(row.id)
+    publish(settings.redis_url, fresh)
+    return fresh

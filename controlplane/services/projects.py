@@ -21,7 +21,7 @@ import yaml
 from ..config import Settings
 from ..errors import ApiError, Forbidden, InfrastructureError, InvalidOperation, NotFound, ValidationFailed
 from ..extensions import db
-from ..models import (ChatMessage, Invitation, NetworkLease, Project, ProjectEvent, ProjectMember, VmidLease,
+from ..models import (ChatMessage, Invitation, NetworkLease, Project, ProjectMember, VmidLease,
                       utcnow)
 from . import jobs, lifecycle, shares
 from .desktops import Identity
@@ -177,7 +177,7 @@ def create(settings: Settings, identity: Identity, name: str, description: str, 
             project.save(only=[Project.vmid, Project.network_cidr, Project.job_id])
             ProjectMember.create(project=project.id, user_id=identity.user_id, email=identity.email,
                                  name=identity.name, role=Role.OWNER.value, joined_at=now)
-            ProjectEvent.create(project=project.id, status=accepted.value, message=message, source="api")
+            lifecycle.record_event(project, accepted, message, "api")
     except (VmidRangeExhausted, NetworkPoolExhausted) as exc:
         raise InfrastructureError(f"Failed to create project: {exc}") from None
     if shares.enabled(settings):
@@ -234,27 +234,14 @@ def request(settings: Settings, identity: Identity, project_id: str, operation: 
         raise InvalidOperation(f"Cannot {operation.value} project in {status.value} state",
                                details={"status": status.value})
     accepted, message = ACCEPTED[operation]
-    job_id = jobs.new_job_id(project.id, operation, "project")
-    previous = (project.status, project.status_message, project.operation, project.job_id)
-    with db.atomic():
-        changed = (Project.update(status=accepted.value, status_message=message, operation=operation.value,
-                                  job_id=job_id, resumes=0, updated_at=utcnow())
-                   .where(Project.id == project.id, Project.status == project.status).execute())
-        if not changed:
-            current = Project.get_by_id(project.id)
-            raise InvalidOperation(f"Cannot {operation.value} project in {current.status} state")
-        ProjectEvent.create(project=project.id, status=accepted.value, message=message, source="api")
     try:
-        jobs.enqueue(settings, operation, project.id, job_id, force=force, kind="project")
-    except redis.RedisError as exc:
-        log.error("enqueue of %s for project %s failed: %s", operation.value, project.id, exc)
-        status_value, status_message, op, old_job = previous
-        Project.update(status=status_value, status_message=status_message, operation=op, job_id=old_job) \
-            .where(Project.id == project.id, Project.job_id == job_id).execute()
+        fresh = lifecycle.accept(settings, project, operation, accepted, message, force=force)
+    except lifecycle.QueueUnavailable:
         raise ServiceUnavailable(f"Failed to {operation.value} project: the job queue is unavailable") from None
-    project = Project.get_by_id(project.id)
-    lifecycle.publish(settings.redis_url, project)
-    return project
+    if fresh is None:
+        current = Project.get_by_id(project.id)
+        raise InvalidOperation(f"Cannot {operation.value} project in {current.status} state")
+    return fresh
 
 
 def forget_contents(settings: Settings, project: Project) -> None:

@@ -1,7 +1,7 @@
 """RQ job functions for desktops: thin names over the engine (tasks/engine.py)."""
 from __future__ import annotations
 
-from .engine import configure, on_job_failure, run_job, settings  # noqa: F401
+from .engine import run_job
 
 
 def run_desktop_job(desktop_id: int, operation: str, force: bool = False) -> dict:
