@@ -6,7 +6,6 @@ import datetime as dt
 import logging
 import os
 import sys
-import threading
 
 from .config import ConfigError, Settings
 
@@ -37,11 +36,22 @@ def cmd_token(args) -> int:
     return 0
 
 
-def _reaper_loop(settings: Settings, stop: threading.Event) -> None:
+def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
+    """Reap every settings.reaper_interval seconds; return when `parent` (the worker that started
+    this process) is gone, so that a killed worker leaves no reaper behind."""
+    import time
+
     from .services.queue import get_redis
     from .services.reaper import reap
     conn = get_redis(settings.redis_url)
-    while not stop.wait(settings.reaper_interval):
+    next_pass = time.monotonic() + settings.reaper_interval
+    while True:
+        time.sleep(min(1.0, max(next_pass - time.monotonic(), 0.05)))
+        if parent is not None and os.getppid() != parent:
+            return
+        if time.monotonic() < next_pass:
+            continue
+        next_pass = time.monotonic() + settings.reaper_interval
         try:
             # One reaper at a time across all workers.
             if conn.set("controlplane:reaper:lock", os.getpid(), nx=True, ex=max(settings.reaper_interval - 1, 1)):
@@ -53,6 +63,8 @@ def _reaper_loop(settings: Settings, stop: threading.Event) -> None:
 
 
 def cmd_worker(args) -> int:
+    import subprocess
+
     from rq import Worker
 
     from .logs import configure_logging
@@ -62,15 +74,24 @@ def cmd_worker(args) -> int:
     settings.require_redis()
     configure_logging(settings)
     tasks.configure(settings)
-    stop = threading.Event()
+    # The reaper runs in a process of its own, never as a thread of this one: RQ forks a work horse
+    # per job, and a fork taken while another thread holds a lock (the database's, say) leaves the
+    # child waiting on it forever.
+    reaper = None
     if not args.burst:
-        threading.Thread(target=_reaper_loop, args=(settings, stop), daemon=True, name="reaper").start()
+        reaper = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "reap", "--loop",
+                                   "--parent", str(os.getpid())])
     worker = Worker([QUEUE_NAME], connection=get_redis(settings.redis_url), name=args.name,
                     job_monitoring_interval=settings.worker_heartbeat)
     try:
         worker.work(burst=args.burst, with_scheduler=False, logging_level="INFO")
     finally:
-        stop.set()
+        if reaper is not None:
+            reaper.terminate()
+            try:
+                reaper.wait(10)
+            except subprocess.TimeoutExpired:
+                reaper.kill()
     return 0
 
 
@@ -79,6 +100,18 @@ def cmd_reap(args) -> int:
     from .services.reaper import reap
     settings = Settings.from_env()
     settings.require_redis()
+    if args.loop:
+        import signal
+
+        from .logs import configure_logging
+        configure_logging(settings)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        init_db(settings.effective_database_url)
+        try:
+            _reaper_loop(settings, parent=args.parent)
+        except KeyboardInterrupt:
+            pass
+        return 0
     init_db(settings.effective_database_url)
     print(reap(settings))
     return 0
@@ -115,7 +148,9 @@ def main(argv=None) -> int:
     p.add_argument("--name")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("reap", help="resume or fail desktops whose job died (one pass)")
+    p = sub.add_parser("reap", help="resume or fail desktops and projects whose job died (one pass, or --loop)")
+    p.add_argument("--loop", action="store_true", help="keep reaping every CONTROLPLANE_REAPER_INTERVAL seconds")
+    p.add_argument("--parent", type=int, help="with --loop: stop when this process (the worker) is gone")
     p.set_defaults(func=cmd_reap)
 
     p = sub.add_parser("api", help="serve the API with gunicorn")

@@ -4,9 +4,11 @@ One FilesystemProvider rooted at shares_dir; a project's folder is `/shares/<pro
 first path segment is the authentication realm, and a request is let in only
 
 - with HTTP Basic and that project's credentials (user name = the project id, password from
-  services.shares.password: constant-time compare), or
+  services.shares.password for the project's current share generation: constant-time compare):
+  read and write, or
 - with the caller's own bearer token (`Authorization: Bearer <access token>`, verified like the
-  API's) when the caller is a member of the project,
+  API's) when the caller is a member of the project: read for every member, write for those the
+  permission table lets write the share (editors, the owner),
 
 and only while the project exists and is not deleted (even if its folder is still on disk). The
 root (`/shares/`) and anything that is not a project's folder are refused; there is no anonymous
@@ -44,7 +46,9 @@ MOUNT = "/shares"
 #: token was verified for; WsgiDAV's HTTPAuthenticator trusts it (`trusted_auth_header`).
 BEARER_USER = "controlplane.shares.bearer_user"
 CONTEXT_KEY = "controlplane_shares"  # our object in the WsgiDAV config
-ASSET_REALM = ASSET_SHARE.strip("/")  # ":dir_browser": WsgiDAV's static files for its listing page
+ASSET_REALM = ASSET_SHARE.strip("/")
+#: What a member who may only read (a viewer) may send: WebDAV's reading methods.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND"})  # ":dir_browser": WsgiDAV's static files for its listing page
 
 
 def realm_of(path_info: str, environ: dict | None = None) -> str:
@@ -64,22 +68,28 @@ class ShareContext:
         self.flask_app = flask_app
         self.settings = settings
 
-    def project_is_live(self, project_id: str) -> bool:
+    def share_generation(self, project_id: str) -> int | None:
+        """The project's share generation (what its password derives from), None unless the
+        project exists and is not deleted."""
         from ..models import Project
         from ..services.project_states import ProjectStatus
         with db.connection_context():
-            return (Project.select(Project.id)
-                    .where(Project.public_id == project_id, Project.status != ProjectStatus.DELETED.value)
-                    .exists())
+            row = (Project.select(Project.share_generation)
+                   .where(Project.public_id == project_id, Project.status != ProjectStatus.DELETED.value)
+                   .first())
+        return None if row is None else row.share_generation
 
-    def member(self, project_id: str, user_id: str) -> bool:
+    def role(self, project_id: str, user_id: str):
+        """The user's role in the (live) project, or None."""
         from ..models import Project, ProjectMember
         from ..services.project_states import ProjectStatus
+        from ..services.projects import Role
         with db.connection_context():
-            return (ProjectMember.select(ProjectMember.id).join(Project)
-                    .where(Project.public_id == project_id, Project.status != ProjectStatus.DELETED.value,
-                           ProjectMember.user_id == user_id)
-                    .exists())
+            member = (ProjectMember.select(ProjectMember.role).join(Project)
+                      .where(Project.public_id == project_id, Project.status != ProjectStatus.DELETED.value,
+                             ProjectMember.user_id == user_id)
+                      .first())
+        return None if member is None else Role(member.role)
 
 
 class ProjectDomainController(BaseDomainController):
@@ -99,9 +109,10 @@ class ProjectDomainController(BaseDomainController):
         return realm != ASSET_REALM  # only the listing page's CSS/JS/icons are public
 
     def basic_auth_user(self, realm, user_name, password, environ):
-        if not shares.check(self.context.settings, realm, user_name, password):
+        if not shares.is_project_id(realm):
             return False
-        return self.context.project_is_live(realm)
+        generation = self.context.share_generation(realm)
+        return generation is not None and shares.check(self.context.settings, realm, user_name, password, generation)
 
     def supports_http_digest_auth(self):
         return False  # digest would need the password in a form we would have to keep
@@ -133,7 +144,7 @@ class ShareGate(BaseMiddleware):
             return _respond(start_response, "401 Not Authorized",
                             headers=[("WWW-Authenticate", f'Basic realm="{realm}"')])
         if scheme.lower() == "bearer":
-            user_id, refusal = self._bearer(realm, credentials.strip())
+            user_id, refusal = self._bearer(realm, credentials.strip(), environ["REQUEST_METHOD"])
             if refusal is not None:
                 return _respond(start_response, refusal,
                                 headers=[("WWW-Authenticate", f'Basic realm="{realm}"')]
@@ -142,11 +153,13 @@ class ShareGate(BaseMiddleware):
             del environ["HTTP_AUTHORIZATION"]  # WsgiDAV needs no token past this point
         return self.next_app(environ, start_response)
 
-    def _bearer(self, realm: str, token: str) -> tuple[str, str | None]:
-        """(user id, None) when the token's user is a member of the realm's project, else
-        ("", the refusal's status)."""
+    def _bearer(self, realm: str, token: str, method: str) -> tuple[str, str | None]:
+        """(user id, None) when the token's user is a member of the realm's project whose role
+        allows the method (any member reads; editors and the owner write), else ("", the
+        refusal's status)."""
         from ..auth import identity_from_token
         from ..errors import ApiError
+        from ..services.projects import Action, allowed
         if not shares.is_project_id(realm):
             return "", "403 Forbidden"
         with self.context.flask_app.app_context():
@@ -154,7 +167,10 @@ class ShareGate(BaseMiddleware):
                 identity = identity_from_token(self.context.settings, token)
             except ApiError:
                 return "", "401 Not Authorized"
-        if not self.context.member(realm, identity.user_id):
+        role = self.context.role(realm, identity.user_id)
+        if role is None:
+            return "", "403 Forbidden"
+        if method.upper() not in READ_METHODS and not allowed(role, Action.WRITE_SHARE):
             return "", "403 Forbidden"
         return identity.user_id, None
 

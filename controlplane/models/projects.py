@@ -31,8 +31,9 @@ class Project(BaseModel):
     vm_ip = pw.CharField(max_length=64, null=True)
     network = pw.CharField(max_length=16, null=True)  # the SDN VNet id
     network_cidr = pw.CharField(max_length=32, null=True)
-    share_username = pw.CharField(max_length=64, null=True)
-    share_password_hash = pw.CharField(max_length=255, null=True)
+    # Bumped when a collaborator who knew the share's password is removed: a new password
+    # (services.shares.password).
+    share_generation = pw.IntegerField(default=0)
     operation = pw.CharField(max_length=16, null=True)
     job_id = pw.CharField(max_length=128, null=True)
     resumes = pw.IntegerField(default=0)

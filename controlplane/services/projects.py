@@ -78,6 +78,7 @@ class Action(str, enum.Enum):
     OPERATE = "operate"  # start and stop the VM
     DELETE = "delete"
     MANAGE_MEMBERS = "manage_members"  # invite and remove collaborators
+    WRITE_SHARE = "write_share"  # change the shared folder, and be given its password (any member reads it)
 
 
 # The permission table, used by every REST view and the WebSocket. Admins may do everything.
@@ -88,6 +89,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.OPERATE: frozenset({Role.EDITOR, Role.OWNER}),
     Action.DELETE: frozenset({Role.OWNER}),
     Action.MANAGE_MEMBERS: frozenset({Role.OWNER}),
+    Action.WRITE_SHARE: frozenset({Role.EDITOR, Role.OWNER}),
 }
 
 INVITABLE_ROLES = (Role.EDITOR, Role.VIEWER)
@@ -326,7 +328,11 @@ def remove_member(settings: Settings, identity: Identity, project_id: str, user_
                        details={"project_id": project_id, "user_id": user_id})
     if member.role == Role.OWNER.value:
         raise ValidationFailed("The project's owner cannot be removed", details={"user_id": user_id})
-    member.delete_instance()
+    with db.atomic():
+        member.delete_instance()
+        if allowed(Role(member.role), Action.WRITE_SHARE):
+            # They were given the share's password: a new one from now on.
+            Project.update(share_generation=Project.share_generation + 1).where(Project.id == project.id).execute()
     lifecycle_notify(settings, project, {"type": "collaborator_activity", "project_id": project.public_id,
                                          "user": {"id": user_id, "name": member.name},
                                          "activity": "left_project" if user_id == identity.user_id else "removed"})

@@ -5,8 +5,14 @@ API itself (WsgiDAV mounted at /shares, controlplane/api/shares.py) at
 `<effective_shares_url>/<project public id>/`.
 
 Credentials are per project and nothing secret is stored: the user name is the project's public
-id, the password an HMAC-SHA256 of it under the server's share secret (CONTROLPLANE_SHARES_SECRET,
-else CONTROLPLANE_JWT_SECRET). Without either secret, shares are disabled.
+id, the password an HMAC-SHA256 of it and of the project's share generation under the server's
+share secret (CONTROLPLANE_SHARES_SECRET, else CONTROLPLANE_JWT_SECRET). Removing a collaborator
+who was given the password bumps the generation: a new password, the old one stops working.
+Without either secret, shares are disabled.
+
+Who gets what (the permission table, services.projects): editors and owners get the password
+(read-write, also what a project VM mounts the folder with); viewers get only the URL and use
+their own bearer token, which lets them read and not write.
 """
 from __future__ import annotations
 
@@ -34,8 +40,9 @@ _CONTEXT = b"controlplane project share v1\0"
 @dataclass(frozen=True)
 class Credentials:
     url: str
-    username: str
-    password: str
+    username: str | None  # None: no password for this member (a viewer): the bearer token, read-only
+    password: str | None
+    access: str  # "read-write" or "read-only"
 
 
 def enabled(settings: Settings) -> bool:
@@ -46,22 +53,26 @@ def is_project_id(value: str) -> bool:
     return bool(PROJECT_ID.fullmatch(value or ""))
 
 
-def password(settings: Settings, project_id: str) -> str:
-    """The share password of a project (deterministic; derived, never stored)."""
+def password(settings: Settings, project_id: str, generation: int = 0) -> str:
+    """The share password of a project in a generation (deterministic; derived, never stored)."""
     secret = settings.effective_shares_secret
     if not secret:
         raise RuntimeError("shares are disabled: no CONTROLPLANE_SHARES_SECRET or CONTROLPLANE_JWT_SECRET")
-    digest = hmac.new(secret.encode(), _CONTEXT + project_id.encode(), hashlib.sha256).digest()
+    message = _CONTEXT + project_id.encode()
+    if generation:
+        message += b"\0" + str(int(generation)).encode()
+    digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode("ascii")[:PASSWORD_LENGTH]
 
 
-def check(settings: Settings, project_id: str, username: str, given_password: str) -> bool:
-    """Whether username/password are the credentials of the project's share (constant time)."""
+def check(settings: Settings, project_id: str, username: str, given_password: str, generation: int = 0) -> bool:
+    """Whether username/password are the credentials of the project's share in its current
+    generation (constant time)."""
     if not enabled(settings) or not is_project_id(project_id):
         return False
     same_user = hmac.compare_digest(username.encode("utf-8", "surrogateescape"), project_id.encode())
     same_password = hmac.compare_digest(given_password.encode("utf-8", "surrogateescape"),
-                                        password(settings, project_id).encode())
+                                        password(settings, project_id, generation).encode())
     return same_user and same_password
 
 
@@ -72,10 +83,14 @@ def url(settings: Settings, project_id: str) -> str | None:
     return f"{settings.effective_shares_url}/{project_id}/"
 
 
-def credentials(settings: Settings, project_id: str) -> Credentials | None:
+def credentials(settings: Settings, project_id: str, generation: int = 0, writer: bool = True) -> Credentials | None:
+    """What a member is given: the password for writers, only the URL for readers."""
     if not enabled(settings):
         return None
-    return Credentials(url=url(settings, project_id), username=project_id, password=password(settings, project_id))
+    if not writer:
+        return Credentials(url=url(settings, project_id), username=None, password=None, access="read-only")
+    return Credentials(url=url(settings, project_id), username=project_id,
+                       password=password(settings, project_id, generation), access="read-write")
 
 
 def folder(settings: Settings, project_id: str) -> Path:

@@ -295,7 +295,7 @@ def test_permission_table_in_code_matches_the_documented_one():
     assert {a: {r.value for r in roles} for a, roles in PERMISSIONS.items()} == {
         Action.READ: {"owner", "editor", "viewer"}, Action.READ_CHAT: {"owner", "editor", "viewer"},
         Action.CHAT: {"owner", "editor"}, Action.OPERATE: {"owner", "editor"}, Action.DELETE: {"owner"},
-        Action.MANAGE_MEMBERS: {"owner"}}
+        Action.MANAGE_MEMBERS: {"owner"}, Action.WRITE_SHARE: {"owner", "editor"}}
     assert set(Role) == {Role.OWNER, Role.EDITOR, Role.VIEWER}
 
 

@@ -2,7 +2,8 @@
 running create_app, `requests` as the WebDAV client, the real database and Redis.
 
 Per-project credentials (user = project id, password = HMAC of it under the server's secret), the
-caller's own bearer token for members, refusals (wrong password, another project's credentials,
+caller's own bearer token for members (viewers read, editors and the owner write), the password
+rotated when an editor is removed, refusals (wrong password, another project's credentials,
 the root, no credentials, COPY/MOVE out of the folder, deleted projects), the folder's lifecycle
 (made on create, removed when the project is released as deleted), and what the API shows."""
 from __future__ import annotations
@@ -41,8 +42,8 @@ def shares_env(client, base_settings, tmp_path):
 def people(token):
     def bearer(user):
         return {"Authorization": "Bearer " + token(user, email=f"{user}@example.com", name=user)}
-    return {"owner": bearer("user_owner"), "viewer": bearer("user_viewer"), "outsider": bearer("user_outsider"),
-            "admin": {"Authorization": "Bearer " + token("user_admin", admin=True)}}
+    return {"owner": bearer("user_owner"), "editor": bearer("user_editor"), "viewer": bearer("user_viewer"),
+            "outsider": bearer("user_outsider"), "admin": {"Authorization": "Bearer " + token("user_admin", admin=True)}}
 
 
 def new_project(server, headers, name="Shared") -> str:
@@ -51,12 +52,22 @@ def new_project(server, headers, name="Shared") -> str:
     return response.json()["project_id"]
 
 
-def add_viewer(server, people, project_id):
+def add_member(server, people, project_id, role):
     invited = requests.post(f"{server.url}/api/projects/{project_id}/collaborators", headers=people["owner"],
-                            json={"email": "user_viewer@example.com", "role": "viewer"}, timeout=10).json()
+                            json={"email": f"user_{role}@example.com", "role": role}, timeout=10).json()
     accepted = requests.post(f"{server.url}/api/invitations/{invited['invitation_id']}/accept",
-                             headers=people["viewer"], timeout=10)
+                             headers=people[role], timeout=10)
     assert accepted.status_code == 200, accepted.text
+
+
+def add_viewer(server, people, project_id):
+    add_member(server, people, project_id, "viewer")
+
+
+def remove_member(server, people, project_id, user_id):
+    removed = requests.delete(f"{server.url}/api/projects/{project_id}/collaborators/{user_id}",
+                              headers=people["owner"], timeout=10)
+    assert removed.status_code == 200, removed.text
 
 
 def details(server, headers, project_id) -> dict:
@@ -153,6 +164,12 @@ def test_a_browser_gets_a_listing_once_authenticated(shares_env, people):
 def test_the_password_is_deterministic_per_project_and_secret(base_settings):
     a = shares.password(base_settings, "proj_0123456789abcdef")
     assert a == shares.password(base_settings, "proj_0123456789abcdef")
+    # Each generation has its own password, and only the current one is accepted.
+    a1, a2 = (shares.password(base_settings, "proj_0123456789abcdef", g) for g in (1, 2))
+    assert len({a, a1, a2}) == 3
+    assert shares.check(base_settings, "proj_0123456789abcdef", "proj_0123456789abcdef", a2, generation=2)
+    assert not shares.check(base_settings, "proj_0123456789abcdef", "proj_0123456789abcdef", a1, generation=2)
+    assert not shares.check(base_settings, "proj_0123456789abcdef", "proj_0123456789abcdef", a, generation=2)
     assert len(a) == shares.PASSWORD_LENGTH and re.fullmatch(r"[A-Za-z0-9_-]+", a)
     assert a != shares.password(base_settings, "proj_0123456789abcdee")
     assert a != shares.password(base_settings.replace(shares_secret="z" * 32), "proj_0123456789abcdef")
@@ -259,10 +276,71 @@ def test_a_removed_member_loses_bearer_access(shares_env, people):
     add_viewer(server, people, project_id)
     url = f"{server.url}/shares/{project_id}/"
     assert dav("PROPFIND", url, headers={**people["viewer"], "Depth": "0"}).status_code == 207
-    removed = requests.delete(f"{server.url}/api/projects/{project_id}/collaborators/user_viewer",
-                              headers=people["owner"], timeout=10)
-    assert removed.status_code == 200
+    remove_member(server, people, project_id, "user_viewer")
     assert dav("PROPFIND", url, headers={**people["viewer"], "Depth": "0"}).status_code == 403
+
+
+def test_viewers_read_and_cannot_write(shares_env, people):
+    _, server = shares_env
+    project_id = new_project(server, people["owner"])
+    add_viewer(server, people, project_id)
+    add_member(server, people, project_id, "editor")
+    url = f"{server.url}/shares/{project_id}/"
+    assert dav("PUT", url + "by-editor.txt", data=b"e", headers=people["editor"]).status_code == 201
+    assert dav("MKCOL", url + "dir", headers=people["editor"]).status_code == 201
+    viewer = people["viewer"]
+    assert dav("GET", url + "by-editor.txt", headers=viewer).content == b"e"
+    assert dav("HEAD", url + "by-editor.txt", headers=viewer).status_code == 200
+    assert dav("PROPFIND", url, headers={**viewer, "Depth": "1"}).status_code == 207
+    assert dav("OPTIONS", url, headers=viewer).status_code == 200
+    refused = {
+        "PUT": dav("PUT", url + "by-viewer.txt", data=b"v", headers=viewer),
+        "PUT over": dav("PUT", url + "by-editor.txt", data=b"v", headers=viewer),
+        "DELETE": dav("DELETE", url + "by-editor.txt", headers=viewer),
+        "MKCOL": dav("MKCOL", url + "viewer-dir", headers=viewer),
+        "COPY": dav("COPY", url + "by-editor.txt", headers={**viewer, "Destination": url + "copy.txt"}),
+        "MOVE": dav("MOVE", url + "by-editor.txt", headers={**viewer, "Destination": url + "moved.txt"}),
+        "PROPPATCH": dav("PROPPATCH", url + "by-editor.txt", headers=viewer, data=b"<x/>"),
+        "LOCK": dav("LOCK", url + "by-editor.txt", headers=viewer, data=b""),
+        "UNLOCK": dav("UNLOCK", url + "by-editor.txt", headers={**viewer, "Lock-Token": "<opaquelocktoken:x>"}),
+    }
+    assert {name: r.status_code for name, r in refused.items()} == {name: 403 for name in refused}
+    assert dav("GET", url + "by-editor.txt", headers=people["owner"]).content == b"e"
+    listing = dav("PROPFIND", url, headers={**people["owner"], "Depth": "1"}).text
+    assert "by-viewer.txt" not in listing and "copy.txt" not in listing and "viewer-dir" not in listing
+
+
+def test_removing_an_editor_rotates_the_password(shares_env, people):
+    settings, server = shares_env
+    project_id = new_project(server, people["owner"])
+    add_member(server, people, project_id, "editor")
+    add_viewer(server, people, project_id)
+    url, old = creds(server, people, project_id)
+    assert details(server, people["editor"], project_id)["shared_folder"]["password"] == old[1]
+    assert dav("PUT", url + "before.txt", data=b"b", auth=old).status_code == 201
+
+    # A viewer never had the password: removing one changes nothing.
+    remove_member(server, people, project_id, "user_viewer")
+    assert creds(server, people, project_id)[1] == old
+    # The editor had it: a new password, the old one is refused, the files stay.
+    remove_member(server, people, project_id, "user_editor")
+    _, new = creds(server, people, project_id)
+    assert new[0] == old[0] and new[1] != old[1]
+    assert dav("GET", url + "before.txt", auth=old).status_code == 401
+    assert dav("PUT", url + "after.txt", data=b"a", auth=old).status_code == 401
+    assert dav("GET", url + "before.txt", auth=new).content == b"b"
+    assert dav("PUT", url + "after.txt", data=b"a", auth=new).status_code == 201
+    with db.connection_context():
+        assert Project.get(Project.public_id == project_id).share_generation == 1
+    # An editor who leaves by themselves rotates it too.
+    add_member(server, people, project_id, "editor")
+    left = requests.delete(f"{server.url}/api/projects/{project_id}/collaborators/user_editor",
+                           headers=people["editor"], timeout=10)
+    assert left.status_code == 200, left.text
+    _, newer = creds(server, people, project_id)
+    assert newer[1] not in (old[1], new[1])
+    assert dav("GET", url + "before.txt", auth=new).status_code == 401
+    assert dav("GET", url + "before.txt", auth=newer).status_code == 200
 
 
 # ---- deleted projects --------------------------------------------------------------------------------------
@@ -325,11 +403,16 @@ def test_the_api_shows_the_url_and_gives_members_the_credentials(shares_env, peo
     expected_url = f"http://127.0.0.1:{settings.port}/shares/{project_id}/"
     listed = requests.get(f"{server.url}/api/projects", headers=people["viewer"], timeout=10).json()["projects"]
     assert [p["shared_folder_url"] for p in listed] == [expected_url]
-    body = details(server, people["viewer"], project_id)
+    body = details(server, people["owner"], project_id)
     assert body["shared_folder_url"] == expected_url
-    assert body["shared_folder"] == {"url": expected_url, "username": project_id,
+    assert body["shared_folder"] == {"url": expected_url, "username": project_id, "access": "read-write",
                                      "password": shares.password(settings, project_id)}
     assert dav("GET", expected_url, auth=(project_id, body["shared_folder"]["password"])).status_code == 200
+    # A viewer is not given the password: they read with their own token.
+    viewed = details(server, people["viewer"], project_id)
+    assert viewed["shared_folder_url"] == expected_url
+    assert viewed["shared_folder"] == {"url": expected_url, "username": None, "password": None,
+                                       "access": "read-only"}
     # Not a member: the project does not exist for them; an admin sees it, without the credentials.
     assert requests.get(f"{server.url}/api/projects/{project_id}", headers=people["outsider"],
                         timeout=10).status_code == 404

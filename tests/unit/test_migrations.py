@@ -16,7 +16,7 @@ def tables(database) -> set[str]:
 def test_fresh_database_gets_every_table(tmp_path):
     database = connect(f"sqlite:///{tmp_path / 'fresh.db'}")
     applied = migrate(database)
-    assert applied == ["m0001_initial", "m0002_projects"]
+    assert applied == ["m0001_initial", "m0002_projects", "m0003_share_generation"]
     assert {m._meta.table_name for m in ALL_MODELS} <= tables(database)
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert migrate(database) == []
@@ -31,7 +31,7 @@ def test_version_one_database_is_upgraded_in_place(tmp_path):
     with database.bind_ctx([SchemaMigration]):
         database.create_tables([SchemaMigration])
         SchemaMigration.create(number=1, name="m0001_initial")
-    assert migrate(database) == ["m0002_projects"]
+    assert migrate(database) == ["m0002_projects", "m0003_share_generation"]
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert database.execute_sql("SELECT vmid, desktop_id, project_id FROM vmid_lease").fetchall() == [(10001, 7, None)]
     assert "project" in tables(database)
@@ -43,3 +43,22 @@ def test_migrations_on_the_test_database(database):
         columns = {c.name for c in database.get_columns(model._meta.table_name)}
         assert {f.column_name for f in model._meta.sorted_fields} <= columns, model
     assert isinstance(database, pw.Database)
+
+
+def test_version_two_projects_get_a_share_generation(tmp_path):
+    database = connect(f"sqlite:///{tmp_path / 'v2.db'}")
+    # The project table as version 2 made it (the columns this migration touches), with a row.
+    database.execute_sql("CREATE TABLE project (id INTEGER NOT NULL PRIMARY KEY, public_id VARCHAR(40) NOT NULL, "
+                         "name VARCHAR(100) NOT NULL, share_username VARCHAR(64), "
+                         "share_password_hash VARCHAR(255))")
+    database.execute_sql("INSERT INTO project (id, public_id, name) VALUES (3, 'proj_00000000000000aa', 'Kept')")
+    with database.bind_ctx([SchemaMigration]):
+        database.create_tables([SchemaMigration])
+        SchemaMigration.create(number=1, name="m0001_initial")
+        SchemaMigration.create(number=2, name="m0002_projects")
+    assert migrate(database) == ["m0003_share_generation"]
+    columns = {c.name for c in database.get_columns("project")}
+    assert "share_generation" in columns and not {"share_username", "share_password_hash"} & columns
+    assert database.execute_sql("SELECT id, public_id, name, share_generation FROM project").fetchall() == [
+        (3, "proj_00000000000000aa", "Kept", 0)]
+    assert migrate(database) == []

@@ -84,3 +84,39 @@ def test_recent_transitions_are_not_reaped(client, base_settings, redis_conn):
     with db.connection_context():
         Desktop.update(updated_at=utcnow()).where(Desktop.id == desktop_id).execute()
     assert reap(base_settings) == {}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.split()[1:2] == ["Z"] for line in status if line.startswith("State:"))
+    except FileNotFoundError:
+        return True
+
+
+def test_the_reaper_process_ends_when_its_worker_is_killed(base_settings):
+    """The worker runs the reaper as a child process (a thread would be forked into every job's
+    work horse, with whatever lock it held); a SIGKILLed worker leaves no reaper behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = {**os.environ, **base_settings.to_env(), "CONTROLPLANE_REAPER_INTERVAL": "1"}
+    # A stand-in for the worker: a shell whose child is the reaper, as cmd_worker starts it.
+    shell = subprocess.Popen(
+        ["sh", "-c", f"{sys.executable} -m controlplane.cli reap --loop --parent $$ & echo $!; wait"],
+        stdout=subprocess.PIPE, env=env, text=True)
+    reaper = int(shell.stdout.readline())
+    try:
+        time.sleep(3)  # a few passes
+        assert not _gone(reaper), "the reaper stopped while its worker was alive"
+        shell.send_signal(signal.SIGKILL)
+        shell.wait(5)
+        deadline = time.monotonic() + 15
+        while not _gone(reaper):
+            assert time.monotonic() < deadline, "the reaper outlived its killed worker"
+            time.sleep(0.1)
+    finally:
+        if not _gone(reaper):
+            os.kill(reaper, signal.SIGKILL)

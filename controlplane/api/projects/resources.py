@@ -54,13 +54,14 @@ def shared_folder_url(project: Project) -> str | None:
 
 
 def shared_folder(project: Project, role) -> dict | None:
-    """The share's URL and credentials, for the project's members only (never logged)."""
+    """The share's URL, and its credentials for the members who may write (never logged)."""
     if role is None:
         return None
-    creds = shares.credentials(settings(), project.public_id)
+    creds = shares.credentials(settings(), project.public_id, project.share_generation,
+                               writer=service.allowed(role, service.Action.WRITE_SHARE))
     if creds is None:
         return None
-    return {"url": creds.url, "username": creds.username, "password": creds.password}
+    return {"url": creds.url, "username": creds.username, "password": creds.password, "access": creds.access}
 
 
 def summary(project: Project) -> dict:
@@ -106,8 +107,9 @@ class ProjectItem(MethodView):
     @blp.response(200, schemas.ProjectDetails)
     @with_errors(401, 404)
     def get(self, project_id):
-        """A project's details and its collaborators. Members (any role) also get
-        `shared_folder`: the URL, user name and password of the project's WebDAV folder."""
+        """A project's details and its collaborators. Members also get `shared_folder`: the URL
+        of the project's WebDAV folder, and for editors and the owner its user name and password
+        (viewers read it with their bearer token; the password changes when an editor is removed)."""
         project, role = service.access(g.identity, project_id, service.Action.READ)
         return {**summary(project), "description": project.description, "os": project.os,
                 "status_message": project.status_message, "network": project.network,

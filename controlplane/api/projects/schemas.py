@@ -62,8 +62,12 @@ class Collaborator(Schema):
 
 class SharedFolder(Schema):
     url = fields.String(required=True, metadata={"example": "http://127.0.0.1:8080/shares/proj_0123456789abcdef/"})
-    username = fields.String(required=True, metadata={"description": "The project id"})
-    password = fields.String(required=True, metadata={"description": "HTTP Basic password for this project's folder"})
+    username = fields.String(required=True, allow_none=True,
+                             metadata={"description": "The project id (null for viewers: use your bearer token)"})
+    password = fields.String(required=True, allow_none=True,
+                             metadata={"description": "HTTP Basic password for this project's folder (editors and "
+                                                      "the owner; it changes when an editor is removed)"})
+    access = fields.String(required=True, metadata={"description": "read-write or read-only"})
 
 
 class ProjectDetails(ProjectSummary):
