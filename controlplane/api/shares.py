@@ -31,6 +31,7 @@ from wsgidav.dir_browser._dir_browser import ASSET_SHARE
 from wsgidav.error_printer import ErrorPrinter
 from wsgidav.fs_dav_provider import FilesystemProvider
 from wsgidav.http_authenticator import HTTPAuthenticator
+from wsgidav.lock_man.lock_storage_redis import LockStorageRedis
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
@@ -202,6 +203,22 @@ def _respond(start_response, status: str, text: str = "", headers: list | None =
     return [body]
 
 
+class RedisLockStorage(LockStorageRedis):
+    """WsgiDAV's Redis lock storage on our Redis URL (TCP, TLS or a unix socket), so that every
+    API process (gunicorn workers, several hosts) sees the same WebDAV locks."""
+
+    def __init__(self, url: str):
+        super().__init__()
+        self._url = url
+        self._redis_prefix = "controlplane:shares:lock-{}"
+        self._redis_lock_prefix = self._redis_prefix.format("lock:{}")
+        self._redis_url2token_prefix = self._redis_prefix.format("URL2TOKEN:{}")
+
+    def open(self):
+        from ..services.queue import get_redis
+        self._redis = get_redis(self._url)
+
+
 def make_shares_app(flask_app, settings: Settings):
     """The WsgiDAV application serving every project's folder (mount it at MOUNT)."""
     root = shares.ensure_root(settings)
@@ -227,7 +244,8 @@ def make_shares_app(flask_app, settings: Settings):
             "ms_sharepoint_support": False,
             "libre_office_support": False,
         },
-        "lock_storage": True,  # in memory, per process
+        # In Redis, shared by every API process; in memory (this process only) without Redis.
+        "lock_storage": RedisLockStorage(settings.redis_url) if settings.redis_url else True,
         "property_manager": True,
         "suppress_version_info": True,
         "add_header_MS_Author_Via": True,

@@ -132,6 +132,30 @@ def test_lock_then_write_with_the_token_then_unlock(shares_env, people):
     assert dav("GET", url + "doc.docx", auth=auth).content == b"v2"
 
 
+def test_locks_are_shared_by_every_api_process(shares_env, people, redis_conn):
+    """Two API processes (two apps, one Redis): a lock taken through one holds through the other."""
+    settings, server = shares_env
+    other = ServerThread(create_app(settings), port=free_port()).start()
+    try:
+        project_id = new_project(server, people["owner"])
+        url, auth = creds(server, people, project_id)
+        other_url = url.replace(server.url, other.url)
+        body = ('<?xml version="1.0" encoding="utf-8"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+                '</D:lockscope><D:locktype><D:write/></D:locktype><D:owner>me</D:owner></D:lockinfo>')
+        locked = dav("LOCK", url + "shared.docx", auth=auth, data=body,
+                     headers={"Content-Type": "application/xml", "Timeout": "Second-60"})
+        assert locked.status_code in (200, 201), locked.text
+        token = locked.headers["Lock-Token"]
+        assert any(key.startswith(b"controlplane:shares:lock-") for key in redis_conn.scan_iter())
+        assert dav("PUT", other_url + "shared.docx", data=b"x", auth=auth).status_code == 423
+        assert dav("PUT", other_url + "shared.docx", data=b"v2", auth=auth,
+                   headers={"If": f"({token})"}).status_code in (200, 204)
+        assert dav("UNLOCK", other_url + "shared.docx", auth=auth, headers={"Lock-Token": token}).status_code == 204
+        assert dav("PUT", url + "shared.docx", data=b"v3", auth=auth).status_code in (200, 204)
+    finally:
+        other.stop()
+
+
 def test_a_chunked_upload(shares_env, people):
     settings, server = shares_env
     project_id = new_project(server, people["owner"])

@@ -121,6 +121,17 @@ def test_a_project_gets_a_vm_on_its_own_network_and_leaves_nothing_behind(projec
     assert vm_status(pve_api, vmid) == "running"
     assert agent_addresses(pve_api, vmid) == ["172.30.201.2"]
 
+    # Isolation: the VM's own firewall is on (and net0 filtered): in only from its own subnet, out
+    # to anywhere but the other projects' subnets (the pool).
+    assert "firewall=1" in config["net0"].split(",")
+    firewall = pve_api.nodes("pve1").qemu(vmid).firewall
+    options = firewall.options.get()
+    assert (int(options["enable"]), options["policy_in"], options["policy_out"]) == (1, "DROP", "ACCEPT")
+    rules = [(r["pos"], r["type"], r["action"], r.get("source"), r.get("dest"), int(r["enable"]))
+             for r in firewall.rules.get()]
+    assert rules == [(0, "in", "ACCEPT", cidr, None, 1), (1, "out", "ACCEPT", None, cidr, 1),
+                     (2, "out", "DROP", None, "172.30.0.0/16", 1)]
+
     # A second create changes nothing: Proxmox sees no write at all.
     forget_requests(project_lab)
     again = run(project_lab, "project_create.yml", **args, project_os="windows11", project_network_cidr=cidr)
