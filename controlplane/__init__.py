@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 
 def create_app(settings: Settings | None = None) -> Flask:
+    from .api.admin.resources import blp as admin_blp
     from .api.common import SETTINGS_KEY
     from .api.chat.resources import blp as chat_blp
     from .api.desktops.resources import blp as desktops_blp
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(health_blp)
     api.register_blueprint(projects_blp)
     api.register_blueprint(chat_blp)
+    api.register_blueprint(admin_blp)
     init_error_handlers(app)
     from .api.ws import init_ws
     init_ws(app)

@@ -87,6 +87,11 @@ class Settings:
     reaper_interval: int = 30
     abandoned_after: int = 60  # seconds a desktop may sit in a transition with no live job
     max_resumes: int = 1  # how often an abandoned job is resumed before the desktop is FAILED
+    # Lifecycle policies (services/policies.py); per-plan expiry and idle limits are in plans_file
+    policy_interval: int = 300  # seconds between the periodic policy and reconciliation job; 0: off
+    expiry_grace: int = 86400  # an expired desktop is stopped, then deleted this many seconds later
+    stuck_after: int = 0  # seconds in a transition before a desktop counts as stuck; 0: job_timeout + 10 min
+    failed_retention: int = 7 * 86400  # FAILED desktops are deleted after this many seconds; 0: kept
     # Proxmox (used by the playbooks via environment, and by ?refresh=true via proxmoxer)
     proxmox_host: str = "127.0.0.2"
     proxmox_port: int = 8006
@@ -133,6 +138,10 @@ class Settings:
     extra: dict = field(default_factory=dict)
 
     # ---- derived -------------------------------------------------------------------------
+    @property
+    def effective_stuck_after(self) -> int:
+        return self.stuck_after or self.job_timeout + 600
+
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.var_dir / 'controlplane.db'}"
@@ -275,7 +284,8 @@ class Settings:
                 raise ConfigError(f"CONTROLPLANE_{name.upper()} must be positive")
         if self.proxmox_api_timeout <= 0:
             raise ConfigError("CONTROLPLANE_PROXMOX_API_TIMEOUT must be positive")
-        for name in ("ip_wait_retries", "ip_wait_delay", "max_resumes"):
+        for name in ("ip_wait_retries", "ip_wait_delay", "max_resumes", "policy_interval", "expiry_grace",
+                     "stuck_after", "failed_retention"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"CONTROLPLANE_{name.upper()} must not be negative")
         for name, lowest in (("port", 1), ("proxmox_port", 1), ("guacamole_port", 0)):

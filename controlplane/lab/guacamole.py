@@ -23,7 +23,11 @@ Lab-only extras, not in a real Guacamole:
   shows which connection the link points at (a real Guacamole would show the
   remote desktop there).
 * ``GET {base_path}/_lab/client/{id}``: JSON about the connection a client
-  link points at (no token; never the password).
+  link points at (no token; never the password). The page asks it again every
+  20 s while it is open, and ``activeConnections`` lists the connection as
+  active until ACTIVE_TIMEOUT after the last time: the lab's stand-in for a
+  user connected through Guacamole (what the idle policy reads).
+* ``open_session()`` / ``close_session()``: an active connection for tests.
 * Fault switches (``down``, ``fail()``) for tests.
 
 It runs inside whatever asyncio loop calls :meth:`GuacamoleStandIn.start`.
@@ -48,6 +52,7 @@ import signal
 import tempfile
 import threading
 import time
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -128,6 +133,7 @@ OBJECT_PERMISSION_KEYS = (
 JDBC_DATA_SOURCES = ("postgresql", "mysql", "sqlserver")
 
 TOKEN_TIMEOUT = 60 * 60  # api-session-timeout default: 60 minutes idle
+ACTIVE_TIMEOUT = 60  # seconds an open client page counts as an active connection (it asks every 20 s)
 PBKDF2_ITERATIONS = 50_000
 STATE_VERSION = 1
 
@@ -362,6 +368,11 @@ class GuacamoleStandIn:
         self.tokens: dict[str, dict] = {}
         self.token_timeout = TOKEN_TIMEOUT
 
+        # Active connections: uuid -> {"connectionIdentifier", "username", "remoteHost",
+        # "startDate" (ms), "seen" (monotonic; None: until close_session)}.
+        self.active: dict[str, dict] = {}
+        self.active_timeout = ACTIVE_TIMEOUT
+
         # Fault switches.
         self.down = False
         self._faults: list[dict] = []
@@ -391,6 +402,38 @@ class GuacamoleStandIn:
         if self.data_source in JDBC_DATA_SOURCES:
             return [self.data_source, f"{self.data_source}-shared"]
         return [self.data_source]
+
+    def open_session(self, identifier: str, username: str = "lab-user", remote_host: str = "127.0.0.1") -> str:
+        """Someone is connected to connection `identifier` until close_session (a test switch)."""
+        key = str(uuid.uuid4())
+        self.active[key] = {"connectionIdentifier": str(identifier), "username": username, "remoteHost": remote_host,
+                            "startDate": int(time.time() * 1000), "seen": None}
+        return key
+
+    def close_session(self, key: str) -> None:
+        self.active.pop(key, None)
+
+    def _touch_page_session(self, identifier: str) -> None:
+        """The client page of `identifier` is open: active for active_timeout more seconds."""
+        now = time.monotonic()
+        for entry in self.active.values():
+            if entry["connectionIdentifier"] == identifier and entry["seen"] is not None:
+                entry["seen"] = now
+                return
+        self.active[str(uuid.uuid4())] = {"connectionIdentifier": identifier, "username": "lab-page",
+                                          "remoteHost": "127.0.0.1", "startDate": int(time.time() * 1000),
+                                          "seen": now}
+
+    def _active_view(self) -> dict:
+        now = time.monotonic()
+        for key in [k for k, e in self.active.items()
+                    if (e["seen"] is not None and now - e["seen"] > self.active_timeout)
+                    or e["connectionIdentifier"] not in self.connections]:
+            del self.active[key]
+        return {key: {"identifier": key, "connectionIdentifier": e["connectionIdentifier"],
+                      "startDate": e["startDate"], "remoteHost": e["remoteHost"], "username": e["username"],
+                      "connectable": True}
+                for key, e in self.active.items()}
 
     def fail(self, method: str, path_regex: str, status: int = 500, times: int | None = None) -> None:
         """Answer `status` to the next `times` (None: all) matching requests.
@@ -598,7 +641,7 @@ class GuacamoleStandIn:
         r.add_get(d + "/self/permissions", self._get_self_permissions)
         r.add_get(d + "/self/effectivePermissions", self._get_self_permissions)
 
-        r.add_get(d + "/activeConnections", self._empty_map)
+        r.add_get(d + "/activeConnections", self._active_connections)
         r.add_get(d + "/userGroups", self._empty_map)
         r.add_get(d + "/sharingProfiles", self._empty_map)
 
@@ -1062,6 +1105,10 @@ class GuacamoleStandIn:
         user = self._user_and_ds(request)
         return _json(self._permission_view(user))
 
+    async def _active_connections(self, request: web.Request) -> web.Response:
+        self._user_and_ds(request)
+        return _json(self._active_view())
+
     async def _empty_map(self, request: web.Request) -> web.Response:
         self._user_and_ds(request)
         return _json({})
@@ -1093,6 +1140,7 @@ class GuacamoleStandIn:
         if conn is None:
             return _json({"message": "Connection not found"}, status=404)
         params = conn.get("parameters", {})
+        self._touch_page_session(identifier)
         return _json({
             "identifier": identifier,
             "dataSource": data_source,
@@ -1207,6 +1255,14 @@ CLIENT_PAGE = """<!DOCTYPE html>
 
   window.addEventListener("hashchange", render);
   render();
+  // While the page is open, say so again now and then: the stand-in counts the connection as active.
+  setInterval(function () {
+    var match = /^#\\/client\\/([^\\/?#]*)/.exec(window.location.hash);
+    if (match && decodeClientId(match[1])) {
+      fetch(base + "/_lab/client/" + encodeURIComponent(match[1]), { headers: { "Accept": "application/json" } })
+        .catch(function () {});
+    }
+  }, 20000);
 })();
 </script>
 </body>

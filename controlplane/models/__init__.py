@@ -45,6 +45,7 @@ class Desktop(BaseModel):
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
     last_accessed_at = pw.DateTimeField(null=True)
+    expires_at = pw.DateTimeField(null=True)  # stopped then, deleted after the expiry grace (policies)
     deleted_at = pw.DateTimeField(null=True)
 
     class Meta:

@@ -6,6 +6,7 @@ it records the request in the database, then enqueues a job.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -16,9 +17,9 @@ from ..config import Settings
 from ..errors import (DesktopAlreadyExists, DesktopNotFound, DesktopNotReady, Forbidden, InfrastructureError,
                       InvalidOperation, ValidationFailed)
 from ..extensions import db
-from ..models import Desktop, VmidLease, utcnow
+from ..models import Desktop, DesktopEvent, VmidLease, utcnow
 from . import jobs, lifecycle, vmids
-from .plans import load_plans
+from .plans import Plan, duration_text, load_plans
 from .states import ACCEPTED, ALLOWED_FROM, INACTIVE, Operation, Status
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,10 @@ def get_for_user(identity: Identity, user_id: str) -> Desktop:
     return desktop
 
 
+def events(desktop: Desktop) -> list[DesktopEvent]:
+    return list(DesktopEvent.select().where(DesktopEvent.desktop == desktop.id).order_by(DesktopEvent.id))
+
+
 def connection_url(settings: Settings, desktop: Desktop) -> str | None:
     """Guacamole's client URL for the desktop's connection, only while it is RUNNING."""
     if desktop.status != Status.RUNNING.value or not desktop.guacamole_connection_id:
@@ -97,12 +102,14 @@ def connect(settings: Settings, identity: Identity, desktop_id: int) -> Desktop:
 
 # ---- changing -----------------------------------------------------------------------------
 
-def create(settings: Settings, identity: Identity, user_id: str, name: str | None, plan: str) -> Desktop:
+def create(settings: Settings, identity: Identity, user_id: str, name: str | None, plan: str,
+           expires_at: dt.datetime | None = None) -> Desktop:
     check_user(identity, user_id)
     plans = load_plans(settings.plans_file)
     if plan not in plans:
         raise ValidationFailed(details={"plan": "Plan must be one of " + _one_of(plans)})
     spec = plans[plan]
+    expires_at = _expiry(spec, expires_at)
     accepted, message = ACCEPTED[Operation.CREATE]
     if _active_desktop_exists(user_id):
         raise DesktopAlreadyExists()
@@ -111,7 +118,7 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
             desktop = Desktop.create(
                 user_id=user_id, name=name or f"Desktop-{user_id}", status=accepted.value, status_message=message,
                 plan=plan, cpu_cores=spec.cores, memory_mb=spec.memory_mb, node=settings.proxmox_node,
-                operation=Operation.CREATE.value)
+                operation=Operation.CREATE.value, expires_at=expires_at)
             desktop.vmid = vmids.allocate(desktop.id, settings.vmid_min, settings.vmid_max)
             desktop.job_id = jobs.new_job_id(desktop.id, Operation.CREATE)
             desktop.save(only=[Desktop.vmid, Desktop.job_id])
@@ -139,6 +146,8 @@ def request(settings: Settings, identity: Identity, desktop_id: int, operation: 
     desktop = get_visible(identity, desktop_id)
     if Status(desktop.status) not in ALLOWED_FROM[operation]:
         raise InvalidOperation(f"Cannot {operation.value} desktop in {desktop.status} state")
+    if operation is Operation.START and desktop.expires_at is not None and desktop.expires_at <= utcnow():
+        raise InvalidOperation(f"Cannot start desktop: it expired at {_utc_text(desktop.expires_at)}")
     accepted, message = ACCEPTED[operation]
     if operation is Operation.STOP and force:
         message = "Forcing VM power-off"
@@ -153,6 +162,26 @@ def request(settings: Settings, identity: Identity, desktop_id: int, operation: 
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+def _expiry(plan: Plan, asked: dt.datetime | None) -> dt.datetime | None:
+    """When a new desktop expires (naive UTC): the time asked for, at most the plan's lifetime
+    from now; by default the plan's lifetime (none: never)."""
+    now = utcnow()
+    latest = now + dt.timedelta(seconds=plan.expires_after) if plan.expires_after else None
+    if asked is None:
+        return latest
+    asked = asked.astimezone(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+    if asked <= now:
+        raise ValidationFailed(details={"expiresAt": "expiresAt must be in the future"})
+    if latest is not None and asked > latest:
+        raise ValidationFailed(details={"expiresAt": f"expiresAt must be at most {duration_text(plan.expires_after)} "
+                                                     f"from now for plan {plan.name}"})
+    return asked
+
+
+def _utc_text(value: dt.datetime) -> str:
+    return value.replace(tzinfo=dt.timezone.utc).isoformat(timespec="seconds")
+
 
 def _active_desktop_exists(user_id: str) -> bool:
     return Desktop.select().where(Desktop.user_id == user_id,

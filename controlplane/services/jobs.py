@@ -21,13 +21,16 @@ def new_job_id(resource_id: int, operation: Operation, kind: str = "desktop") ->
 
 
 def enqueue(settings: Settings, operation: Operation, resource_id: int, job_id: str, force: bool = False,
-            kind: str = "desktop"):
+            kind: str = "desktop", reason: str | None = None):
     """Put the operation's job on the queue. Raises redis errors to the caller.
 
-    The job's arguments are ids and flags only: never secrets, never user input beyond ids."""
+    The job's arguments are ids and flags only: never secrets, never user input beyond ids. Its
+    meta may carry `reason`, written by a policy (never user input), for the final message."""
     from . import kinds
     described = kinds.get(kind)
     meta = {"kind": kind, "resource_id": resource_id, "operation": operation.value, "force": force}
+    if reason:
+        meta["reason"] = reason
     if kind == "desktop":
         meta["desktop_id"] = resource_id
     return get_queue(settings.redis_url).enqueue(

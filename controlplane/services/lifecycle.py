@@ -67,12 +67,14 @@ class QueueUnavailable(Exception):
     """The operation could not be enqueued; the record was put back as it was."""
 
 
-def accept(settings, row, operation, accepted, message: str, force: bool = False):
+def accept(settings, row, operation, accepted, message: str, force: bool = False, source: str = "api",
+           reason: str | None = None):
     """Accept an operation on a desktop or project whose current status allows it: move it to
     `accepted` (conditional on the status the caller checked, so two concurrent requests cannot
-    both win), record the event, enqueue the job, and publish. Returns the fresh record, or None
-    when another request changed the status first. If Redis refuses the job, the record is put
-    back and QueueUnavailable is raised."""
+    both win), record the event (from `source`: the API, or a policy), enqueue the job, and
+    publish. Returns the fresh record, or None when another request changed the status first. If
+    Redis refuses the job, the record is put back and QueueUnavailable is raised. `reason` (why a
+    policy acts) travels with the job and ends up in the final status message."""
     import redis
     from . import jobs
     kind = kinds.of(row)
@@ -86,9 +88,9 @@ def accept(settings, row, operation, accepted, message: str, force: bool = False
                    .where(model.id == row.id, model.status == row.status).execute())
         if not changed:
             return None
-        record_event(row, accepted, message, "api")
+        record_event(row, accepted, message, source)
     try:
-        jobs.enqueue(settings, operation, row.id, job_id, force=force, kind=kind.name)
+        jobs.enqueue(settings, operation, row.id, job_id, force=force, kind=kind.name, reason=reason)
     except redis.RedisError as exc:
         log.error("enqueue of %s for %s %s failed: %s", operation.value, kind.name, row.id, exc)
         model.update(**previous).where(model.id == row.id, model.job_id == job_id).execute()

@@ -1,7 +1,9 @@
 """Desktop plans from the one plans file (config/plans.yml), shared with the playbooks."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,40 @@ class Plan:
     memory_mb: int
     template: str
     description: str = ""
+    # Lifecycle policies (services/policies.py), in seconds; None: never.
+    expires_after: int | None = None  # a desktop's lifetime: the default and the latest expiresAt
+    idle_stop_after: int | None = None  # a RUNNING desktop nobody is connected to is stopped after this
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_text(seconds: int) -> str:
+    """30 minutes, 8 hours, 7 days, 2 weeks (the largest unit that divides it)."""
+    for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def parse_duration(value) -> int | None:
+    """Seconds from 90, "90s", "30m", "8h", "7d" or "2w"; None for None/"never"/"". ValueError otherwise."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "never", "none")):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int):
+        seconds = value
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"not a duration (like 90s, 30m, 8h, 7d): {value!r}")
+        seconds = int(match.group(1)) * _UNIT[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive: {value!r}")
+    return seconds
 
 
 @functools.lru_cache(maxsize=8)
@@ -30,6 +66,12 @@ def _load(path: str, mtime: float) -> dict[str, Plan]:
                                template=str(spec["template"]), description=str(spec.get("description", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: plan {name!r} needs integer cores, memory_mb and a template ({exc})")
+        try:
+            plans[name] = dataclasses.replace(plans[name], expires_after=parse_duration(spec.get("expires_after")),
+                                              idle_stop_after=parse_duration(spec.get("idle_stop_after")))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: plan {name!r}: expires_after and idle_stop_after must be durations "
+                              f"(30m, 8h, 7d) or never ({exc})")
     if not plans:
         raise ConfigError(f"{path}: no plans defined")
     return plans

@@ -53,15 +53,15 @@ def job_is_alive(conn, job_id: str | None, live_workers: set[str]) -> bool:
     return status == JobStatus.STARTED and job.worker_name in live_workers
 
 
-def _was_forced(settings: Settings, job_id: str | None) -> bool:
-    """Whether the abandoned job was a forced one (a resumed forced stop stays forced)."""
+def _old_meta(settings: Settings, job_id: str | None) -> dict:
+    """What the abandoned job was asked (a resumed forced stop stays forced, a policy's reason stays)."""
     if not job_id:
-        return False
+        return {}
     try:
         job = Job.fetch(job_id, connection=get_redis(settings.redis_url))
     except (NoSuchJobError, redis.RedisError):
-        return False
-    return bool(job.meta.get("force", False))
+        return {}
+    return job.meta or {}
 
 
 def resolve_abandoned(settings: Settings, row, reason: str) -> str:
@@ -72,7 +72,8 @@ def resolve_abandoned(settings: Settings, row, reason: str) -> str:
         return "settled"
     op = Operation(row.operation)
     if row.resumes < settings.max_resumes:
-        force = _was_forced(settings, row.job_id)
+        meta = _old_meta(settings, row.job_id)
+        force = bool(meta.get("force", False))
         job_id = jobs.new_job_id(row.id, op, kind.name)
         with db.atomic():
             changed = (model.update(job_id=job_id, resumes=model.resumes + 1, updated_at=utcnow())
@@ -80,7 +81,7 @@ def resolve_abandoned(settings: Settings, row, reason: str) -> str:
         if not changed:
             return "moved on"
         try:
-            jobs.enqueue(settings, op, row.id, job_id, force=force, kind=kind.name)
+            jobs.enqueue(settings, op, row.id, job_id, force=force, kind=kind.name, reason=meta.get("reason"))
         except redis.RedisError as exc:
             log.error("could not re-enqueue %s for %s %s: %s", op.value, kind.name, row.id, exc)
             return "retry later"

@@ -82,6 +82,9 @@ def run_job(kind_name: str, resource_id: int, operation: str, force: bool = Fals
             _fail(cfg, kind, row, op, str(exc))
             raise
         final, message = kind.final[op]
+        reason = (job.meta or {}).get("reason") if job is not None else None
+        if reason:
+            message = f"{message}: {reason}"
         if not lifecycle.set_status(row, final, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
                                     settings=cfg, operation=None, **fields):
             log.warning("%s %s moved on before job %s finished; its result is not recorded", kind.name, resource_id,

@@ -16,7 +16,8 @@ from controlplane.services.queue import QUEUE_NAME
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d$")
 DESKTOP_FIELDS = ["id", "userId", "name", "status", "statusMessage", "plan", "cpuCores", "memoryMb", "ipAddress",
-                  "connectionUrl", "createdAt", "updatedAt", "lastAccessedAt"]
+                  "connectionUrl", "createdAt", "updatedAt", "lastAccessedAt",
+                  "expiresAt"]  # the contract's fields, then expiresAt (lifecycle policies)
 BASE = "/api/v1/desktops"
 
 

@@ -628,6 +628,7 @@ const timer = setInterval(() => {
   for (const id of ['status', 'connection-name', 'connection-protocol', 'connection-host'])
     out[id] = el(id).textContent;
   console.log(JSON.stringify(out));
+  process.exit(0);  // the page keeps saying it is open (its own interval)
 }, 10);
 """
 

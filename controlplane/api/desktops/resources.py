@@ -48,6 +48,7 @@ def desktop_data(desktop: Desktop) -> dict:
         "memoryMb": desktop.memory_mb, "ipAddress": desktop.ip_address if ever_running else None,
         "connectionUrl": service.connection_url(cfg, desktop), "createdAt": iso(desktop.created_at),
         "updatedAt": iso(desktop.updated_at), "lastAccessedAt": iso(desktop.last_accessed_at),
+        "expiresAt": iso(desktop.expires_at),
     }
 
 
@@ -76,7 +77,8 @@ class Desktops(MethodView):
     @blp.alt_response(409, schema=schemas.DesktopError, description="User already has an active desktop")
     def post(self, body):
         """Create a desktop (asynchronous: poll the status endpoint until RUNNING)."""
-        desktop = service.create(settings(), g.identity, body["userId"], body.get("name"), body["plan"])
+        desktop = service.create(settings(), g.identity, body["userId"], body.get("name"), body["plan"],
+                                 body.get("expiresAt"))
         return envelope(desktop_data(desktop), "Desktop creation initiated successfully.")
 
     @blp.arguments(schemas.ListQuery, location="query")
@@ -162,3 +164,17 @@ class DesktopStop(MethodView):
         desktop = service.request(settings(), g.identity, _desktop_id(desktop_id), Operation.STOP,
                                   force=bool((body or {}).get("force", False)))
         return envelope(desktop_data(desktop), "Desktop stopped successfully.")
+
+
+@blp.route("/<desktop_id>/events")
+class DesktopEvents(MethodView):
+    @blp.response(200, schemas.DesktopEventsEnvelope)
+    @_with_errors(400, 401, 404)
+    def get(self, desktop_id):
+        """Every status change of a desktop, oldest first: what happened, why, and who did it
+        (`api`: a user's request; `worker`; `reaper`; `refresh`; `policy:expire`, `policy:idle`,
+        `policy:cleanup`: an automatic action). Not in desktop-api.md."""
+        desktop = service.get_visible(g.identity, _desktop_id(desktop_id))
+        events = [{"status": e.status, "message": e.message, "source": e.source, "createdAt": iso(e.created_at)}
+                  for e in service.events(desktop)]
+        return envelope({"desktopId": desktop.id, "events": events})

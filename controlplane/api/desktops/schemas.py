@@ -27,6 +27,12 @@ class DesktopCreate(Schema):
                          error_messages={"invalid": "Name must be a string"})
     plan = fields.String(load_default="BASIC", metadata={"description": "BASIC, STANDARD or PREMIUM", "example": "STANDARD"},
                          error_messages={"invalid": "Plan must be a string", "null": "Plan must not be null"})
+    expiresAt = fields.AwareDateTime(
+        load_default=None, allow_none=True,
+        metadata={"description": "When the desktop expires (stopped, then deleted after a grace period); "
+                                 "default and latest: the plan's lifetime, if it has one", "format": "date-time"},
+        error_messages={"invalid": "expiresAt must be an ISO 8601 date-time",
+                        "invalid_awareness": "expiresAt must have a time zone offset"})
 
     @validates("userId")
     def _user(self, value, **_):
@@ -94,6 +100,8 @@ class Desktop(Schema):
     createdAt = fields.String(required=True, metadata={"format": "date-time"})
     updatedAt = fields.String(required=True, metadata={"format": "date-time"})
     lastAccessedAt = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
+    expiresAt = fields.String(allow_none=True, required=True,
+                              metadata={"format": "date-time", "description": "When the desktop expires; null: never"})
 
 
 class Envelope(Schema):
@@ -146,6 +154,22 @@ class ConnectionEnvelope(Envelope):
 class DeletedEnvelope(Envelope):
     message = fields.String()
     data = fields.Raw(allow_none=True, required=True, metadata={"description": "Always null"})
+
+
+class DesktopEvent(Schema):
+    status = fields.String(required=True)
+    message = fields.String(required=True)
+    source = fields.String(required=True, metadata={"description": "api, worker, reaper, refresh, or policy:<name>"})
+    createdAt = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class DesktopEvents(Schema):
+    desktopId = fields.Integer(required=True)
+    events = fields.List(fields.Nested(DesktopEvent), required=True)
+
+
+class DesktopEventsEnvelope(Envelope):
+    data = fields.Nested(DesktopEvents, required=True)
 
 
 class DesktopError(Schema):

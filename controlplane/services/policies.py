@@ -1,0 +1,249 @@
+"""Lifecycle policies: expiry, idle auto-stop, and the clean-up of stuck and old failed desktops.
+
+Each policy is one pass over the database that decides, then acts through the same path as a
+user's request (lifecycle.accept: the state machine, an event, a job), so the worker, the reaper
+and the WebSocket see nothing special. Every action is recorded as a desktop event whose source
+names the policy (`policy:expire`, `policy:idle`, `policy:cleanup`) and whose message says why;
+the final status message keeps the reason ("Desktop is stopped: expired at ...").
+
+Passes are run by the periodic maintenance job (tasks/maintenance.py), by the admin API
+(POST /api/v1/admin/policies/<name>) and so by the cron playbooks. One pass per policy at a time
+(a Redis lock); a dry run decides and reports without acting.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from dataclasses import asdict, dataclass
+
+import redis
+
+from ..config import Settings
+from ..errors import ApiError
+from ..extensions import db
+from ..models import Desktop, DesktopEvent, utcnow
+from . import guacamole, lifecycle
+from .plans import duration_text, load_plans
+from .queue import get_redis
+from .states import ACCEPTED, ALLOWED_FROM, FAILURE_VERB, TRANSITIONAL, Operation, Status
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("expire", "idle", "cleanup")
+LOCK_TTL = 600  # seconds: longer than any pass; a crashed pass's lock expires by itself
+
+
+class PolicyRunning(ApiError):
+    status, code, kind = 409, "POLICY_RUNNING", "conflict"
+    default_message = "This policy is already running"
+
+
+@dataclass
+class Action:
+    desktopId: int
+    userId: str
+    status: str  # before the action
+    action: str  # stop, delete, fail
+    reason: str
+    done: bool = False
+    error: str | None = None
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.isoformat(timespec="seconds")
+
+
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    """The form timestamp columns store (models.utcnow): naive UTC, whole seconds."""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value.replace(microsecond=0)
+
+
+# ---- running a pass -----------------------------------------------------------------------------
+
+def run(settings: Settings, name: str, dry_run: bool = False, now: dt.datetime | None = None) -> dict:
+    """One pass of policy `name`; raises PolicyRunning while another pass of it runs."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}")
+    conn = get_redis(settings.redis_url)
+    key, token = f"controlplane:policy:{name}:lock", uuid.uuid4().hex
+    if not conn.set(key, token, nx=True, ex=LOCK_TTL):
+        raise PolicyRunning(f"The {name} policy is already running; try again when it has finished")
+    try:
+        now = _naive_utc(now) if now is not None else utcnow()
+        with db.connection_context():
+            actions, notes = _PASSES[name](settings, now, dry_run)
+    finally:
+        # Release only our own lock (it may have expired and been taken by another pass).
+        conn.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+                  1, key, token)
+    result = {"policy": name, "dryRun": dry_run, "ranAt": iso(now), "actions": [asdict(a) for a in actions],
+              "notes": notes}
+    if actions and not dry_run:
+        log.info("policy %s: %s", name, ", ".join(f"{a.action} desktop {a.desktopId}"
+                                                   f"{'' if a.done else ' (not done: ' + str(a.error) + ')'}"
+                                                   for a in actions))
+    return result
+
+
+def _act(settings: Settings, desktop: Desktop, operation: Operation, reason: str, source: str,
+         action: Action) -> Action:
+    """Accept `operation` on the desktop for a policy, as a user's request would be."""
+    if Status(desktop.status) not in ALLOWED_FROM[operation]:
+        action.error = f"cannot {operation.value} a desktop in {desktop.status} state"
+        return action
+    accepted, message = ACCEPTED[operation]
+    try:
+        fresh = lifecycle.accept(settings, desktop, operation, accepted, f"{message}: {reason}",
+                                 source=source, reason=reason)
+    except lifecycle.QueueUnavailable as exc:
+        action.error = f"the job queue is unavailable ({exc})"
+        return action
+    if fresh is None:
+        action.error = "the desktop changed meanwhile"
+        return action
+    action.done = True
+    return action
+
+
+# ---- expiry -------------------------------------------------------------------------------------
+
+def _expire(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[list[Action], list[str]]:
+    """Expired desktops are stopped; once the grace period is over too, deleted."""
+    grace = dt.timedelta(seconds=settings.expiry_grace)
+    actions = []
+    expired = (Desktop.select()
+               .where(Desktop.expires_at.is_null(False), Desktop.expires_at <= now,
+                      Desktop.status.not_in([Status.DELETED.value, Status.DELETING.value]))
+               .order_by(Desktop.id))
+    for desktop in expired:
+        expires_at = desktop.expires_at
+        status = Status(desktop.status)
+        if now >= expires_at + grace and status in ALLOWED_FROM[Operation.DELETE]:
+            operation = Operation.DELETE
+            reason = (f"expired at {iso(expires_at)}; deleted after the grace period of "
+                      f"{duration_text(settings.expiry_grace)}")
+        elif status is Status.RUNNING:
+            operation = Operation.STOP
+            reason = f"expired at {iso(expires_at)}; it will be deleted after {iso(expires_at + grace)}"
+        else:
+            continue  # stopped or failed and still in its grace period, or in a transition
+        action = Action(desktop.id, desktop.user_id, desktop.status, operation.value, reason)
+        actions.append(action if dry_run else _act(settings, desktop, operation, reason, "policy:expire", action))
+    return actions, []
+
+
+# ---- idle ---------------------------------------------------------------------------------------
+
+def _running_since(desktop: Desktop) -> dt.datetime:
+    event = (DesktopEvent.select(DesktopEvent.created_at)
+             .where(DesktopEvent.desktop == desktop.id, DesktopEvent.status == Status.RUNNING.value)
+             .order_by(DesktopEvent.id.desc()).first())
+    return event.created_at if event else desktop.updated_at
+
+
+def _idle(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[list[Action], list[str]]:
+    """RUNNING desktops nobody has connected to for their plan's idle_stop_after are stopped.
+
+    Activity is /connect (lastAccessedAt) and the connections Guacamole reports as active, which
+    also move lastAccessedAt to now. If Guacamole cannot be asked, nothing is stopped: a desktop
+    in use must never be taken for idle."""
+    plans = load_plans(settings.plans_file)
+    limits = {name: plan.idle_stop_after for name, plan in plans.items() if plan.idle_stop_after}
+    if not limits:
+        return [], []
+    running = list(Desktop.select().where(Desktop.status == Status.RUNNING.value, Desktop.plan.in_(list(limits)))
+                   .order_by(Desktop.id))
+    if not running:
+        return [], []
+    try:
+        active = guacamole.active_connection_ids(settings)
+    except guacamole.GuacamoleError as exc:
+        log.warning("idle policy: skipped, Guacamole's active connections are unknown: %s", exc)
+        return [], [f"skipped: could not read Guacamole's active connections ({exc})"]
+    actions = []
+    for desktop in running:
+        if desktop.guacamole_connection_id and desktop.guacamole_connection_id in active:
+            if not dry_run:
+                Desktop.update(last_accessed_at=now).where(Desktop.id == desktop.id).execute()
+            continue
+        since = max(t for t in (desktop.last_accessed_at, _running_since(desktop)) if t is not None)
+        limit = limits[desktop.plan]
+        if now - since < dt.timedelta(seconds=limit):
+            continue
+        reason = (f"idle: no connection since {iso(since)} (plan {desktop.plan} stops desktops idle for "
+                  f"{duration_text(limit)})")
+        action = Action(desktop.id, desktop.user_id, desktop.status, Operation.STOP.value, reason)
+        actions.append(action if dry_run else _act(settings, desktop, Operation.STOP, reason, "policy:idle", action))
+    return actions, []
+
+
+# ---- stuck and failed ---------------------------------------------------------------------------
+
+def _cleanup(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[list[Action], list[str]]:
+    """Desktops in a transition for longer than stuck_after are FAILED (their job is stopped);
+    FAILED desktops older than failed_retention are deleted."""
+    actions = []
+    stuck_after = settings.effective_stuck_after
+    stuck = (Desktop.select()
+             .where(Desktop.status.in_([s.value for s in TRANSITIONAL]),
+                    Desktop.updated_at < now - dt.timedelta(seconds=stuck_after))
+             .order_by(Desktop.id))
+    for desktop in stuck:
+        reason = (f"stuck in {desktop.status} since {iso(desktop.updated_at)} (more than "
+                  f"{duration_text(stuck_after)})")
+        action = Action(desktop.id, desktop.user_id, desktop.status, "fail", reason)
+        actions.append(action if dry_run else _fail_stuck(settings, desktop, reason, action))
+    if settings.failed_retention:
+        old = (Desktop.select()
+               .where(Desktop.status == Status.FAILED.value,
+                      Desktop.updated_at < now - dt.timedelta(seconds=settings.failed_retention))
+               .order_by(Desktop.id))
+        for desktop in old:
+            reason = (f"failed since {iso(desktop.updated_at)}; failed desktops are kept for "
+                      f"{duration_text(settings.failed_retention)}")
+            action = Action(desktop.id, desktop.user_id, desktop.status, Operation.DELETE.value, reason)
+            actions.append(action if dry_run else
+                           _act(settings, desktop, Operation.DELETE, reason, "policy:cleanup", action))
+    return actions, []
+
+
+def _fail_stuck(settings: Settings, desktop: Desktop, reason: str, action: Action) -> Action:
+    operation = Operation(desktop.operation) if desktop.operation else None
+    verb = FAILURE_VERB[operation] if operation else "Operation failed"
+    old_job = desktop.job_id
+    if not lifecycle.set_status(desktop, Status.FAILED, f"{verb}: {reason}", "policy:cleanup", job_id=old_job,
+                                publish_to=settings.redis_url, settings=settings, operation=None):
+        action.error = "the desktop changed meanwhile"
+        return action
+    # Its job, if it still runs, no longer owns the desktop (writes are conditional on the job
+    # id); stop it too.
+    Desktop.update(job_id=None).where(Desktop.id == desktop.id, Desktop.job_id == old_job).execute()
+    if old_job:
+        _stop_job(settings, old_job)
+    action.done = True
+    return action
+
+
+def _stop_job(settings: Settings, job_id: str) -> None:
+    from rq.command import send_stop_job_command
+    from rq.exceptions import InvalidJobOperation, NoSuchJobError
+    from rq.job import Job, JobStatus
+    conn = get_redis(settings.redis_url)
+    try:
+        job = Job.fetch(job_id, connection=conn)
+        if job.get_status() == JobStatus.STARTED:
+            send_stop_job_command(conn, job_id)
+        elif not job.is_finished and not job.is_failed:
+            job.cancel()
+    except (NoSuchJobError, InvalidJobOperation, redis.RedisError) as exc:
+        log.info("cleanup: job %s not stopped: %s", job_id, exc)
+
+
+_PASSES = {"expire": _expire, "idle": _idle, "cleanup": _cleanup}
