@@ -37,12 +37,14 @@ def cmd_token(args) -> int:
 
 
 def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
-    """Reap every settings.reaper_interval seconds; return when `parent` (the worker that started
-    this process) is gone, so that a killed worker leaves no reaper behind."""
+    """Reap every settings.reaper_interval seconds, and enqueue the periodic maintenance job when
+    it is due; return when `parent` (the worker that started this process) is gone, so that a
+    killed worker leaves no reaper behind."""
     import time
 
     from .services.queue import get_redis
     from .services.reaper import reap
+    from .tasks.maintenance import enqueue_if_due
     conn = get_redis(settings.redis_url)
     next_pass = time.monotonic() + settings.reaper_interval
     while True:
@@ -58,6 +60,8 @@ def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
                 outcome = reap(settings)
                 if outcome:
                     log.warning("reaper: %s", outcome)
+            # The lifecycle policies, as a job, every settings.policy_interval (one enqueue for all).
+            enqueue_if_due(settings, conn)
         except Exception:
             log.exception("reaper pass failed")
 

@@ -299,3 +299,19 @@ def test_events_show_who_did_what_and_why(client, auth, settings):
     assert events[-1]["message"].startswith("Shutting down VM: expired at ")
     assert client.get(f"{BASE}/{expired}/events", headers=auth("user_other")).status_code == 404
     assert client.get(f"{BASE}/{expired}/events", headers=auth("ops", admin=True)).status_code == 200
+
+
+def test_the_periodic_job_is_enqueued_once_per_interval_and_runs_every_policy(settings, redis_conn, monkeypatch):
+    from controlplane.tasks import engine, maintenance
+    expired = desktop(expires_at=utcnow() - dt.timedelta(minutes=1))
+    stuck = desktop("STARTING", ago=3600, operation="start", job_id="desktop-z-start-dead")
+    assert maintenance.enqueue_if_due(settings.replace(policy_interval=0), redis_conn) is False
+    assert maintenance.enqueue_if_due(settings.replace(policy_interval=60), redis_conn) is True
+    assert maintenance.enqueue_if_due(settings.replace(policy_interval=60), redis_conn) is False  # this interval's
+    [job] = [j for j in Queue(QUEUE_NAME, connection=redis_conn).jobs if j.func_name == maintenance.JOB_FUNCTION]
+    assert job.args == () and job.kwargs == {}
+    monkeypatch.setattr(engine, "_settings", settings)  # what the worker's configure() sets
+    summary = job.func()
+    assert summary["expire"]["done"] == 1 and summary["cleanup"]["done"] == 1
+    assert summary["idle"] == {"done": 0, "not_done": 0, "notes": []}
+    assert row(expired).status == "STOPPING" and row(stuck).status == "FAILED"

@@ -1,0 +1,43 @@
+"""The periodic maintenance job: one pass of every lifecycle policy (services/policies.py).
+
+Enqueued every CONTROLPLANE_POLICY_INTERVAL seconds by the reaper process beside the workers
+(cli._reaper_loop; one enqueue per interval across all of them), and run by a worker like any
+job. The cron playbooks run the same passes through the admin API.
+"""
+from __future__ import annotations
+
+import logging
+
+from ..services import policies
+from ..services.queue import get_queue
+from .engine import settings
+
+log = logging.getLogger(__name__)
+
+JOB_FUNCTION = "controlplane.tasks.maintenance.run_policies"
+
+
+def run_policies() -> dict:
+    cfg = settings()
+    summary: dict[str, object] = {}
+    for name in policies.POLICIES:
+        try:
+            result = policies.run(cfg, name)
+        except policies.PolicyRunning:
+            summary[name] = "skipped: another pass is running"
+            continue
+        summary[name] = {"done": sum(1 for a in result["actions"] if a["done"]),
+                         "not_done": sum(1 for a in result["actions"] if not a["done"]),
+                         "notes": result["notes"]}
+    return summary
+
+
+def enqueue_if_due(cfg, conn) -> bool:
+    """Enqueue the maintenance job unless another process did in this interval."""
+    if cfg.policy_interval <= 0:
+        return False
+    if not conn.set("controlplane:maintenance:due", "1", nx=True, ex=cfg.policy_interval):
+        return False
+    get_queue(cfg.redis_url).enqueue(JOB_FUNCTION, job_timeout=900, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+                                     description="lifecycle policies (periodic)")
+    return True

@@ -1,0 +1,197 @@
+"""Lifecycle policies on the lab, with time made short by configuration: real desktops (fakepve,
+the Guacamole stand-in, the workers running the playbooks) expired, stopped when idle, and
+deleted when failed for too long, each explained in its status message and events; and the ops
+playbooks run from the README's command line against the lab's API."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from .helpers import Api, desktop_row, events
+from .test_failures import assert_nothing_left, connections_named, guacamole_down, lease_holder, wait_failed
+
+REPO = Path(__file__).resolve().parents[2]
+SHORT_PLANS = """
+plans:
+  BASIC: {cores: 2, memory_mb: 2048, template: tmpl-debian12-desktop, idle_stop_after: 4s}
+  STANDARD: {cores: 4, memory_mb: 4096, template: tmpl-debian12-desktop}
+  PREMIUM: {cores: 8, memory_mb: 8192, template: tmpl-debian12-desktop}
+"""
+
+
+def create(api: Api, user: str, **body) -> int:
+    response = api.session.post(api.base, json={"userId": user, "plan": "BASIC", **body}, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()["data"]["id"]
+
+
+def running(api: Api, desktop_id: int) -> dict:
+    data = api.wait_settled(desktop_id)
+    assert data["status"] == "RUNNING", data
+    return data
+
+
+def run_policy(lab, name: str, dry_run: bool = False) -> dict:
+    """A pass through the lab's admin API, as the cron playbooks do."""
+    response = requests.post(f"{lab.url}/api/v1/admin/policies/{name}", json={"dryRun": dry_run}, timeout=60,
+                             headers={"Authorization": f"Bearer {lab.token('ops', admin=True)}"})
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def policy_events(desktop_id: int) -> list[tuple[str, str, str]]:
+    return [e for e in events(desktop_id) if e[2].startswith("policy:")]
+
+
+def test_an_expired_desktop_is_stopped_then_deleted_after_the_grace(lab, fresh_user):
+    from controlplane.services import policies
+    api = Api(lab.url, lab.token(fresh_user))
+    expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3)).replace(microsecond=0)
+    desktop_id = create(api, fresh_user, expiresAt=expires.isoformat())
+    vmid = desktop_row(desktop_id).vmid
+    running(api, desktop_id)
+    time.sleep(max(0.0, (expires - dt.datetime.now(dt.timezone.utc)).total_seconds() + 1))
+
+    planned = run_policy(lab, "expire", dry_run=True)
+    assert [a["desktopId"] for a in planned["actions"] if a["userId"] == fresh_user] == [desktop_id]
+    assert api.status(desktop_id).json()["data"]["status"] == "RUNNING"  # a dry run did nothing
+
+    mine = [a for a in run_policy(lab, "expire")["actions"] if a["desktopId"] == desktop_id]
+    assert [(a["action"], a["done"]) for a in mine] == [("stop", True)], mine
+    stopped = api.wait_settled(desktop_id)
+    assert stopped["status"] == "STOPPED", stopped
+    assert stopped["statusMessage"] == f"Desktop is stopped: {mine[0]['reason']}"
+    assert stopped["statusMessage"].startswith(f"Desktop is stopped: expired at {expires.isoformat()}")
+    assert lab.vm(vmid).status == "stopped"
+    # The owner cannot start it again; the API shows who stopped it and why.
+    refused = api.start(desktop_id)
+    assert refused.status_code == 400 and refused.json()["error"] == "INVALID_OPERATION"
+    shown = api.session.get(f"{api.base}/{desktop_id}/events", timeout=10).json()["data"]["events"]
+    assert [(e["status"], e["source"]) for e in shown][-2:] == [("STOPPING", "policy:expire"), ("STOPPED", "worker")]
+
+    # After the grace period (made short here), it is deleted with its VM and connection.
+    short = lab.settings.replace(expiry_grace=1)
+    result = policies.run(short, "expire")
+    mine = [a for a in result["actions"] if a["desktopId"] == desktop_id]
+    assert [(a["action"], a["done"]) for a in mine] == [("delete", True)], mine
+    deleted = api.wait_settled(desktop_id)
+    assert deleted["status"] == "DELETED", deleted
+    assert deleted["statusMessage"].startswith("Desktop deleted: expired at ")
+    assert_nothing_left(lab, desktop_id, vmid)
+    assert lease_holder(vmid) is False
+    assert [s for s, _, _ in policy_events(desktop_id)] == ["STOPPING", "DELETING"]
+
+
+def test_an_idle_desktop_is_stopped_and_a_used_one_is_not(lab, fresh_user, tmp_path):
+    from controlplane.services import policies
+    plans = tmp_path / "plans.yml"
+    plans.write_text(SHORT_PLANS)
+    short = lab.settings.replace(plans_file=plans)
+    api = Api(lab.url, lab.token(fresh_user))
+    desktop_id = create(api, fresh_user)
+    running(api, desktop_id)
+    [connection] = connections_named(lab, desktop_id)
+
+    # Someone is connected through Guacamole: not idle, however long ago /connect was.
+    session = lab.services.call(lambda: lab.guacamole.open_session(connection, username=fresh_user))
+    time.sleep(5)
+    assert [a for a in policies.run(short, "idle")["actions"] if a["desktopId"] == desktop_id] == []
+    assert api.status(desktop_id).json()["data"]["status"] == "RUNNING"
+    seen = desktop_row(desktop_id).last_accessed_at
+    assert seen is not None
+    lab.services.call(lambda: lab.guacamole.close_session(session))
+
+    # /connect counts as use too.
+    assert api.connect(desktop_id).status_code == 200
+    assert [a for a in policies.run(short, "idle")["actions"] if a["desktopId"] == desktop_id] == []
+
+    # Nobody for longer than the plan's idle_stop_after: stopped gracefully, and told why.
+    time.sleep(5)
+    with guacamole_down(lab):  # Guacamole cannot say who is connected: nothing is stopped
+        result = policies.run(short, "idle")
+        assert [a for a in result["actions"] if a["desktopId"] == desktop_id] == [] and result["notes"]
+    mine = [a for a in policies.run(short, "idle")["actions"] if a["desktopId"] == desktop_id]
+    assert [(a["action"], a["done"]) for a in mine] == [("stop", True)], mine
+    stopped = api.wait_settled(desktop_id)
+    assert stopped["status"] == "STOPPED", stopped
+    assert stopped["statusMessage"].startswith("Desktop is stopped: idle: no connection since ")
+    assert "(plan BASIC stops desktops idle for 4 seconds)" in stopped["statusMessage"]
+    assert [(s, src) for s, _, src in policy_events(desktop_id)] == [("STOPPING", "policy:idle")]
+    # A stopped desktop starts again as usual (idle is not expiry).
+    assert api.start(desktop_id).status_code == 200
+    running(api, desktop_id)
+    assert api.delete(desktop_id).status_code == 200
+    assert api.wait_settled(desktop_id)["status"] == "DELETED"
+
+
+def test_a_desktop_failed_for_too_long_is_deleted(lab, fresh_user):
+    from controlplane.services import policies
+    api = Api(lab.url, lab.token(fresh_user))
+    with guacamole_down(lab):
+        desktop_id = create(api, fresh_user)
+        vmid = desktop_row(desktop_id).vmid
+        wait_failed(api, desktop_id)
+    time.sleep(2)
+    result = policies.run(lab.settings.replace(failed_retention=1), "cleanup")
+    mine = [a for a in result["actions"] if a["desktopId"] == desktop_id]
+    assert [(a["action"], a["done"]) for a in mine] == [("delete", True)], mine
+    deleted = api.wait_settled(desktop_id)
+    assert deleted["status"] == "DELETED", deleted
+    assert deleted["statusMessage"].startswith("Desktop deleted: failed since ")
+    assert_nothing_left(lab, desktop_id, vmid)
+
+
+def playbook(lab, name: str, *args: str, token: str) -> subprocess.CompletedProcess:
+    """The README's command line: ansible-playbook -i inventory/lab playbooks/<name> [--check]."""
+    env = {**os.environ, "CONTROLPLANE_API_URL": lab.url, "CONTROLPLANE_ADMIN_TOKEN": token,
+           "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "inventory/lab",
+                           f"playbooks/{name}", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_ops_playbooks_run_the_policies(lab, fresh_user):
+    api = Api(lab.url, lab.token(fresh_user))
+    admin = lab.token("ops", admin=True)
+    expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2)).replace(microsecond=0)
+    desktop_id = create(api, fresh_user, expiresAt=expires.isoformat())
+    running(api, desktop_id)
+    time.sleep(max(0.0, (expires - dt.datetime.now(dt.timezone.utc)).total_seconds() + 1))
+
+    dry = playbook(lab, "cleanup_expired.yml", "--check", token=admin)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "(dry run: nothing changed)" in dry.stdout
+    assert f"stop desktop {desktop_id} of {fresh_user} (RUNNING): expired at" in dry.stdout
+    assert api.status(desktop_id).json()["data"]["status"] == "RUNNING"
+
+    # Two at once (cron overlapping itself): the desktop is stopped once, neither run fails.
+    runs = []
+    threads = [threading.Thread(target=lambda: runs.append(playbook(lab, "cleanup_expired.yml", token=admin))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert [r.returncode for r in runs] == [0, 0], [r.stdout + r.stderr for r in runs]
+    assert api.wait_settled(desktop_id)["status"] == "STOPPED"
+    assert [s for s, _, _ in policy_events(desktop_id)] == ["STOPPING"]
+    assert sum(f"stop desktop {desktop_id} " in r.stdout for r in runs) >= 1
+
+    idle = playbook(lab, "stop_idle.yml", "--check", token=admin)
+    assert idle.returncode == 0 and "idle: " in idle.stdout, idle.stdout + idle.stderr
+
+    for run in [dry, *runs, idle]:  # the admin token is never shown
+        assert admin not in run.stdout + run.stderr and admin.split(".")[2] not in run.stdout + run.stderr
+    refused = playbook(lab, "stop_idle.yml", token=lab.token(fresh_user))
+    assert refused.returncode != 0 and "HTTP 403" in refused.stdout, refused.stdout
+    missing = playbook(lab, "stop_idle.yml", token="")
+    assert missing.returncode != 0 and "Set CONTROLPLANE_ADMIN_TOKEN" in missing.stdout, missing.stdout
+
+    assert api.delete(desktop_id).status_code == 200
+    assert api.wait_settled(desktop_id)["status"] == "DELETED"
