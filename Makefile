@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help install lab test test-sqlite test-postgresql lint bench clean
+.PHONY: help install lab test test-sqlite test-postgresql lint molecule bench clean
 
 help:
 	@echo "make lab     run the whole system on this machine (API, workers, Proxmox and Guacamole stand-ins, Redis)"
 	@echo "make test    install test dependencies and run the test suite on SQLite and on PostgreSQL"
 	@echo "make lint    ansible-lint and yamllint on roles and playbooks"
+	@echo "make molecule  the roles' Molecule scenarios (molecule/), against lab stand-ins on free ports"
 	@echo "make bench   benchmarks (not written yet: see README)"
 
 $(STAMP): pyproject.toml
@@ -27,6 +28,7 @@ lab: install
 	$(VENV)/bin/controlplane lab
 
 test: install lint
+	$(MAKE) --no-print-directory molecule
 	$(MAKE) --no-print-directory test-sqlite
 	$(MAKE) --no-print-directory test-postgresql
 
@@ -38,8 +40,14 @@ test-postgresql: install
 	CONTROLPLANE_TEST_DATABASE=postgresql $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ansible-lint --profile production roles playbooks
-	$(VENV)/bin/yamllint -s roles playbooks inventory config
+	$(VENV)/bin/ansible-lint --profile production roles playbooks molecule
+	$(VENV)/bin/yamllint -s roles playbooks inventory config molecule
+
+# Every scenario in molecule/ (one per role): create starts its stand-ins, converge, idempotence,
+# verify through the APIs, side_effect, destroy. molecule calls ansible-playbook and ansible-config
+# from PATH, hence the venv's bin first. See molecule/README.md.
+molecule: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/molecule test --all
 
 bench:
 	@echo "make bench: the benchmark suite (issue 7) is not written yet; nothing was measured." >&2

@@ -293,6 +293,7 @@ def lab(tmp_path_factory, database_url, redis_url, database):
                         proxmox_timeout=30, ip_wait_retries=8, ip_wait_delay=1,
                         guacamole_url=services.guacamole.url, guacamole_username=config.guacamole_username,
                         guacamole_password=config.guacamole_password, reaper_interval=2, abandoned_after=5,
+                        policy_interval=0,  # policies run when a test says so (their own tests)
                         rate_limit_api="100000/minute",  # the tests poll fast; limits have their own tests
                         lab=True)
     log_dir = tmp_path_factory.mktemp("workers")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import uuid
 from dataclasses import asdict, dataclass
 
@@ -23,14 +24,14 @@ from ..config import Settings
 from ..errors import ApiError
 from ..extensions import db
 from ..models import Desktop, DesktopEvent, utcnow
-from . import guacamole, lifecycle
+from . import guacamole, lifecycle, proxmox
 from .plans import duration_text, load_plans
 from .queue import get_redis
 from .states import ACCEPTED, ALLOWED_FROM, FAILURE_VERB, TRANSITIONAL, Operation, Status
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("expire", "idle", "cleanup")
+POLICIES = ("expire", "idle", "cleanup", "reconcile")
 LOCK_TTL = 600  # seconds: longer than any pass; a crashed pass's lock expires by itself
 
 
@@ -41,13 +42,14 @@ class PolicyRunning(ApiError):
 
 @dataclass
 class Action:
-    desktopId: int
-    userId: str
-    status: str  # before the action
-    action: str  # stop, delete, fail
+    desktopId: int | None  # None: a VM or connection no desktop owns
+    userId: str | None
+    status: str  # the desktop's before the action ("" when there is none)
+    action: str  # stop, delete, fail; reconcile: fail, remove-vm, remove-connection
     reason: str
-    done: bool = False
+    done: bool = False  # for removals: the removal job is queued
     error: str | None = None
+    target: str | None = None  # reconcile: "vm <vmid>", "connection <identifier>", "project <id>"
 
 
 def iso(value: dt.datetime | None) -> str | None:
@@ -246,4 +248,122 @@ def _stop_job(settings: Settings, job_id: str) -> None:
         log.info("cleanup: job %s not stopped: %s", job_id, exc)
 
 
-_PASSES = {"expire": _expire, "idle": _idle, "cleanup": _cleanup}
+# ---- reconciliation -----------------------------------------------------------------------------
+
+MANAGED_TAGS = {"cloud-desktop": "desktop", "cloud-project": "project"}  # what the playbooks tag VMs with
+_OUR_NAME = re.compile(r"^cds-(desktop|project)-([0-9]+)$")
+
+
+def _reconcile(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[list[Action], list[str]]:
+    """Compare Proxmox (VMs tagged as ours) and Guacamole (connections named as ours) with the
+    database: VMs and connections no live record owns are removed (by a job running
+    playbooks/remove_orphans.yml, which checks each VM's name again before deleting it), and
+    settled records whose VM is gone are FAILED. A VM that a record is still being created for
+    holds a VM-id lease and is never an orphan."""
+    from ..models import Project, VmidLease
+    from .project_states import ProjectStatus
+    try:
+        vms = [vm for vm in proxmox.client(settings).cluster.resources.get(type="vm")
+               if vm.get("type") == "qemu" and not int(vm.get("template") or 0)]
+    except Exception as exc:
+        log.warning("reconcile: Proxmox VE could not be read: %s", type(exc).__name__)
+        return [], [f"skipped: could not read Proxmox VE's VMs ({type(exc).__name__})"]
+    notes: list[str] = []
+    try:
+        connections = guacamole.connections(settings)
+    except guacamole.GuacamoleError as exc:
+        connections = None
+        notes.append(f"connections not checked: {exc}")
+
+    live_desktops = {d.id: d for d in Desktop.select().where(Desktop.status != Status.DELETED.value)}
+    live_projects = {p.id: p for p in Project.select().where(Project.status != ProjectStatus.DELETED.value)}
+    leased = {lease.vmid for lease in VmidLease.select(VmidLease.vmid)}
+    actions: list[Action] = []
+    orphan_vms: list[dict] = []
+    seen_vmids = set()
+
+    for vm in vms:
+        vmid, name = int(vm["vmid"]), str(vm.get("name") or "")
+        seen_vmids.add(vmid)
+        tags = set(re.split(r"[;, ]+", str(vm.get("tags") or "")))
+        kinds_tagged = {MANAGED_TAGS[t] for t in tags if t in MANAGED_TAGS}
+        if not kinds_tagged:
+            continue  # not ours
+        match = _OUR_NAME.match(name)
+        if not match or match.group(1) not in kinds_tagged:
+            notes.append(f"VM {vmid} ({name or 'no name'}) is tagged {', '.join(sorted(t for t in tags if t in MANAGED_TAGS))} "
+                         "but not named like ours: left alone")
+            continue
+        kind, record_id = match.group(1), int(match.group(2))
+        owner = (live_desktops if kind == "desktop" else live_projects).get(record_id)
+        if owner is not None and owner.vmid == vmid:
+            continue
+        if vmid in leased and owner is not None:
+            continue  # its record is being created or changed
+        user = next((t[len("cds-user-"):] for t in tags if t.startswith("cds-user-")), None)
+        why = (f"{kind} {record_id} does not exist or was deleted" if owner is None
+               else f"{kind} {record_id} now has VM {owner.vmid}")
+        orphan_vms.append({"vmid": vmid, "name": name, "node": str(vm.get("node") or settings.proxmox_node)})
+        actions.append(Action(record_id if kind == "desktop" else None, user, "", "remove-vm",
+                              f"VM {vmid} ({name}) belongs to no live record: {why}", target=f"vm {vmid}"))
+
+    orphan_connections: list[str] = []
+    if connections is not None:
+        for identifier, name in sorted(connections.items()):
+            match = _OUR_NAME.match(name)
+            if not match or match.group(1) != "desktop":
+                continue
+            desktop_id = int(match.group(2))
+            if desktop_id in live_desktops:
+                continue
+            orphan_connections.append(name)
+            actions.append(Action(desktop_id, None, "", "remove-connection",
+                                  f"connection {identifier} ({name}) belongs to no live desktop: desktop {desktop_id} "
+                                  "does not exist or was deleted", target=f"connection {identifier}"))
+
+    settled = {Status.RUNNING, Status.STOPPED}
+    for desktop in live_desktops.values():
+        if desktop.vmid is None or Status(desktop.status) not in settled or desktop.vmid in seen_vmids:
+            continue
+        reason = f"VM {desktop.vmid} no longer exists in Proxmox VE"
+        action = Action(desktop.id, desktop.user_id, desktop.status, "fail", reason, target=f"vm {desktop.vmid}")
+        if not dry_run:
+            if lifecycle.set_status(desktop, Status.FAILED, reason, "policy:reconcile", job_id=desktop.job_id,
+                                    publish_to=settings.redis_url, settings=settings, operation=None):
+                action.done = True
+            else:
+                action.error = "the desktop changed meanwhile"
+        actions.append(action)
+    for project in live_projects.values():
+        if project.vmid is None or project.status not in ("running", "stopped") or project.vmid in seen_vmids:
+            continue
+        reason = f"VM {project.vmid} no longer exists in Proxmox VE"
+        action = Action(None, project.owner_id, project.status, "fail", reason, target=f"project {project.public_id}")
+        if not dry_run:
+            if lifecycle.set_status(project, ProjectStatus.FAILED, reason, "policy:reconcile", job_id=project.job_id,
+                                    publish_to=settings.redis_url, settings=settings, operation=None):
+                action.done = True
+            else:
+                action.error = "the project changed meanwhile"
+        actions.append(action)
+
+    if (orphan_vms or orphan_connections) and not dry_run:
+        from .queue import get_queue
+        try:
+            job = get_queue(settings.redis_url).enqueue(
+                "controlplane.tasks.maintenance.remove_orphans", orphan_vms, orphan_connections,
+                job_timeout=settings.job_timeout, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+                description=f"remove {len(orphan_vms)} orphaned VM(s) and {len(orphan_connections)} connection(s)")
+        except redis.RedisError as exc:
+            for action in actions:
+                if action.action.startswith("remove-"):
+                    action.error = f"the job queue is unavailable ({exc})"
+        else:
+            notes.append(f"removal job {job.id} queued")
+            for action in actions:
+                if action.action.startswith("remove-"):
+                    action.done = True
+    return actions, notes
+
+
+_PASSES = {"expire": _expire, "idle": _idle, "cleanup": _cleanup, "reconcile": _reconcile}

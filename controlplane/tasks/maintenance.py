@@ -41,3 +41,20 @@ def enqueue_if_due(cfg, conn) -> bool:
     get_queue(cfg.redis_url).enqueue(JOB_FUNCTION, job_timeout=900, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
                                      description="lifecycle policies (periodic)")
     return True
+
+
+def remove_orphans(vms: list[dict], connections: list[str]) -> dict:
+    """Remove VMs and Guacamole connections that reconciliation found no live record owns, with
+    playbooks/remove_orphans.yml (each VM's name is checked again before it is deleted)."""
+    from ..runner.ansible import run_playbook
+    cfg = settings()
+    extravars = {"orphan_vms": [{"vmid": int(vm["vmid"]), "name": str(vm["name"]), "node": str(vm["node"])}
+                                for vm in vms],
+                 "orphan_connections": [str(name) for name in connections]}
+    result = run_playbook(cfg.ansible_dir, "remove_orphans.yml", cfg.inventory_path, extravars, cfg.playbook_env(),
+                          timeout=cfg.job_timeout, secrets=cfg.secrets())
+    if not result.ok:
+        log.error("removing orphans failed: %s", result.reason())
+        raise RuntimeError(f"removing orphans failed: {result.reason()}")
+    log.info("removed %d orphaned VM(s) and %d connection(s)", len(vms), len(connections))
+    return {"vms": [vm["vmid"] for vm in vms], "connections": list(connections)}

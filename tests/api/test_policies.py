@@ -314,4 +314,5 @@ def test_the_periodic_job_is_enqueued_once_per_interval_and_runs_every_policy(se
     summary = job.func()
     assert summary["expire"]["done"] == 1 and summary["cleanup"]["done"] == 1
     assert summary["idle"] == {"done": 0, "not_done": 0, "notes": []}
+    assert summary["reconcile"]["notes"][0].startswith("skipped: could not read Proxmox VE's VMs")  # none here
     assert row(expired).status == "STOPPING" and row(stuck).status == "FAILED"

@@ -195,3 +195,69 @@ def test_the_ops_playbooks_run_the_policies(lab, fresh_user):
 
     assert api.delete(desktop_id).status_code == 200
     assert api.wait_settled(desktop_id)["status"] == "DELETED"
+
+
+def test_reconcile_removes_orphans_and_fails_records_whose_vm_vanished(lab, fresh_user):
+    import random
+
+    from controlplane.runner.ansible import run_playbook
+    from controlplane.services import proxmox
+    s = lab.settings
+    pve = proxmox.client(s).nodes("pve1")
+    admin = lab.token("ops", admin=True)
+
+    # An orphan: a desktop made by hand with the create playbook, which no record owns.
+    orphan_id, orphan_vmid = random.randint(900000, 999999), random.randint(5000, 5999)
+    made = run_playbook(s.ansible_dir, "desktop_create.yml", s.inventory_path,
+                        {"desktop_id": orphan_id, "desktop_vmid": orphan_vmid, "desktop_user": "user_by_hand",
+                         "desktop_plan": "BASIC"}, s.playbook_env(), timeout=180, secrets=s.secrets())
+    assert made.ok, made.reason()
+    orphan_name = f"cds-desktop-{orphan_id}"
+    assert lab.vm(orphan_vmid) is not None and connections_named(lab, orphan_id)
+    # A desktop whose VM is deleted behind the control plane's back.
+    api = Api(lab.url, lab.token(fresh_user))
+    desktop_id = create(api, fresh_user)
+    running(api, desktop_id)
+    vmid = desktop_row(desktop_id).vmid
+    pve.qemu(vmid).status.stop.post()
+    while lab.vm(vmid).status != "stopped":
+        time.sleep(0.1)
+    pve.qemu(vmid).delete()
+    while lab.vm(vmid) is not None:
+        time.sleep(0.1)
+    # A VM tagged like ours but not named like ours: someone else's business.
+    odd_vmid = orphan_vmid + 1000
+    pve.qemu(9000).clone.post(newid=odd_vmid, name="not-one-of-ours")
+    while lab.vm(odd_vmid) is None or lab.vm(odd_vmid).lock:
+        time.sleep(0.1)
+    pve.qemu(odd_vmid).config.put(tags="cloud-desktop")
+
+    dry = playbook(lab, "reconcile.yml", "--check", token=admin)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"remove-vm vm {orphan_vmid} of user_by_hand: VM {orphan_vmid} ({orphan_name}) belongs to no live record" \
+        in dry.stdout, dry.stdout
+    assert f"({orphan_name}) belongs to no live desktop" in dry.stdout
+    assert f"fail vm {vmid} of {fresh_user} (RUNNING): VM {vmid} no longer exists in Proxmox VE" in dry.stdout
+    assert f"VM {odd_vmid} (not-one-of-ours) is tagged cloud-desktop but not named like ours: left alone" in dry.stdout
+    assert lab.vm(orphan_vmid) is not None and api.status(desktop_id).json()["data"]["status"] == "RUNNING"
+
+    real = playbook(lab, "reconcile.yml", token=admin)
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert "removal job " in real.stdout and "queued" in real.stdout
+    deadline = time.monotonic() + 120
+    while lab.vm(orphan_vmid) is not None or connections_named(lab, orphan_id):
+        assert time.monotonic() < deadline, "the orphaned VM and connection were not removed"
+        time.sleep(0.5)
+    failed = api.status(desktop_id).json()["data"]
+    assert failed == {"desktopId": desktop_id, "status": "FAILED", "ready": False,
+                      "statusMessage": f"VM {vmid} no longer exists in Proxmox VE"}
+    assert policy_events(desktop_id) == [("FAILED", f"VM {vmid} no longer exists in Proxmox VE", "policy:reconcile")]
+    assert lab.vm(odd_vmid) is not None  # left alone
+
+    # Nothing of these is left to do.
+    again = run_policy(lab, "reconcile")
+    assert not [a for a in again["actions"]
+                if a["target"] in (f"vm {orphan_vmid}", f"vm {vmid}", f"vm {odd_vmid}")], again
+    pve.qemu(odd_vmid).delete()
+    assert api.delete(desktop_id).status_code == 200
+    assert api.wait_settled(desktop_id)["status"] == "DELETED"

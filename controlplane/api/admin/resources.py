@@ -1,5 +1,6 @@
 """Admin operations under /api/v1/admin (not in desktop-api.md; the desktop API's envelopes):
-lifecycle policy passes, run by the cron playbooks (playbooks/cleanup_expired.yml, stop_idle.yml)
+lifecycle policy passes, run by the cron playbooks (playbooks/cleanup_expired.yml, stop_idle.yml,
+reconcile.yml)
 and by the periodic maintenance job. Admin tokens only.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..desktops.resources import envelope
 from ..desktops.schemas import DesktopError, Envelope
 
 blp = Blueprint("admin", __name__, url_prefix="/api/v1/admin",
-                description="Admin operations: lifecycle policies (expiry, idle stop, clean-up).")
+                description="Admin operations: lifecycle policies (expiry, idle stop, clean-up) and reconciliation.")
 
 
 @blp.before_request
@@ -36,10 +37,13 @@ class PolicyRunBody(Schema):
 
 
 class PolicyAction(Schema):
-    desktopId = fields.Integer(required=True)
-    userId = fields.String(required=True)
+    desktopId = fields.Integer(required=True, allow_none=True)
+    userId = fields.String(required=True, allow_none=True)
     status = fields.String(required=True, metadata={"description": "The desktop's status before the action"})
-    action = fields.String(required=True, metadata={"description": "stop, delete or fail"})
+    action = fields.String(required=True, metadata={"description": "stop, delete or fail; reconcile: fail, "
+                                                                   "remove-vm, remove-connection"})
+    target = fields.String(allow_none=True, metadata={"description": "reconcile: vm <vmid>, connection <id>, "
+                                                                     "project <id>"})
     reason = fields.String(required=True)
     done = fields.Boolean(required=True, metadata={"description": "false in a dry run, or when it could not be done"})
     error = fields.String(allow_none=True, required=True)
@@ -68,7 +72,9 @@ class PolicyPass(MethodView):
     def post(self, body, name):
         """Run one pass of a lifecycle policy: `expire` (stop expired desktops, delete them after
         the grace period), `idle` (stop desktops idle past their plan's limit), `cleanup` (fail
-        desktops stuck in a transition, delete old failed ones). One pass per policy at a time."""
+        desktops stuck in a transition, delete old failed ones), `reconcile` (remove VMs and
+        Guacamole connections no live record owns, fail records whose VM vanished). One pass per
+        policy at a time."""
         if name not in policies.POLICIES:
             raise NotFound(f"Unknown policy {name}; known: {', '.join(policies.POLICIES)}")
         result = policies.run(settings(), name, dry_run=bool((body or {}).get("dryRun", False)))
