@@ -110,6 +110,7 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
         raise ValidationFailed(details={"plan": "Plan must be one of " + _one_of(plans)})
     spec = plans[plan]
     expires_at = _expiry(spec, expires_at)
+    _refuse_on_draining_node(settings, settings.proxmox_node, "create desktop")
     accepted, message = ACCEPTED[Operation.CREATE]
     if _active_desktop_exists(user_id):
         raise DesktopAlreadyExists()
@@ -148,6 +149,8 @@ def request(settings: Settings, identity: Identity, desktop_id: int, operation: 
         raise InvalidOperation(f"Cannot {operation.value} desktop in {desktop.status} state")
     if operation is Operation.START and desktop.expires_at is not None and desktop.expires_at <= utcnow():
         raise InvalidOperation(f"Cannot start desktop: it expired at {_utc_text(desktop.expires_at)}")
+    if operation is Operation.START:
+        _refuse_on_draining_node(settings, desktop.node, "start desktop")
     accepted, message = ACCEPTED[operation]
     if operation is Operation.STOP and force:
         message = "Forcing VM power-off"
@@ -177,6 +180,14 @@ def _expiry(plan: Plan, asked: dt.datetime | None) -> dt.datetime | None:
         raise ValidationFailed(details={"expiresAt": f"expiresAt must be at most {duration_text(plan.expires_after)} "
                                                      f"from now for plan {plan.name}"})
     return asked
+
+
+def _refuse_on_draining_node(settings: Settings, node: str | None, what: str) -> None:
+    """A node in maintenance (policies.drain) takes no new desktops: INFRASTRUCTURE_ERROR, which
+    the contract says to retry later."""
+    from .policies import is_draining
+    if is_draining(settings, node):
+        raise InfrastructureError(f"Cannot {what}: node {node} is under maintenance; try again later")
 
 
 def _utc_text(value: dt.datetime) -> str:

@@ -367,3 +367,106 @@ def _reconcile(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[lis
 
 
 _PASSES = {"expire": _expire, "idle": _idle, "cleanup": _cleanup, "reconcile": _reconcile}
+
+
+# ---- draining a node ----------------------------------------------------------------------------
+
+def _draining_key(node: str) -> str:
+    return f"controlplane:node:{node}:draining"
+
+
+def is_draining(settings: Settings, node: str | None) -> bool:
+    """Whether `node` is in maintenance (drained and not released): no starts or creates there.
+    Redis down: not known to be draining (the request goes on and meets whatever Proxmox says)."""
+    if not node or not settings.redis_url:
+        return False
+    try:
+        return bool(get_redis(settings.redis_url).exists(_draining_key(node)))
+    except redis.RedisError:
+        return False
+
+
+def node_report(settings: Settings, node: str) -> dict:
+    """What runs on `node`: desktops and projects by status, and whether it is draining."""
+    from ..models import Project
+    from .project_states import ProjectStatus
+    with db.connection_context():
+        desktops = list(Desktop.select(Desktop.id, Desktop.status)
+                        .where(Desktop.node == node, Desktop.status != Status.DELETED.value))
+        projects = list(Project.select(Project.public_id, Project.status)
+                        .where(Project.node == node, Project.status != ProjectStatus.DELETED.value))
+    by_status: dict[str, list] = {}
+    for d in desktops:
+        by_status.setdefault(d.status, []).append(d.id)
+    project_status: dict[str, list] = {}
+    for p in projects:
+        project_status.setdefault(p.status, []).append(p.public_id)
+    busy = ({s.value for s in TRANSITIONAL} | {Status.RUNNING.value})
+    return {"node": node, "draining": is_draining(settings, node), "desktops": by_status, "projects": project_status,
+            "settled": not (busy & set(by_status)) and not ({"running", "starting", "stopping", "provisioning", "deleting"}
+                                                            & set(project_status))}
+
+
+def drain(settings: Settings, node: str, dry_run: bool = False, force: bool = False) -> dict:
+    """Maintenance: mark `node` as draining (no new starts or creates there) and stop, gracefully
+    unless `force`, every RUNNING desktop and project on it. Desktops in a transition are listed
+    in the notes (run again once they settle). release() ends the maintenance."""
+    from ..models import Project
+    from .project_states import ACCEPTED as PROJECT_ACCEPTED
+    from .project_states import ProjectStatus
+    conn = get_redis(settings.redis_url)
+    key, token = f"controlplane:drain:{node}:lock", uuid.uuid4().hex
+    if not conn.set(key, token, nx=True, ex=LOCK_TTL):
+        raise PolicyRunning(f"Node {node} is already being drained; try again when that has finished")
+    try:
+        if not dry_run:
+            conn.set(_draining_key(node), utcnow().isoformat())
+        reason = f"node {node} is drained for maintenance"
+        actions, notes = [], []
+        with db.connection_context():
+            for desktop in Desktop.select().where(Desktop.node == node,
+                                                  Desktop.status != Status.DELETED.value).order_by(Desktop.id):
+                status = Status(desktop.status)
+                if status in TRANSITIONAL:
+                    notes.append(f"desktop {desktop.id} is {desktop.status}: not stopped by this run")
+                if status is not Status.RUNNING:
+                    continue
+                action = Action(desktop.id, desktop.user_id, desktop.status, Operation.STOP.value, reason,
+                                target=f"desktop {desktop.id}")
+                if not dry_run:
+                    accepted, message = ACCEPTED[Operation.STOP]
+                    if force:
+                        message = "Forcing VM power-off"
+                    _accept(settings, desktop, accepted, f"{message}: {reason}", force, reason, action)
+                actions.append(action)
+            for project in Project.select().where(Project.node == node,
+                                                  Project.status == ProjectStatus.RUNNING.value).order_by(Project.id):
+                action = Action(None, project.owner_id, project.status, Operation.STOP.value, reason,
+                                target=f"project {project.public_id}")
+                if not dry_run:
+                    accepted, message = PROJECT_ACCEPTED[Operation.STOP]
+                    _accept(settings, project, accepted, f"{message}: {reason}", force, reason, action)
+                actions.append(action)
+    finally:
+        conn.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+                  1, key, token)
+    return {"policy": "drain", "dryRun": dry_run, "ranAt": iso(utcnow()), "actions": [asdict(a) for a in actions],
+            "notes": notes}
+
+
+def _accept(settings: Settings, row, accepted, message: str, force: bool, reason: str, action: Action) -> None:
+    try:
+        fresh = lifecycle.accept(settings, row, Operation.STOP, accepted, message, force=force, source="policy:drain",
+                                 reason=reason)
+    except lifecycle.QueueUnavailable as exc:
+        action.error = f"the job queue is unavailable ({exc})"
+        return
+    if fresh is None:
+        action.error = "it changed meanwhile"
+        return
+    action.done = True
+
+
+def release(settings: Settings, node: str) -> bool:
+    """End a node's maintenance. Returns whether it was draining."""
+    return bool(get_redis(settings.redis_url).delete(_draining_key(node)))

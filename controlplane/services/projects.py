@@ -164,6 +164,7 @@ def create(settings: Settings, identity: Identity, name: str, description: str, 
     if os_name not in config.os_templates:
         raise ValidationFailed(f"Unknown os {os_name!r}",
                                details={"os": "Must be one of " + ", ".join(sorted(config.os_templates))})
+    _refuse_on_draining_node(settings, settings.proxmox_node, "create project")
     accepted, message = ACCEPTED[Operation.CREATE]
     now = utcnow()
     from .vmids import VmidRangeExhausted, allocate
@@ -227,6 +228,13 @@ class ServiceUnavailable(ApiError):
 
 # ---- operations ----------------------------------------------------------------------------------------
 
+def _refuse_on_draining_node(settings: Settings, node: str | None, what: str) -> None:
+    from .policies import is_draining
+    if is_draining(settings, node):
+        raise ServiceUnavailable(f"Cannot {what}: node {node} is under maintenance; try again later",
+                                 details={"node": node})
+
+
 def request(settings: Settings, identity: Identity, project_id: str, operation: Operation,
             force: bool = False) -> Project:
     action = Action.DELETE if operation is Operation.DELETE else Action.OPERATE
@@ -235,6 +243,8 @@ def request(settings: Settings, identity: Identity, project_id: str, operation: 
     if status not in ALLOWED_FROM[operation]:
         raise InvalidOperation(f"Cannot {operation.value} project in {status.value} state",
                                details={"status": status.value})
+    if operation is Operation.START:
+        _refuse_on_draining_node(settings, project.node, "start project")
     accepted, message = ACCEPTED[operation]
     try:
         fresh = lifecycle.accept(settings, project, operation, accepted, message, force=force)

@@ -51,9 +51,9 @@ def desktop(status="RUNNING", plan="BASIC", user=None, ago=0, **fields) -> int:
     with db.connection_context():
         d = Desktop.create(user_id=user or f"user_{uuid.uuid4().hex[:12]}",
                            name="d", plan=plan, cpu_cores=2, memory_mb=2048, status=status,
-                           status_message="Desktop is ready", vmid=12000 + Desktop.select().count(), node="pve1",
-                           guacamole_connection_id=fields.pop("connection", None), updated_at=at, created_at=at,
-                           **fields)
+                           status_message="Desktop is ready", vmid=12000 + Desktop.select().count(),
+                           node=fields.pop("node", "pve1"), guacamole_connection_id=fields.pop("connection", None),
+                           updated_at=at, created_at=at, **fields)
         DesktopEvent.create(desktop=d.id, status=status, message="", source="worker", created_at=at)
     return d.id
 
@@ -316,3 +316,74 @@ def test_the_periodic_job_is_enqueued_once_per_interval_and_runs_every_policy(se
     assert summary["idle"] == {"done": 0, "not_done": 0, "notes": []}
     assert summary["reconcile"]["notes"][0].startswith("skipped: could not read Proxmox VE's VMs")  # none here
     assert row(expired).status == "STOPPING" and row(stuck).status == "FAILED"
+
+
+# ---- draining a node ------------------------------------------------------------------------------
+
+def test_draining_a_node_stops_what_runs_there_and_keeps_it_free(client, auth, redis_conn):
+    admin = auth("ops", admin=True)
+    on_node = desktop(user="user_drain1", node="pve7")
+    also = desktop(user="user_drain2", node="pve7")
+    stopped = desktop("STOPPED", user="user_drain3", node="pve7")
+    busy = desktop("STARTING", user="user_drain4", node="pve7")
+    elsewhere = desktop(user="user_drain5", node="pve1")
+    url = "/api/v1/admin/nodes/pve7"
+
+    report = client.get(url, headers=admin).get_json()["data"]
+    assert report["draining"] is False and report["settled"] is False
+    assert report["desktops"] == {"RUNNING": [on_node, also], "STOPPED": [stopped], "STARTING": [busy]}
+
+    dry = client.post(f"{url}/drain", json={"dryRun": True}, headers=admin).get_json()["data"]
+    assert [a["desktopId"] for a in dry["actions"]] == [on_node, also] and not any(a["done"] for a in dry["actions"])
+    assert client.get(url, headers=admin).get_json()["data"]["draining"] is False  # a dry run changes nothing
+
+    done = client.post(f"{url}/drain", headers=admin)
+    assert done.status_code == 200, done.get_json()
+    data = done.get_json()["data"]
+    assert [(a["desktopId"], a["action"], a["done"]) for a in data["actions"]] == [(on_node, "stop", True),
+                                                                                  (also, "stop", True)]
+    assert data["notes"] == [f"desktop {busy} is STARTING: not stopped by this run"]
+    assert row(on_node).status == "STOPPING"
+    assert row(on_node).status_message == "Shutting down VM: node pve7 is drained for maintenance"
+    assert policy_events(on_node) == [("STOPPING", "policy:drain", row(on_node).status_message)]
+    assert queued(redis_conn)[on_node]["reason"] == "node pve7 is drained for maintenance"
+    assert row(elsewhere).status == "RUNNING"
+    assert client.get(url, headers=admin).get_json()["data"]["draining"] is True
+
+    # In maintenance: nothing starts there (retry later), other nodes are not affected.
+    refused = client.post(f"{BASE}/{stopped}/start", headers=auth("user_drain3"))
+    body = refused.get_json()
+    assert refused.status_code == 500 and body["error"] == "INFRASTRUCTURE_ERROR", body
+    assert body["message"] == "Cannot start desktop: node pve7 is under maintenance; try again later"
+
+    released = client.delete(f"{url}/drain", headers=admin)
+    assert released.status_code == 200 and released.get_json()["data"]["draining"] is False
+    assert client.post(f"{BASE}/{stopped}/start", headers=auth("user_drain3")).status_code == 200
+
+
+def test_creates_wait_while_the_node_is_drained(client, auth, base_settings):
+    admin = auth("ops", admin=True)
+    node = base_settings.proxmox_node
+    assert client.post(f"/api/v1/admin/nodes/{node}/drain", headers=admin).status_code == 200
+    try:
+        refused = client.post(BASE, json={"userId": "user_new"}, headers=auth("user_new"))
+        assert refused.status_code == 500 and refused.get_json()["error"] == "INFRASTRUCTURE_ERROR"
+        assert "under maintenance" in refused.get_json()["message"]
+        project = client.post("/api/projects", json={"name": "P"}, headers=auth("user_new"))
+        assert project.status_code == 503 and project.get_json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    finally:
+        client.delete(f"/api/v1/admin/nodes/{node}/drain", headers=admin)
+    assert client.post(BASE, json={"userId": "user_new"}, headers=auth("user_new")).status_code == 201
+
+
+def test_drain_refusals(client, auth, redis_conn):
+    admin = auth("ops", admin=True)
+    for response, status, code in (
+            (client.post("/api/v1/admin/nodes/pve1/drain", headers=auth("user_x")), 403, "FORBIDDEN"),
+            (client.post("/api/v1/admin/nodes/bad_name!/drain", headers=admin), 400, "VALIDATION_ERROR"),
+            (client.post("/api/v1/admin/nodes/pve1/drain", json={"force": "hard"}, headers=admin), 400,
+             "VALIDATION_ERROR"),
+            (client.get("/api/v1/admin/nodes/-x", headers=admin), 400, "VALIDATION_ERROR")):
+        assert response.status_code == status and response.get_json()["error"] == code, response.get_json()
+    redis_conn.set("controlplane:drain:pve1:lock", "x", ex=60)
+    assert client.post("/api/v1/admin/nodes/pve1/drain", headers=admin).status_code == 409

@@ -261,3 +261,44 @@ def test_reconcile_removes_orphans_and_fails_records_whose_vm_vanished(lab, fres
     pve.qemu(odd_vmid).delete()
     assert api.delete(desktop_id).status_code == 200
     assert api.wait_settled(desktop_id)["status"] == "DELETED"
+
+
+def test_drain_node_stops_everything_there_waits_and_reports(lab, fresh_user):
+    admin = lab.token("ops", admin=True)
+    users = [fresh_user, fresh_user + "_b"]
+    apis = [Api(lab.url, lab.token(user)) for user in users]
+    ids = [create(api, user) for api, user in zip(apis, users)]
+    for api, desktop_id in zip(apis, ids):
+        running(api, desktop_id)
+    node = lab.settings.proxmox_node
+
+    dry = playbook(lab, "drain_node.yml", "--check", "-e", f"node={node}", token=admin)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    for desktop_id, user in zip(ids, users):
+        assert f"stop desktop {desktop_id} of {user} (RUNNING): node {node} is drained for maintenance" in dry.stdout
+    assert [api.status(i).json()["data"]["status"] for api, i in zip(apis, ids)] == ["RUNNING", "RUNNING"]
+
+    from controlplane.services import policies
+    try:
+        drained = playbook(lab, "drain_node.yml", "-e", f"node={node}", "-e", "drain_wait_timeout=180", token=admin)
+        assert drained.returncode == 0, drained.stdout + drained.stderr
+        assert f"Node {node} is drained and in maintenance" in drained.stdout
+        for api, desktop_id in zip(apis, ids):
+            data = api.status(desktop_id).json()["data"]
+            assert data["status"] == "STOPPED", data
+            assert data["statusMessage"] == f"Desktop is stopped: node {node} is drained for maintenance"
+            assert lab.vm(desktop_row(desktop_id).vmid).status == "stopped"
+        refused = apis[0].start(ids[0])
+        assert refused.status_code == 500 and refused.json()["error"] == "INFRASTRUCTURE_ERROR", refused.text
+
+        released = playbook(lab, "drain_node.yml", "-e", f"node={node}", "-e", "drain_release=true", token=admin)
+        assert released.returncode == 0, released.stdout + released.stderr
+        assert not policies.is_draining(lab.settings, node)
+    finally:
+        policies.release(lab.settings, node)  # whatever happened above: the node serves again
+    assert apis[0].start(ids[0]).status_code == 200
+    running(apis[0], ids[0])
+    for api, desktop_id in zip(apis, ids):
+        assert api.delete(desktop_id).status_code == 200
+        assert api.wait_settled(desktop_id)["status"] == "DELETED"
+    assert admin not in drained.stdout + dry.stdout + released.stdout

@@ -5,13 +5,15 @@ and by the periodic maintenance job. Admin tokens only.
 """
 from __future__ import annotations
 
+import re
+
 from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields
 
 from ...auth import current_identity
-from ...errors import Forbidden, NotFound
+from ...errors import Forbidden, NotFound, ValidationFailed
 from ...services import policies
 from ..common import settings
 from ..desktops.resources import envelope
@@ -79,3 +81,69 @@ class PolicyPass(MethodView):
             raise NotFound(f"Unknown policy {name}; known: {', '.join(policies.POLICIES)}")
         result = policies.run(settings(), name, dry_run=bool((body or {}).get("dryRun", False)))
         return envelope(result)
+
+
+NODE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def _node(raw: str) -> str:
+    if not NODE_NAME.match(raw):
+        raise ValidationFailed(details={"node": "Node must be a Proxmox VE node name (letters, digits, -)"})
+    return raw
+
+
+class DrainBody(PolicyRunBody):
+    force = fields.Boolean(load_default=False, metadata={"description": "Power off instead of a graceful shutdown"},
+                           error_messages={"invalid": "force must be true or false"})
+
+
+class NodeReport(Schema):
+    node = fields.String(required=True)
+    draining = fields.Boolean(required=True, metadata={"description": "In maintenance: no starts or creates there"})
+    desktops = fields.Dict(keys=fields.String(), values=fields.List(fields.Integer()), required=True,
+                           metadata={"description": "status → desktop ids on the node"})
+    projects = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), required=True,
+                           metadata={"description": "status → project ids on the node"})
+    settled = fields.Boolean(required=True, metadata={"description": "Nothing runs or is in a transition there"})
+
+
+class NodeReportEnvelope(Envelope):
+    data = fields.Nested(NodeReport, required=True)
+
+
+@blp.route("/nodes/<node>")
+class Node(MethodView):
+    @blp.response(200, NodeReportEnvelope)
+    @blp.alt_response(400, schema=DesktopError, description="Not a node name")
+    @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
+    @blp.alt_response(403, schema=DesktopError, description="Not an admin")
+    def get(self, node):
+        """What is on a node (desktops and projects by status) and whether it is in maintenance."""
+        return envelope(policies.node_report(settings(), _node(node)))
+
+
+@blp.route("/nodes/<node>/drain")
+class NodeDrain(MethodView):
+    @blp.arguments(DrainBody, required=False)
+    @blp.response(200, PolicyRunEnvelope)
+    @blp.alt_response(400, schema=DesktopError, description="Not a node name, or a bad body")
+    @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
+    @blp.alt_response(403, schema=DesktopError, description="Not an admin")
+    @blp.alt_response(409, schema=DesktopError, description="The node is being drained by another request")
+    def post(self, body, node):
+        """Maintenance: put the node in maintenance (desktops and projects there cannot be started
+        or created) and stop every RUNNING desktop and project on it (gracefully unless `force`).
+        Poll GET /nodes/<node> until `settled`; DELETE ends the maintenance."""
+        body = body or {}
+        return envelope(policies.drain(settings(), _node(node), dry_run=bool(body.get("dryRun", False)),
+                                       force=bool(body.get("force", False))))
+
+    @blp.response(200, NodeReportEnvelope)
+    @blp.alt_response(400, schema=DesktopError, description="Not a node name")
+    @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
+    @blp.alt_response(403, schema=DesktopError, description="Not an admin")
+    def delete(self, node):
+        """End the node's maintenance: desktops and projects there can be started again."""
+        cfg = settings()
+        policies.release(cfg, _node(node))
+        return envelope(policies.node_report(cfg, node))
