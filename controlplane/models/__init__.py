@@ -78,7 +78,19 @@ class VmidLease(BaseModel):
     created_at = pw.DateTimeField(default=utcnow)
 
 
-MODELS = (Desktop, DesktopEvent, VmidLease)
+class PolicyRun(BaseModel):
+    """A pass of a lifecycle policy, reconciliation or drain that did or found something: what,
+    when, by whom (the periodic job, or an admin through the API) and the actions with their
+    reasons (services/policies.py). Dry runs are not recorded."""
+    id = pw.BigAutoField()
+    policy = pw.CharField(max_length=32, index=True)
+    ran_at = pw.DateTimeField(default=utcnow, index=True)
+    ran_by = pw.CharField(max_length=255)  # "periodic job", or "admin <user id>"
+    actions = pw.TextField(default="[]")  # JSON list of services.policies.Action
+    notes = pw.TextField(default="[]")  # JSON list of strings
+
+
+MODELS = (Desktop, DesktopEvent, VmidLease, PolicyRun)
 
 from .projects import (PROJECT_MODELS, ChatMessage, Invitation, NetworkLease, Project,  # noqa: E402
                        ProjectEvent, ProjectMember, UsageRecord, UserSettings)

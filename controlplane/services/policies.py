@@ -69,8 +69,10 @@ def _naive_utc(value: dt.datetime) -> dt.datetime:
 
 # ---- running a pass -----------------------------------------------------------------------------
 
-def run(settings: Settings, name: str, dry_run: bool = False, now: dt.datetime | None = None) -> dict:
-    """One pass of policy `name`; raises PolicyRunning while another pass of it runs."""
+def run(settings: Settings, name: str, dry_run: bool = False, now: dt.datetime | None = None,
+        ran_by: str = "periodic job") -> dict:
+    """One pass of policy `name`; raises PolicyRunning while another pass of it runs. A pass that
+    acted or noted something is recorded (PolicyRun), unless it is a dry run."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}")
     conn = get_redis(settings.redis_url)
@@ -87,6 +89,7 @@ def run(settings: Settings, name: str, dry_run: bool = False, now: dt.datetime |
                   1, key, token)
     result = {"policy": name, "dryRun": dry_run, "ranAt": iso(now), "actions": [asdict(a) for a in actions],
               "notes": notes}
+    record(result, ran_by)
     if actions and not dry_run:
         log.info("policy %s: %s", name, ", ".join(f"{a.action} desktop {a.desktopId}"
                                                    f"{'' if a.done else ' (not done: ' + str(a.error) + ')'}"
@@ -407,7 +410,8 @@ def node_report(settings: Settings, node: str) -> dict:
                                                             & set(project_status))}
 
 
-def drain(settings: Settings, node: str, dry_run: bool = False, force: bool = False) -> dict:
+def drain(settings: Settings, node: str, dry_run: bool = False, force: bool = False,
+          ran_by: str = "periodic job") -> dict:
     """Maintenance: mark `node` as draining (no new starts or creates there) and stop, gracefully
     unless `force`, every RUNNING desktop and project on it. Desktops in a transition are listed
     in the notes (run again once they settle). release() ends the maintenance."""
@@ -450,8 +454,10 @@ def drain(settings: Settings, node: str, dry_run: bool = False, force: bool = Fa
     finally:
         conn.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
                   1, key, token)
-    return {"policy": "drain", "dryRun": dry_run, "ranAt": iso(utcnow()), "actions": [asdict(a) for a in actions],
-            "notes": notes}
+    result = {"policy": "drain", "dryRun": dry_run, "ranAt": iso(utcnow()), "actions": [asdict(a) for a in actions],
+              "notes": [f"node {node} is in maintenance until released", *notes] if not dry_run else notes}
+    record(result, ran_by)
+    return result
 
 
 def _accept(settings: Settings, row, accepted, message: str, force: bool, reason: str, action: Action) -> None:
@@ -467,6 +473,43 @@ def _accept(settings: Settings, row, accepted, message: str, force: bool, reason
     action.done = True
 
 
-def release(settings: Settings, node: str) -> bool:
+def release(settings: Settings, node: str, ran_by: str = "periodic job") -> bool:
     """End a node's maintenance. Returns whether it was draining."""
-    return bool(get_redis(settings.redis_url).delete(_draining_key(node)))
+    was = bool(get_redis(settings.redis_url).delete(_draining_key(node)))
+    if was:
+        record({"policy": "drain", "dryRun": False, "actions": [],
+                "notes": [f"node {node} released from maintenance"]}, ran_by)
+    return was
+
+
+# ---- the record ---------------------------------------------------------------------------------
+
+def record(result: dict, ran_by: str) -> None:
+    """Keep a pass that did or found something (not a dry run) for GET /api/v1/admin/policies/runs."""
+    import json
+
+    from ..models import PolicyRun
+    if result["dryRun"] or not (result["actions"] or result["notes"]):
+        return
+    with db.connection_context():
+        PolicyRun.create(policy=result["policy"], ran_by=ran_by[:255], actions=json.dumps(result["actions"]),
+                         notes=json.dumps(result["notes"]))
+
+
+def runs(policy: str | None = None, limit: int = 50) -> list[dict]:
+    """The recorded passes, newest first."""
+    import json
+
+    from ..models import PolicyRun
+    query = PolicyRun.select().order_by(PolicyRun.id.desc()).limit(limit)
+    if policy:
+        query = query.where(PolicyRun.policy == policy)
+    with db.connection_context():
+        return [{"id": r.id, "policy": r.policy, "ranAt": iso(r.ran_at), "ranBy": r.ran_by,
+                 "actions": json.loads(r.actions), "notes": json.loads(r.notes)} for r in query]
+
+
+def prune_runs(keep_days: int = 90) -> int:
+    from ..models import PolicyRun
+    with db.connection_context():
+        return PolicyRun.delete().where(PolicyRun.ran_at < utcnow() - dt.timedelta(days=keep_days)).execute()

@@ -342,7 +342,8 @@ def test_draining_a_node_stops_what_runs_there_and_keeps_it_free(client, auth, r
     data = done.get_json()["data"]
     assert [(a["desktopId"], a["action"], a["done"]) for a in data["actions"]] == [(on_node, "stop", True),
                                                                                   (also, "stop", True)]
-    assert data["notes"] == [f"desktop {busy} is STARTING: not stopped by this run"]
+    assert data["notes"] == ["node pve7 is in maintenance until released",
+                             f"desktop {busy} is STARTING: not stopped by this run"]
     assert row(on_node).status == "STOPPING"
     assert row(on_node).status_message == "Shutting down VM: node pve7 is drained for maintenance"
     assert policy_events(on_node) == [("STOPPING", "policy:drain", row(on_node).status_message)]
@@ -387,3 +388,26 @@ def test_drain_refusals(client, auth, redis_conn):
         assert response.status_code == status and response.get_json()["error"] == code, response.get_json()
     redis_conn.set("controlplane:drain:pve1:lock", "x", ex=60)
     assert client.post("/api/v1/admin/nodes/pve1/drain", headers=admin).status_code == 409
+
+
+def test_every_pass_that_acted_is_recorded_and_listed(client, auth, settings):
+    admin = auth("ops", admin=True)
+    expired = desktop(user="user_rec", expires_at=utcnow() - dt.timedelta(minutes=1))
+    assert client.post("/api/v1/admin/policies/expire", json={"dryRun": True}, headers=admin).status_code == 200
+    assert client.post("/api/v1/admin/policies/expire", headers=admin).status_code == 200
+    assert client.post("/api/v1/admin/policies/expire", headers=admin).status_code == 200  # nothing left: not kept
+    policies.run(settings, "cleanup")  # nothing to do: not kept
+    assert client.post("/api/v1/admin/nodes/pve3/drain", headers=admin).status_code == 200
+    assert client.delete("/api/v1/admin/nodes/pve3/drain", headers=admin).status_code == 200
+    listed = client.get("/api/v1/admin/policies/runs", headers=admin)
+    assert listed.status_code == 200, listed.get_json()
+    runs = listed.get_json()["data"]["runs"]
+    assert [(r["policy"], r["ranBy"]) for r in runs] == [("drain", "admin ops"), ("drain", "admin ops"),
+                                                          ("expire", "admin ops")]
+    assert runs[0]["notes"] == ["node pve3 released from maintenance"]
+    assert [(a["desktopId"], a["action"], a["done"]) for a in runs[2]["actions"]] == [(expired, "stop", True)]
+    assert runs[2]["actions"][0]["reason"].startswith("expired at ")
+    only = client.get("/api/v1/admin/policies/runs?policy=expire&limit=1", headers=admin).get_json()["data"]["runs"]
+    assert [r["id"] for r in only] == [runs[2]["id"]]
+    assert client.get("/api/v1/admin/policies/runs", headers=auth("user_rec")).status_code == 403
+    assert client.get("/api/v1/admin/policies/runs?limit=0", headers=admin).status_code == 400

@@ -302,3 +302,43 @@ def test_drain_node_stops_everything_there_waits_and_reports(lab, fresh_user):
         assert api.delete(desktop_id).status_code == 200
         assert api.wait_settled(desktop_id)["status"] == "DELETED"
     assert admin not in drained.stdout + dry.stdout + released.stdout
+
+
+def test_a_desktop_stuck_in_a_transition_is_failed_and_its_job_stopped(lab, fresh_user):
+    from rq.job import Job
+
+    from controlplane.services import policies
+    from controlplane.services.queue import get_redis
+    api = Api(lab.url, lab.token(fresh_user))
+    desktop_id = create(api, fresh_user)
+    running(api, desktop_id)
+    vmid = desktop_row(desktop_id).vmid
+    lab.services.call(lambda: setattr(lab.pve.vm(vmid), "acpi", False))  # the guest ignores the shutdown
+    try:
+        assert api.stop(desktop_id).status_code == 200
+        job_id = desktop_row(desktop_id).job_id
+        deadline = time.monotonic() + 30
+        while Job.fetch(job_id, connection=get_redis(lab.settings.redis_url)).get_status() != "started":
+            assert time.monotonic() < deadline, "the stop job never started"
+            time.sleep(0.2)
+        time.sleep(3)
+        assert api.status(desktop_id).json()["data"]["status"] == "STOPPING"
+
+        result = policies.run(lab.settings.replace(stuck_after=2), "cleanup")
+        mine = [a for a in result["actions"] if a["desktopId"] == desktop_id]
+        assert [(a["action"], a["done"]) for a in mine] == [("fail", True)], mine
+        failed = api.status(desktop_id).json()["data"]
+        assert failed["status"] == "FAILED" and failed["statusMessage"].startswith("Stop failed: stuck in STOPPING since ")
+        # Its job is stopped, and nothing it might still report overwrites the FAILED record.
+        deadline = time.monotonic() + 30
+        while Job.fetch(job_id, connection=get_redis(lab.settings.redis_url)).get_status() == "started":
+            assert time.monotonic() < deadline, "the stuck job was not stopped"
+            time.sleep(0.2)
+        time.sleep(2)
+        assert api.status(desktop_id).json()["data"]["status"] == "FAILED"
+        assert [s for s, _, src in events(desktop_id)][-1] == "FAILED"
+    finally:
+        lab.services.call(lambda: setattr(lab.pve.vm(vmid), "acpi", True))
+    assert api.delete(desktop_id).status_code == 200
+    assert api.wait_settled(desktop_id)["status"] == "DELETED"
+    assert_nothing_left(lab, desktop_id, vmid)

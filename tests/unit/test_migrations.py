@@ -17,7 +17,7 @@ def test_fresh_database_gets_every_table(tmp_path):
     database = connect(f"sqlite:///{tmp_path / 'fresh.db'}")
     applied = migrate(database)
     assert applied == ["m0001_initial", "m0002_projects", "m0003_share_generation",
-                       "m0004_desktop_expiry"]
+                       "m0004_desktop_expiry", "m0005_policy_runs"]
     assert {m._meta.table_name for m in ALL_MODELS} <= tables(database)
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert migrate(database) == []
@@ -32,7 +32,8 @@ def test_version_one_database_is_upgraded_in_place(tmp_path):
     with database.bind_ctx([SchemaMigration]):
         database.create_tables([SchemaMigration])
         SchemaMigration.create(number=1, name="m0001_initial")
-    assert migrate(database) == ["m0002_projects", "m0003_share_generation", "m0004_desktop_expiry"]
+    assert migrate(database) == ["m0002_projects", "m0003_share_generation", "m0004_desktop_expiry",
+                                 "m0005_policy_runs"]
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert database.execute_sql("SELECT vmid, desktop_id, project_id FROM vmid_lease").fetchall() == [(10001, 7, None)]
     assert "project" in tables(database)
@@ -58,6 +59,7 @@ def test_version_two_projects_get_a_share_generation(tmp_path):
         SchemaMigration.create(number=1, name="m0001_initial")
         SchemaMigration.create(number=2, name="m0002_projects")
         SchemaMigration.create(number=4, name="m0004_desktop_expiry")
+        SchemaMigration.create(number=5, name="m0005_policy_runs")
     assert migrate(database) == ["m0003_share_generation"]
     columns = {c.name for c in database.get_columns("project")}
     assert "share_generation" in columns and not {"share_username", "share_password_hash"} & columns

@@ -10,7 +10,7 @@ import re
 from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import EXCLUDE, Schema, fields
+from marshmallow import EXCLUDE, Schema, fields, validate
 
 from ...auth import current_identity
 from ...errors import Forbidden, NotFound, ValidationFailed
@@ -63,6 +63,45 @@ class PolicyRunEnvelope(Envelope):
     data = fields.Nested(PolicyRun, required=True)
 
 
+class RunsQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    policy = fields.String(metadata={"description": "Only this policy's runs (expire, idle, cleanup, reconcile, drain)"})
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500),
+                           error_messages={"invalid": "limit must be an integer"})
+
+
+class RecordedRun(Schema):
+    id = fields.Integer(required=True)
+    policy = fields.String(required=True)
+    ranAt = fields.String(required=True, metadata={"format": "date-time"})
+    ranBy = fields.String(required=True, metadata={"description": "periodic job, or admin <user id>"})
+    actions = fields.List(fields.Nested(PolicyAction), required=True)
+    notes = fields.List(fields.String(), required=True)
+
+
+class RecordedRuns(Schema):
+    runs = fields.List(fields.Nested(RecordedRun), required=True)
+
+
+class RecordedRunsEnvelope(Envelope):
+    data = fields.Nested(RecordedRuns, required=True)
+
+
+@blp.route("/policies/runs")
+class PolicyRuns(MethodView):
+    @blp.arguments(RunsQuery, location="query")
+    @blp.response(200, RecordedRunsEnvelope)
+    @blp.alt_response(400, schema=DesktopError, description="Bad query")
+    @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
+    @blp.alt_response(403, schema=DesktopError, description="Not an admin")
+    def get(self, query):
+        """Every automatic action, newest first: the recorded passes of the policies, the
+        reconciliation and drains that did or found something (who ran them, when, what, why)."""
+        return envelope({"runs": policies.runs(query.get("policy"), query["limit"])})
+
+
 @blp.route("/policies/<name>")
 class PolicyPass(MethodView):
     @blp.arguments(PolicyRunBody, required=False)
@@ -79,7 +118,8 @@ class PolicyPass(MethodView):
         policy at a time."""
         if name not in policies.POLICIES:
             raise NotFound(f"Unknown policy {name}; known: {', '.join(policies.POLICIES)}")
-        result = policies.run(settings(), name, dry_run=bool((body or {}).get("dryRun", False)))
+        result = policies.run(settings(), name, dry_run=bool((body or {}).get("dryRun", False)),
+                              ran_by=f"admin {g.identity.user_id}")
         return envelope(result)
 
 
@@ -136,7 +176,7 @@ class NodeDrain(MethodView):
         Poll GET /nodes/<node> until `settled`; DELETE ends the maintenance."""
         body = body or {}
         return envelope(policies.drain(settings(), _node(node), dry_run=bool(body.get("dryRun", False)),
-                                       force=bool(body.get("force", False))))
+                                       force=bool(body.get("force", False)), ran_by=f"admin {g.identity.user_id}"))
 
     @blp.response(200, NodeReportEnvelope)
     @blp.alt_response(400, schema=DesktopError, description="Not a node name")
@@ -145,5 +185,5 @@ class NodeDrain(MethodView):
     def delete(self, node):
         """End the node's maintenance: desktops and projects there can be started again."""
         cfg = settings()
-        policies.release(cfg, _node(node))
+        policies.release(cfg, _node(node), ran_by=f"admin {g.identity.user_id}")
         return envelope(policies.node_report(cfg, node))

@@ -1,0 +1,7 @@
+"""Policy runs: every pass of a lifecycle policy, reconciliation or drain that acted or found
+something, visible to admins (GET /api/v1/admin/policies/runs)."""
+
+
+def apply(database):
+    from ..models import PolicyRun
+    database.create_tables([PolicyRun], safe=True)
