@@ -57,6 +57,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .http import serve
+
 log = logging.getLogger("controlplane.lab.guacamole")
 
 # --------------------------------------------------------------------------
@@ -460,17 +462,7 @@ class GuacamoleStandIn:
         self._ensure_admin()
         app = web.Application(middlewares=[self._middleware], client_max_size=4 * 1024 * 1024)
         self._add_routes(app)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        if self.port == 0:
-            self.port = runner.addresses[0][1]
+        self._runner, self.port = await serve(app, self.host, self.port)
         log.info("Guacamole stand-in listening on %s (data source %s)", self.url, self.data_source)
 
     async def stop(self) -> None:

@@ -49,6 +49,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .http import serve
+
 log = logging.getLogger("controlplane.lab.llm")
 
 #: The lab's token: a word (letters, digits, underscore) or one other non-space character.
@@ -273,17 +275,7 @@ class LabLlm:
         app = web.Application(middlewares=[self._middleware], client_max_size=4 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        if self.port == 0:
-            self.port = runner.addresses[0][1]
+        self._runner, self.port = await serve(app, self.host, self.port)
         log.info("lab echo model listening on %s", self.url)
 
     async def stop(self) -> None:

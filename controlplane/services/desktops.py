@@ -185,9 +185,10 @@ def _expiry(plan: Plan, asked: dt.datetime | None) -> dt.datetime | None:
 def _refuse_on_draining_node(settings: Settings, node: str | None, what: str) -> None:
     """A node in maintenance (policies.drain) takes no new desktops: INFRASTRUCTURE_ERROR, which
     the contract says to retry later."""
-    from .policies import is_draining
-    if is_draining(settings, node):
-        raise InfrastructureError(f"Cannot {what}: node {node} is under maintenance; try again later")
+    from .policies import maintenance_refusal
+    refusal = maintenance_refusal(settings, node, what)
+    if refusal:
+        raise InfrastructureError(refusal)
 
 
 def _utc_text(value: dt.datetime) -> str:

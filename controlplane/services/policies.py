@@ -389,6 +389,13 @@ def is_draining(settings: Settings, node: str | None) -> bool:
         return False
 
 
+def maintenance_refusal(settings: Settings, node: str | None, what: str) -> str | None:
+    """Why `what` (e.g. "start desktop") cannot happen on `node` now, or None if it can."""
+    if is_draining(settings, node):
+        return f"Cannot {what}: node {node} is under maintenance; try again later"
+    return None
+
+
 def node_report(settings: Settings, node: str) -> dict:
     """What runs on `node`: desktops and projects by status, and whether it is draining."""
     from ..models import Project

@@ -229,10 +229,10 @@ class ServiceUnavailable(ApiError):
 # ---- operations ----------------------------------------------------------------------------------------
 
 def _refuse_on_draining_node(settings: Settings, node: str | None, what: str) -> None:
-    from .policies import is_draining
-    if is_draining(settings, node):
-        raise ServiceUnavailable(f"Cannot {what}: node {node} is under maintenance; try again later",
-                                 details={"node": node})
+    from .policies import maintenance_refusal
+    refusal = maintenance_refusal(settings, node, what)
+    if refusal:
+        raise ServiceUnavailable(refusal, details={"node": node})
 
 
 def request(settings: Settings, identity: Identity, project_id: str, operation: Operation,
