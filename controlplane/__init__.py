@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(chat_blp)
     api.register_blueprint(admin_blp)
     init_error_handlers(app)
+    from .api.audit import init_audit
+    init_audit(app)
     from .api.ws import init_ws
     init_ws(app)
     from .api.limits import init_limits

@@ -12,7 +12,7 @@ Limiter per app. If Redis is down, limits are skipped rather than failing reques
 """
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, g, request
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_limiter import Limiter
 
@@ -60,7 +60,8 @@ def init_limits(app: Flask, settings: Settings) -> Limiter | None:
     for rule in list(app.url_map.iter_rules()):
         if rule.rule.startswith(LIMITED_PREFIXES) and rule.endpoint in app.view_functions:
             app.view_functions[rule.endpoint] = api_budget(app.view_functions[rule.endpoint])
-    created = lambda response: response.status_code == 201  # noqa: E731
+    def created(response) -> bool:  # a replayed idempotent create made nothing: it does not count
+        return response.status_code == 201 and not g.get("idempotent_replay", False)
     rules = (
         ("desktops.Desktops", settings.rate_limit_desktop_create, caller, ["POST"], created),
         ("projects.Projects", settings.rate_limit_project_create, caller, ["POST"], created),

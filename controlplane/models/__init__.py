@@ -90,7 +90,35 @@ class PolicyRun(BaseModel):
     notes = pw.TextField(default="[]")  # JSON list of strings
 
 
-MODELS = (Desktop, DesktopEvent, VmidLease, PolicyRun)
+class AuditEntry(BaseModel):
+    """A request that asked for a change (POST, PUT, PATCH, DELETE under /api), whatever came of
+    it: who, what, on what, the answer, and its request id (api/audit.py)."""
+    id = pw.BigAutoField()
+    at = pw.DateTimeField(default=utcnow, index=True)
+    request_id = pw.CharField(max_length=128, index=True)
+    user_id = pw.CharField(max_length=255, null=True, index=True)  # None: no valid token
+    is_admin = pw.BooleanField(default=False)
+    method = pw.CharField(max_length=8)
+    path = pw.CharField(max_length=512)
+    action = pw.CharField(max_length=64)  # the endpoint, e.g. desktops.DesktopStop
+    target = pw.CharField(max_length=255, default="")  # e.g. desktop 12, project proj_...
+    status = pw.IntegerField()
+    result = pw.CharField(max_length=64)  # ok, or the error code
+
+
+class IdempotencyKey(BaseModel):
+    """A create retried with the same X-Request-ID returns the desktop the first one made."""
+    id = pw.BigAutoField()
+    user_id = pw.CharField(max_length=255)
+    key = pw.CharField(max_length=128)
+    desktop = pw.ForeignKeyField(Desktop, on_delete="CASCADE")
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("user_id", "key"), True),)
+
+
+MODELS = (Desktop, DesktopEvent, VmidLease, PolicyRun, AuditEntry, IdempotencyKey)
 
 from .projects import (PROJECT_MODELS, ChatMessage, Invitation, NetworkLease, Project,  # noqa: E402
                        ProjectEvent, ProjectMember, UsageRecord, UserSettings)

@@ -17,7 +17,7 @@ from ..config import Settings
 from ..errors import (DesktopAlreadyExists, DesktopNotFound, DesktopNotReady, Forbidden, InfrastructureError,
                       InvalidOperation, ValidationFailed)
 from ..extensions import db
-from ..models import Desktop, DesktopEvent, VmidLease, utcnow
+from ..models import Desktop, DesktopEvent, IdempotencyKey, VmidLease, utcnow
 from . import jobs, lifecycle, vmids
 from .plans import Plan, duration_text, load_plans
 from .states import ACCEPTED, ALLOWED_FROM, INACTIVE, Operation, Status
@@ -103,8 +103,15 @@ def connect(settings: Settings, identity: Identity, desktop_id: int) -> Desktop:
 # ---- changing -----------------------------------------------------------------------------
 
 def create(settings: Settings, identity: Identity, user_id: str, name: str | None, plan: str,
-           expires_at: dt.datetime | None = None) -> Desktop:
+           expires_at: dt.datetime | None = None, idempotency_key: str | None = None) -> tuple[Desktop, bool]:
+    """Record a new desktop and enqueue its creation. Returns (desktop, replayed): with an
+    idempotency key (the caller's X-Request-ID) that this caller used for a create before, the
+    desktop that create made, and True."""
     check_user(identity, user_id)
+    if idempotency_key:
+        earlier = _created_with(identity, idempotency_key)
+        if earlier is not None:
+            return earlier, True
     plans = load_plans(settings.plans_file)
     if plan not in plans:
         raise ValidationFailed(details={"plan": "Plan must be one of " + _one_of(plans)})
@@ -113,6 +120,9 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
     _refuse_on_draining_node(settings, settings.proxmox_node, "create desktop")
     accepted, message = ACCEPTED[Operation.CREATE]
     if _active_desktop_exists(user_id):
+        earlier = _created_with(identity, idempotency_key) if idempotency_key else None
+        if earlier is not None:  # the same create, retried while the first one was committing
+            return earlier, True
         raise DesktopAlreadyExists()
     try:
         with db.atomic():
@@ -124,8 +134,14 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
             desktop.job_id = jobs.new_job_id(desktop.id, Operation.CREATE)
             desktop.save(only=[Desktop.vmid, Desktop.job_id])
             lifecycle.record_event(desktop, accepted, message, "api")
+            if idempotency_key:
+                IdempotencyKey.create(user_id=identity.user_id, key=idempotency_key, desktop=desktop.id)
     except pw.IntegrityError:
-        # Lost the race against a concurrent create for the same user: the partial unique index.
+        # Lost the race against a concurrent create for the same user (the partial unique index),
+        # or against the same create retried at once (the idempotency key): that one's desktop.
+        earlier = _created_with(identity, idempotency_key) if idempotency_key else None
+        if earlier is not None:
+            return earlier, True
         raise DesktopAlreadyExists() from None
     except vmids.VmidRangeExhausted as exc:
         raise InfrastructureError(f"Failed to create desktop: {exc}") from None
@@ -138,7 +154,12 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
             desktop.delete_instance(recursive=True)
         raise InfrastructureError("Failed to create desktop: the job queue is unavailable") from None
     lifecycle.publish(settings.redis_url, desktop)
-    return desktop
+    return desktop, False
+
+
+def _created_with(identity: Identity, key: str) -> Desktop | None:
+    found = IdempotencyKey.get_or_none(IdempotencyKey.user_id == identity.user_id, IdempotencyKey.key == key)
+    return Desktop.get_by_id(found.desktop_id) if found else None
 
 
 def request(settings: Settings, identity: Identity, desktop_id: int, operation: Operation,

@@ -17,7 +17,7 @@ def test_fresh_database_gets_every_table(tmp_path):
     database = connect(f"sqlite:///{tmp_path / 'fresh.db'}")
     applied = migrate(database)
     assert applied == ["m0001_initial", "m0002_projects", "m0003_share_generation",
-                       "m0004_desktop_expiry", "m0005_policy_runs"]
+                       "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit"]
     assert {m._meta.table_name for m in ALL_MODELS} <= tables(database)
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert migrate(database) == []
@@ -33,7 +33,7 @@ def test_version_one_database_is_upgraded_in_place(tmp_path):
         database.create_tables([SchemaMigration])
         SchemaMigration.create(number=1, name="m0001_initial")
     assert migrate(database) == ["m0002_projects", "m0003_share_generation", "m0004_desktop_expiry",
-                                 "m0005_policy_runs"]
+                                 "m0005_policy_runs", "m0006_audit"]
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert database.execute_sql("SELECT vmid, desktop_id, project_id FROM vmid_lease").fetchall() == [(10001, 7, None)]
     assert "project" in tables(database)
@@ -60,6 +60,7 @@ def test_version_two_projects_get_a_share_generation(tmp_path):
         SchemaMigration.create(number=2, name="m0002_projects")
         SchemaMigration.create(number=4, name="m0004_desktop_expiry")
         SchemaMigration.create(number=5, name="m0005_policy_runs")
+        SchemaMigration.create(number=6, name="m0006_audit")
     assert migrate(database) == ["m0003_share_generation"]
     columns = {c.name for c in database.get_columns("project")}
     assert "share_generation" in columns and not {"share_username", "share_password_hash"} & columns

@@ -187,3 +187,59 @@ class NodeDrain(MethodView):
         cfg = settings()
         policies.release(cfg, _node(node), ran_by=f"admin {g.identity.user_id}")
         return envelope(policies.node_report(cfg, node))
+
+
+class AuditQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    userId = fields.String(metadata={"description": "Only this user's requests"})
+    requestId = fields.String(metadata={"description": "Only the request with this X-Request-ID"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000),
+                           error_messages={"invalid": "limit must be an integer"})
+
+
+class AuditRecord(Schema):
+    id = fields.Integer(required=True)
+    at = fields.String(required=True, metadata={"format": "date-time"})
+    requestId = fields.String(required=True)
+    userId = fields.String(required=True, allow_none=True, metadata={"description": "null: no valid token"})
+    admin = fields.Boolean(required=True)
+    method = fields.String(required=True)
+    path = fields.String(required=True)
+    action = fields.String(required=True, metadata={"description": "The endpoint, e.g. desktops.DesktopStop"})
+    target = fields.String(required=True, metadata={"description": "e.g. desktop 12, project proj_..."})
+    status = fields.Integer(required=True)
+    result = fields.String(required=True, metadata={"description": "ok, or the error code"})
+
+
+class AuditList(Schema):
+    entries = fields.List(fields.Nested(AuditRecord), required=True)
+
+
+class AuditEnvelope(Envelope):
+    data = fields.Nested(AuditList, required=True)
+
+
+@blp.route("/audit")
+class Audit(MethodView):
+    @blp.arguments(AuditQuery, location="query")
+    @blp.response(200, AuditEnvelope)
+    @blp.alt_response(400, schema=DesktopError, description="Bad query")
+    @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
+    @blp.alt_response(403, schema=DesktopError, description="Not an admin")
+    def get(self, query):
+        """The audit log, newest first: every request that asked for a change, with who, what, on
+        what, the answer and its X-Request-ID. Automatic actions are in GET /policies/runs and in
+        each desktop's events."""
+        from ...models import AuditEntry
+        from ..common import iso
+        found = AuditEntry.select().order_by(AuditEntry.id.desc()).limit(query["limit"])
+        if "userId" in query:
+            found = found.where(AuditEntry.user_id == query["userId"])
+        if "requestId" in query:
+            found = found.where(AuditEntry.request_id == query["requestId"])
+        return envelope({"entries": [
+            {"id": e.id, "at": iso(e.at), "requestId": e.request_id, "userId": e.user_id, "admin": e.is_admin,
+             "method": e.method, "path": e.path, "action": e.action, "target": e.target, "status": e.status,
+             "result": e.result} for e in found]})

@@ -14,6 +14,7 @@ from ...models import Desktop
 from ...services import desktops as service
 from ...services import proxmox
 from ...services.states import Operation, Status
+from ..audit import caller_request_id
 from ..common import iso, now_iso, settings
 from . import schemas
 
@@ -76,10 +77,14 @@ class Desktops(MethodView):
     @_with_errors(400, 401, 403, 500)
     @blp.alt_response(409, schema=schemas.DesktopError, description="User already has an active desktop")
     def post(self, body):
-        """Create a desktop (asynchronous: poll the status endpoint until RUNNING)."""
-        desktop = service.create(settings(), g.identity, body["userId"], body.get("name"), body["plan"],
-                                 body.get("expiresAt"))
-        return envelope(desktop_data(desktop), "Desktop creation initiated successfully.")
+        """Create a desktop (asynchronous: poll the status endpoint until RUNNING). Idempotent with
+        `X-Request-ID`: the same caller retrying with the same id gets the desktop the first
+        request made (201, `Idempotent-Replayed: true`), and no second desktop is made."""
+        desktop, replayed = service.create(settings(), g.identity, body["userId"], body.get("name"), body["plan"],
+                                           body.get("expiresAt"), idempotency_key=caller_request_id())
+        g.idempotent_replay = replayed
+        headers = {"Idempotent-Replayed": "true"} if replayed else {}
+        return envelope(desktop_data(desktop), "Desktop creation initiated successfully."), 201, headers
 
     @blp.arguments(schemas.ListQuery, location="query")
     @blp.response(200, schemas.DesktopListEnvelope)
