@@ -92,6 +92,7 @@ class Settings:
     expiry_grace: int = 86400  # an expired desktop is stopped, then deleted this many seconds later
     stuck_after: int = 0  # seconds in a transition before a desktop counts as stuck; 0: job_timeout + 10 min
     failed_retention: int = 7 * 86400  # FAILED desktops are deleted after this many seconds; 0: kept
+    audit_retention_days: int = 365  # audit entries and policy runs older than this are pruned; 0: kept
     # Proxmox (used by the playbooks via environment, and by ?refresh=true via proxmoxer)
     proxmox_host: str = "127.0.0.2"
     proxmox_port: int = 8006
@@ -285,7 +286,7 @@ class Settings:
         if self.proxmox_api_timeout <= 0:
             raise ConfigError("CONTROLPLANE_PROXMOX_API_TIMEOUT must be positive")
         for name in ("ip_wait_retries", "ip_wait_delay", "max_resumes", "policy_interval", "expiry_grace",
-                     "stuck_after", "failed_retention"):
+                     "stuck_after", "failed_retention", "audit_retention_days"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"CONTROLPLANE_{name.upper()} must not be negative")
         for name, lowest in (("port", 1), ("proxmox_port", 1), ("guacamole_port", 0)):

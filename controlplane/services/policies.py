@@ -516,7 +516,12 @@ def runs(policy: str | None = None, limit: int = 50) -> list[dict]:
                  "actions": json.loads(r.actions), "notes": json.loads(r.notes)} for r in query]
 
 
-def prune_runs(keep_days: int = 90) -> int:
-    from ..models import PolicyRun
+def prune_records(settings: Settings) -> int:
+    """Drop policy runs and audit entries older than audit_retention_days (0: keep them)."""
+    from ..models import AuditEntry, PolicyRun
+    if not settings.audit_retention_days:
+        return 0
+    cutoff = utcnow() - dt.timedelta(days=settings.audit_retention_days)
     with db.connection_context():
-        return PolicyRun.delete().where(PolicyRun.ran_at < utcnow() - dt.timedelta(days=keep_days)).execute()
+        return (PolicyRun.delete().where(PolicyRun.ran_at < cutoff).execute()
+                + AuditEntry.delete().where(AuditEntry.at < cutoff).execute())

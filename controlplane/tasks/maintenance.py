@@ -29,7 +29,7 @@ def run_policies() -> dict:
         summary[name] = {"done": sum(1 for a in result["actions"] if a["done"]),
                          "not_done": sum(1 for a in result["actions"] if not a["done"]),
                          "notes": result["notes"]}
-    policies.prune_runs()
+    policies.prune_records(cfg)
     return summary
 
 

@@ -411,3 +411,19 @@ def test_every_pass_that_acted_is_recorded_and_listed(client, auth, settings):
     assert [r["id"] for r in only] == [runs[2]["id"]]
     assert client.get("/api/v1/admin/policies/runs", headers=auth("user_rec")).status_code == 403
     assert client.get("/api/v1/admin/policies/runs?limit=0", headers=admin).status_code == 400
+
+
+def test_old_records_are_pruned(settings, client, auth):
+    import datetime as _dt
+
+    from controlplane.models import AuditEntry, PolicyRun
+    with db.connection_context():
+        old = utcnow() - _dt.timedelta(days=400)
+        PolicyRun.create(policy="expire", ran_by="periodic job", ran_at=old)
+        PolicyRun.create(policy="expire", ran_by="periodic job")
+        AuditEntry.create(request_id="old", method="POST", path="/api/x", action="a", status=200, result="ok", at=old)
+        AuditEntry.create(request_id="new", method="POST", path="/api/x", action="a", status=200, result="ok")
+    assert policies.prune_records(settings.replace(audit_retention_days=0)) == 0
+    assert policies.prune_records(settings) == 2
+    with db.connection_context():
+        assert PolicyRun.select().count() == 1 and [e.request_id for e in AuditEntry.select()] == ["new"]
