@@ -145,3 +145,38 @@ def test_projects_api(client, members, endpoint, caller):
     if want >= 400:
         body = response.get_json()
         assert list(body) == ["error"] and body["error"]["code"] == PROJECT_CODES[want], body
+
+
+# ---- the WebSocket ---------------------------------------------------------------------------------------------
+
+from tests.api.test_chat_api import llm  # noqa: E402,F401  (fixture of the server)
+from tests.api.test_ws import Socket, server  # noqa: E402,F401
+
+WS_JOIN = {"owner": "owner", "editor": "editor", "viewer": "viewer", "admin": None, "outsider": "NOT_FOUND"}
+
+
+@pytest.mark.parametrize("caller", list(WS_JOIN))
+def test_websocket_join(server, members, caller):  # noqa: F811
+    import requests
+
+    def call(method, path, headers, body=None):
+        response = requests.request(method, server.url + path, json=body, headers=headers, timeout=10)
+        assert response.status_code < 300, response.text
+        return response.json()
+
+    project_id = call("POST", "/api/projects", members["owner"], {"name": "Live"})["project_id"]
+    for role in ("editor", "viewer"):
+        invited = call("POST", f"/api/projects/{project_id}/collaborators", members["owner"],
+                       {"email": f"user_{role}@example.com", "role": role})
+        call("POST", f"/api/invitations/{invited['invitation_id']}/accept", members[role])
+    sock = Socket(server.url)
+    try:
+        assert sock.auth(members[caller])["type"] == "auth_ok"
+        sock.send({"type": "join", "project_id": project_id})
+        answer = sock.next()
+        if WS_JOIN[caller] == "NOT_FOUND":
+            assert answer["type"] == "error" and answer["error"]["code"] == "NOT_FOUND", answer
+        else:
+            assert answer["type"] == "joined" and answer["role"] == WS_JOIN[caller], answer
+    finally:
+        sock.close()
