@@ -46,6 +46,8 @@ class Kind:
     release: Callable  # (row, settings) -> None: free what the record held once it is deleted
     channel: Callable  # (row) -> list of pub/sub channel suffixes
     event: Callable  # (row) -> dict published on status changes
+    accepted: dict  # operation -> (status, message) when it is accepted
+    allowed_from: dict  # operation -> statuses it may start from
     same_status_steps: bool = False  # a step may keep the status and change only the message
 
     def advances(self, operation: Operation, current, new, current_message: str = "", new_message: str = "") -> bool:
@@ -98,7 +100,7 @@ DESKTOP = Kind(
     final=ds.FINAL_STATUS, failure_verb=ds.FAILURE_VERB, playbook=ds.PLAYBOOK, task_status=ds.TASK_FILE_STATUS,
     job_function="controlplane.tasks.desktops.run_desktop_job",
     extravars=_desktop_extravars, result_fields=_desktop_result, release=_desktop_release,
-    channel=lambda d: [f"user:{d.user_id}"],
+    channel=lambda d: [f"user:{d.user_id}"], accepted=ds.ACCEPTED, allowed_from=ds.ALLOWED_FROM,
     event=lambda d: {"type": "desktop_status", "desktop_id": d.id, "user_id": d.user_id, "status": d.status,
                      "statusMessage": d.status_message},
 )
@@ -157,7 +159,8 @@ PROJECT = Kind(
     steps=ps.STEPS, final=ps.FINAL_STATUS, failure_verb=ps.FAILURE_VERB, playbook=ps.PLAYBOOK,
     task_status=ps.TASK_FILE_STATUS, job_function="controlplane.tasks.projects.run_project_job",
     extravars=_project_extravars, result_fields=_project_result, release=_project_release,
-    channel=_project_channels, event=_project_event, same_status_steps=True,
+    channel=_project_channels, event=_project_event, accepted=ps.ACCEPTED, allowed_from=ps.ALLOWED_FROM,
+    same_status_steps=True,
 )
 
 KINDS = {k.name: k for k in (DESKTOP, PROJECT)}

@@ -12,6 +12,7 @@ Passes are run by the periodic maintenance job (tasks/maintenance.py), by the ad
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -24,10 +25,10 @@ from ..config import Settings
 from ..errors import ApiError
 from ..extensions import db
 from ..models import Desktop, DesktopEvent, utcnow
-from . import guacamole, lifecycle, proxmox
+from . import guacamole, kinds, lifecycle, proxmox
 from .plans import duration_text, load_plans
 from .queue import get_redis
-from .states import ACCEPTED, ALLOWED_FROM, FAILURE_VERB, TRANSITIONAL, Operation, Status
+from .states import ALLOWED_FROM, FAILURE_VERB, TRANSITIONAL, Operation, Status
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +70,32 @@ def _naive_utc(value: dt.datetime) -> dt.datetime:
 
 # ---- running a pass -----------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _exclusive(settings: Settings, key: str, busy: str):
+    """One holder of `key` at a time (a Redis lock that expires by itself after LOCK_TTL)."""
+    conn = get_redis(settings.redis_url)
+    token = uuid.uuid4().hex
+    if not conn.set(key, token, nx=True, ex=LOCK_TTL):
+        raise PolicyRunning(busy)
+    try:
+        yield conn
+    finally:
+        # Release only our own lock (it may have expired and been taken by another holder).
+        conn.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+                  1, key, token)
+
+
 def run(settings: Settings, name: str, dry_run: bool = False, now: dt.datetime | None = None,
         ran_by: str = "periodic job") -> dict:
     """One pass of policy `name`; raises PolicyRunning while another pass of it runs. A pass that
     acted or noted something is recorded (PolicyRun), unless it is a dry run."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}")
-    conn = get_redis(settings.redis_url)
-    key, token = f"controlplane:policy:{name}:lock", uuid.uuid4().hex
-    if not conn.set(key, token, nx=True, ex=LOCK_TTL):
-        raise PolicyRunning(f"The {name} policy is already running; try again when it has finished")
-    try:
+    with _exclusive(settings, f"controlplane:policy:{name}:lock",
+                    f"The {name} policy is already running; try again when it has finished"):
         now = _naive_utc(now) if now is not None else utcnow()
         with db.connection_context():
             actions, notes = _PASSES[name](settings, now, dry_run)
-    finally:
-        # Release only our own lock (it may have expired and been taken by another pass).
-        conn.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-                  1, key, token)
     result = {"policy": name, "dryRun": dry_run, "ranAt": iso(now), "actions": [asdict(a) for a in actions],
               "notes": notes}
     record(result, ran_by)
@@ -97,21 +106,24 @@ def run(settings: Settings, name: str, dry_run: bool = False, now: dt.datetime |
     return result
 
 
-def _act(settings: Settings, desktop: Desktop, operation: Operation, reason: str, source: str,
-         action: Action) -> Action:
-    """Accept `operation` on the desktop for a policy, as a user's request would be."""
-    if Status(desktop.status) not in ALLOWED_FROM[operation]:
-        action.error = f"cannot {operation.value} a desktop in {desktop.status} state"
+def _act(settings: Settings, row, operation: Operation, reason: str, source: str, action: Action,
+         force: bool = False) -> Action:
+    """Accept `operation` on a desktop or project for a policy, as a user's request would be."""
+    kind = kinds.of(row)
+    if kind.status(row.status) not in kind.allowed_from[operation]:
+        action.error = f"cannot {operation.value} a {kind.name} in {row.status} state"
         return action
-    accepted, message = ACCEPTED[operation]
+    accepted, message = kind.accepted[operation]
+    if operation is Operation.STOP and force:
+        message = "Forcing VM power-off"
     try:
-        fresh = lifecycle.accept(settings, desktop, operation, accepted, f"{message}: {reason}",
+        fresh = lifecycle.accept(settings, row, operation, accepted, f"{message}: {reason}", force=force,
                                  source=source, reason=reason)
     except lifecycle.QueueUnavailable as exc:
         action.error = f"the job queue is unavailable ({exc})"
         return action
     if fresh is None:
-        action.error = "the desktop changed meanwhile"
+        action.error = f"the {kind.name} changed meanwhile"
         return action
     action.done = True
     return action
@@ -423,13 +435,9 @@ def drain(settings: Settings, node: str, dry_run: bool = False, force: bool = Fa
     unless `force`, every RUNNING desktop and project on it. Desktops in a transition are listed
     in the notes (run again once they settle). release() ends the maintenance."""
     from ..models import Project
-    from .project_states import ACCEPTED as PROJECT_ACCEPTED
     from .project_states import ProjectStatus
-    conn = get_redis(settings.redis_url)
-    key, token = f"controlplane:drain:{node}:lock", uuid.uuid4().hex
-    if not conn.set(key, token, nx=True, ex=LOCK_TTL):
-        raise PolicyRunning(f"Node {node} is already being drained; try again when that has finished")
-    try:
+    with _exclusive(settings, f"controlplane:drain:{node}:lock",
+                    f"Node {node} is already being drained; try again when that has finished") as conn:
         if not dry_run:
             conn.set(_draining_key(node), utcnow().isoformat())
         reason = f"node {node} is drained for maintenance"
@@ -437,47 +445,24 @@ def drain(settings: Settings, node: str, dry_run: bool = False, force: bool = Fa
         with db.connection_context():
             for desktop in Desktop.select().where(Desktop.node == node,
                                                   Desktop.status != Status.DELETED.value).order_by(Desktop.id):
-                status = Status(desktop.status)
-                if status in TRANSITIONAL:
+                if Status(desktop.status) in TRANSITIONAL:
                     notes.append(f"desktop {desktop.id} is {desktop.status}: not stopped by this run")
-                if status is not Status.RUNNING:
+                if desktop.status != Status.RUNNING.value:
                     continue
                 action = Action(desktop.id, desktop.user_id, desktop.status, Operation.STOP.value, reason,
                                 target=f"desktop {desktop.id}")
-                if not dry_run:
-                    accepted, message = ACCEPTED[Operation.STOP]
-                    if force:
-                        message = "Forcing VM power-off"
-                    _accept(settings, desktop, accepted, f"{message}: {reason}", force, reason, action)
-                actions.append(action)
+                actions.append(action if dry_run else
+                               _act(settings, desktop, Operation.STOP, reason, "policy:drain", action, force=force))
             for project in Project.select().where(Project.node == node,
                                                   Project.status == ProjectStatus.RUNNING.value).order_by(Project.id):
                 action = Action(None, project.owner_id, project.status, Operation.STOP.value, reason,
                                 target=f"project {project.public_id}")
-                if not dry_run:
-                    accepted, message = PROJECT_ACCEPTED[Operation.STOP]
-                    _accept(settings, project, accepted, f"{message}: {reason}", force, reason, action)
-                actions.append(action)
-    finally:
-        conn.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-                  1, key, token)
+                actions.append(action if dry_run else
+                               _act(settings, project, Operation.STOP, reason, "policy:drain", action, force=force))
     result = {"policy": "drain", "dryRun": dry_run, "ranAt": iso(utcnow()), "actions": [asdict(a) for a in actions],
               "notes": [f"node {node} is in maintenance until released", *notes] if not dry_run else notes}
     record(result, ran_by)
     return result
-
-
-def _accept(settings: Settings, row, accepted, message: str, force: bool, reason: str, action: Action) -> None:
-    try:
-        fresh = lifecycle.accept(settings, row, Operation.STOP, accepted, message, force=force, source="policy:drain",
-                                 reason=reason)
-    except lifecycle.QueueUnavailable as exc:
-        action.error = f"the job queue is unavailable ({exc})"
-        return
-    if fresh is None:
-        action.error = "it changed meanwhile"
-        return
-    action.done = True
 
 
 def release(settings: Settings, node: str, ran_by: str = "periodic job") -> bool:
