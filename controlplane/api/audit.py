@@ -60,6 +60,11 @@ def _result(response) -> str:
     return f"HTTP {response.status_code}"
 
 
+def _text(value: str | None) -> str | None:
+    """What a text column can hold: a NUL (refused by PostgreSQL) is written as \\x00."""
+    return None if value is None else value.replace("\x00", "\\x00")
+
+
 def init_audit(app: Flask) -> None:
     @app.before_request
     def _request_id():
@@ -76,10 +81,10 @@ def init_audit(app: Flask) -> None:
             identity = g.get("identity")
             try:
                 with db.connection_context():
-                    AuditEntry.create(request_id=request_id, user_id=getattr(identity, "user_id", None),
+                    AuditEntry.create(request_id=request_id, user_id=_text(getattr(identity, "user_id", None)),
                                       is_admin=bool(getattr(identity, "is_admin", False)), method=request.method,
-                                      path=request.path[:512], action=(request.endpoint or "unknown")[:64],
-                                      target=_target(response), status=response.status_code,
+                                      path=_text(request.path)[:512], action=(request.endpoint or "unknown")[:64],
+                                      target=_text(_target(response)), status=response.status_code,
                                       result=_result(response))
             except Exception:  # the audit must never turn an answer into an error; it is logged
                 log.exception("could not record the audit entry of request %s", request_id)

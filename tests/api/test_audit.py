@@ -113,3 +113,10 @@ def test_a_replay_does_not_use_up_the_create_limit(app, client, auth, base_setti
     for _ in range(7):  # the limit is 5 creates per hour; replays are not creates
         response = client.post(BASE, json={"userId": "user_lim"}, headers=headers)
         assert response.status_code == 201, response.get_json()
+
+
+def test_a_request_with_a_nul_in_its_path_is_audited(client, auth):
+    refused = client.delete(f"{BASE}/1%00", headers={**auth("user_nul"), "X-Request-ID": "nul-1"})
+    assert refused.status_code == 400
+    [entry] = entries(client, auth, requestId="nul-1")
+    assert entry["path"] == f"{BASE}/1\\x00" and entry["result"] == "VALIDATION_ERROR"
