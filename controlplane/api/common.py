@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import current_app
+from flask import current_app, request
+from marshmallow import fields
 
 from ..config import Settings
+from ..errors import ValidationFailed
 
 SETTINGS_KEY = "controlplane.settings"
+# The documented form of "not blank" (value.strip() is not empty): a character that is not white space
+# as Python's str.isspace() has it, which also counts U+001C-U+001F, and U+0085 that ECMA's \s lacks.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
 
 
 def settings() -> Settings:
@@ -25,3 +30,36 @@ def iso(value: dt.datetime | None) -> str | None:
 
 def now_iso() -> str:
     return iso(dt.datetime.now(dt.timezone.utc))
+
+
+class JsonBoolean(fields.Boolean):
+    """A boolean in a JSON body: true or false, as documented (marshmallow's Boolean also takes
+    0, 1, "yes", "off", ...)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+def refuse_nul_characters() -> None:
+    """A NUL (0x00) in a path parameter, the query or the JSON body is a validation error: PostgreSQL
+    text cannot hold one (psycopg2 raises ValueError), and SQLite would store it."""
+    def has_nul(value) -> bool:
+        if isinstance(value, str):
+            return "\x00" in value
+        if isinstance(value, dict):
+            return any(has_nul(k) or has_nul(v) for k, v in value.items())
+        if isinstance(value, list):
+            return any(has_nul(v) for v in value)
+        return False
+
+    body = request.get_json(silent=True) if request.is_json else None
+    found = [name for name, value in (request.view_args or {}).items() if has_nul(value)]
+    found += [name for name, value in request.args.items(multi=True) if has_nul(name) or has_nul(value)]
+    if isinstance(body, dict):
+        found += [name for name, value in body.items() if has_nul(name) or has_nul(value)]
+    elif has_nul(body):
+        found.append("body")
+    if found:
+        raise ValidationFailed(details={name: "Must not contain NUL (0x00) characters" for name in found})

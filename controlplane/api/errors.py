@@ -44,15 +44,16 @@ def project_error_body(exc: errors.ApiError) -> dict:
 def render_error(exc: errors.ApiError):
     if is_projects_api(request.path):
         response = jsonify(project_error_body(exc))
-        for name, value in (getattr(exc, "headers", None) or {}).items():
-            response.headers[name] = value
-        return response, exc.status
-    body = {"success": False, "error": exc.code, "message": exc.message}
-    if exc.details:
-        body["details"] = exc.details
-    body["path"] = request.path
-    body["timestamp"] = now_iso()
-    return jsonify(body), exc.status
+    else:
+        body = {"success": False, "error": exc.code, "message": exc.message}
+        if exc.details:
+            body["details"] = exc.details
+        body["path"] = request.path
+        body["timestamp"] = now_iso()
+        response = jsonify(body)
+    for name, value in (getattr(exc, "headers", None) or {}).items():
+        response.headers[name] = value
+    return response, exc.status
 
 
 def _flatten(messages) -> dict[str, str]:
@@ -96,7 +97,10 @@ def _from_http(exc: HTTPException) -> errors.ApiError:
     if exc.code == 404:
         return errors.NotFound(f"No such endpoint: {request.method} {request.path}")
     if exc.code == 405:
-        return errors.MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}")
+        error = errors.MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}")
+        if getattr(exc, "valid_methods", None):  # a 405 must say what is allowed (RFC 9110, 15.5.6)
+            error.headers = {"Allow": ", ".join(sorted(exc.valid_methods))}
+        return error
     if exc.code == 413:
         return errors.PayloadTooLarge()
     if exc.code == 429:  # Flask-Limiter's RateLimitExceeded: its description is the limit

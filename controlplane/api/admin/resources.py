@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from flask import g
+from flask import g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
@@ -15,7 +15,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 from ...auth import current_identity
 from ...errors import Forbidden, NotFound, ValidationFailed
 from ...services import policies
-from ..common import settings
+from ..common import JsonBoolean, refuse_nul_characters, settings
 from ..desktops.resources import envelope
 from ..desktops.schemas import DesktopError, Envelope
 
@@ -25,17 +25,20 @@ blp = Blueprint("admin", __name__, url_prefix="/api/v1/admin",
 
 @blp.before_request
 def _admin_only():
+    if request.method == "OPTIONS":  # Flask answers it (Allow); no token, as flask-jwt-extended exempts it
+        return
     g.identity = current_identity(settings())
     if not g.identity.is_admin:
         raise Forbidden("This operation needs an admin token")
+    refuse_nul_characters()
 
 
 class PolicyRunBody(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    dryRun = fields.Boolean(load_default=False, metadata={"description": "Decide and report, change nothing"},
-                            error_messages={"invalid": "dryRun must be true or false"})
+    dryRun = JsonBoolean(load_default=False, metadata={"description": "Decide and report, change nothing"},
+                         error_messages={"invalid": "dryRun must be true or false"})
 
 
 class PolicyAction(Schema):
@@ -102,10 +105,12 @@ class PolicyRuns(MethodView):
         return envelope({"runs": policies.runs(query.get("policy"), query["limit"])})
 
 
-@blp.route("/policies/<name>")
+# Only the policies' names: /policies/runs is another resource (GET), so POST is not allowed there.
+@blp.route(f"/policies/<any({', '.join(policies.POLICIES)}):name>")
 class PolicyPass(MethodView):
     @blp.arguments(PolicyRunBody, required=False)
     @blp.response(200, PolicyRunEnvelope)
+    @blp.alt_response(400, schema=DesktopError, description="A bad body")
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
     @blp.alt_response(404, schema=DesktopError, description="Unknown policy")
@@ -124,6 +129,8 @@ class PolicyPass(MethodView):
 
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+NODE = {"in": "path", "name": "node", "required": True, "description": "A Proxmox VE node name",
+        "schema": {"type": "string", "pattern": NODE_NAME.pattern}}  # documented as _node() checks it
 
 
 def _node(raw: str) -> str:
@@ -133,8 +140,8 @@ def _node(raw: str) -> str:
 
 
 class DrainBody(PolicyRunBody):
-    force = fields.Boolean(load_default=False, metadata={"description": "Power off instead of a graceful shutdown"},
-                           error_messages={"invalid": "force must be true or false"})
+    force = JsonBoolean(load_default=False, metadata={"description": "Power off instead of a graceful shutdown"},
+                        error_messages={"invalid": "force must be true or false"})
 
 
 class NodeReport(Schema):
@@ -151,7 +158,7 @@ class NodeReportEnvelope(Envelope):
     data = fields.Nested(NodeReport, required=True)
 
 
-@blp.route("/nodes/<node>")
+@blp.route("/nodes/<node>", parameters=[NODE])
 class Node(MethodView):
     @blp.response(200, NodeReportEnvelope)
     @blp.alt_response(400, schema=DesktopError, description="Not a node name")
@@ -162,7 +169,7 @@ class Node(MethodView):
         return envelope(policies.node_report(settings(), _node(node)))
 
 
-@blp.route("/nodes/<node>/drain")
+@blp.route("/nodes/<node>/drain", parameters=[NODE])
 class NodeDrain(MethodView):
     @blp.arguments(DrainBody, required=False)
     @blp.response(200, PolicyRunEnvelope)

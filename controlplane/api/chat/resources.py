@@ -1,14 +1,14 @@
 """The projects API's AI chat, user settings and usage (projects-api.md): /api/chat, /api/user."""
 from __future__ import annotations
 
-from flask import g
+from flask import g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from ...auth import current_identity
 from ...services import conversations as service
-from ..common import settings
+from ..common import NOT_BLANK, refuse_nul_characters, settings
 from ..projects.resources import with_errors
 from ..projects.schemas import ProjectError  # noqa: F401  (documented error shape)
 
@@ -17,7 +17,10 @@ blp = Blueprint("chat", __name__, url_prefix="/api", description="AI chat in a p
 
 @blp.before_request
 def _authenticate():
+    if request.method == "OPTIONS":  # Flask answers it (Allow); no token, as flask-jwt-extended exempts it
+        return
     g.identity = current_identity(settings())
+    refuse_nul_characters()
 
 
 class Strict(Schema):
@@ -36,7 +39,8 @@ class ChatParameters(Schema):
 
 class ChatSend(Strict):
     project_id = fields.String(required=True, error_messages={"required": "project_id is required"})
-    message = fields.String(required=True, error_messages={"required": "message is required"})
+    message = fields.String(required=True, error_messages={"required": "message is required"},
+                            metadata={"pattern": NOT_BLANK, "maxLength": service.MAX_MESSAGE_CHARS})  # as send() checks it
     model = fields.String(load_default=None, metadata={"example": "openai/gpt-4"})
     parameters = fields.Dict(load_default=None, metadata={"example": {"temperature": 0.7, "max_tokens": 2000}})
 
@@ -140,7 +144,7 @@ class Settings(MethodView):
         """Your chat settings (defaults until you change them)."""
         return service.user_settings(settings(), g.identity)
 
-    @blp.arguments(UserSettingsIn)
+    @blp.arguments(UserSettingsIn, required=False)  # every field is optional: no body changes nothing
     @blp.response(200, SettingsUpdated)
     @with_errors(400, 401)
     def put(self, body):

@@ -4,7 +4,7 @@ Views are thin: authenticate, validate, call services.desktops, shape the contra
 """
 from __future__ import annotations
 
-from flask import g
+from flask import g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -15,7 +15,7 @@ from ...services import desktops as service
 from ...services import proxmox
 from ...services.states import Operation, Status
 from ..audit import caller_request_id
-from ..common import iso, now_iso, settings
+from ..common import iso, now_iso, refuse_nul_characters, settings
 from . import schemas
 
 blp = Blueprint("desktops", __name__, url_prefix="/api/v1/desktops",
@@ -24,15 +24,22 @@ blp = Blueprint("desktops", __name__, url_prefix="/api/v1/desktops",
 ERRORS = {400: "Validation error, invalid operation or desktop not ready", 401: "Missing or invalid token",
           403: "Another user's userId", 404: "Desktop not found", 500: "Infrastructure or internal error"}
 MAX_ID = 2**63 - 1
+# The contract's desktop id is a Long, and so is the documented path parameter (the route takes any
+# segment, so that a malformed id is a 400 VALIDATION_ERROR in the envelope, not a routing 404).
+DESKTOP_ID = {"in": "path", "name": "desktop_id", "required": True, "description": "Desktop ID",
+              "schema": {"type": "integer", "format": "int64", "minimum": 1}}
 
 
 @blp.before_request
 def _authenticate():
+    if request.method == "OPTIONS":  # Flask answers it (Allow); no token, as flask-jwt-extended exempts it
+        return
     g.identity = current_identity(settings())
+    refuse_nul_characters()
 
 
 def _desktop_id(raw: str) -> int:
-    if not raw.isdigit() or raw.startswith("0") and raw != "0":
+    if not (raw.isascii() and raw.isdigit()) or raw.startswith("0") and raw != "0":  # not "²" nor "١"
         raise ValidationFailed(details={"id": "Desktop ID must be a positive integer"})
     value = int(raw)
     if value == 0 or value > MAX_ID:
@@ -96,10 +103,10 @@ class Desktops(MethodView):
         return envelope({"desktops": [desktop_data(d) for d in found], "total": len(found)})
 
 
-@blp.route("/<desktop_id>")
+@blp.route("/<desktop_id>", parameters=[DESKTOP_ID])
 class DesktopItem(MethodView):
     @blp.response(200, schemas.DesktopEnvelope)
-    @_with_errors(401, 404)
+    @_with_errors(400, 401, 404)
     def get(self, desktop_id):
         """Get a desktop's details."""
         return envelope(desktop_data(service.get_visible(g.identity, _desktop_id(desktop_id))))
@@ -121,7 +128,7 @@ class DesktopOfUser(MethodView):
         return envelope(desktop_data(service.get_for_user(g.identity, user_id)))
 
 
-@blp.route("/<desktop_id>/status")
+@blp.route("/<desktop_id>/status", parameters=[DESKTOP_ID])
 class DesktopStatus(MethodView):
     @blp.arguments(schemas.StatusQuery, location="query")
     @blp.response(200, schemas.DesktopStatusEnvelope)
@@ -136,7 +143,7 @@ class DesktopStatus(MethodView):
                          "ready": desktop.status == Status.RUNNING.value})
 
 
-@blp.route("/<desktop_id>/connect")
+@blp.route("/<desktop_id>/connect", parameters=[DESKTOP_ID])
 class DesktopConnect(MethodView):
     @blp.response(200, schemas.ConnectionEnvelope)
     @_with_errors(400, 401, 404)
@@ -148,7 +155,7 @@ class DesktopConnect(MethodView):
                          "protocol": desktop.protocol or cfg.guacamole_protocol, "expiresAt": None})
 
 
-@blp.route("/<desktop_id>/start")
+@blp.route("/<desktop_id>/start", parameters=[DESKTOP_ID])
 class DesktopStart(MethodView):
     @blp.arguments(schemas.EmptyBody, required=False)
     @blp.response(200, schemas.DesktopEnvelope)
@@ -159,7 +166,7 @@ class DesktopStart(MethodView):
         return envelope(desktop_data(desktop), "Desktop started successfully.")
 
 
-@blp.route("/<desktop_id>/stop")
+@blp.route("/<desktop_id>/stop", parameters=[DESKTOP_ID])
 class DesktopStop(MethodView):
     @blp.arguments(schemas.StopBody, required=False)
     @blp.response(200, schemas.DesktopEnvelope)
@@ -171,7 +178,7 @@ class DesktopStop(MethodView):
         return envelope(desktop_data(desktop), "Desktop stopped successfully.")
 
 
-@blp.route("/<desktop_id>/events")
+@blp.route("/<desktop_id>/events", parameters=[DESKTOP_ID])
 class DesktopEvents(MethodView):
     @blp.response(200, schemas.DesktopEventsEnvelope)
     @_with_errors(400, 401, 404)

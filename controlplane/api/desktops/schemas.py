@@ -5,7 +5,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from ...services.plans import load_plans
 from ...services.states import Status
-from ..common import settings
+from ..common import NOT_BLANK, JsonBoolean, settings
 
 STATUS_CHOICES = [s.value for s in Status]
 
@@ -19,11 +19,13 @@ class DesktopCreate(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    userId = fields.String(required=True, metadata={"description": "Unique identifier for the user", "example": "user_12345"},
+    userId = fields.String(required=True, metadata={"description": "Unique identifier for the user", "example": "user_12345",
+                                                    "maxLength": 255, "pattern": NOT_BLANK},  # not blank, as _user checks
                            error_messages={"required": "User ID is required", "null": "User ID is required",
                                            "invalid": "User ID must be a string"})
     name = fields.String(load_default=None, allow_none=True,
-                         metadata={"description": 'Display name; defaults to "Desktop-{userId}"', "maxLength": 100},
+                         metadata={"description": 'Display name; defaults to "Desktop-{userId}"', "maxLength": 100,
+                                   "pattern": NOT_BLANK},  # not blank, as _name checks
                          error_messages={"invalid": "Name must be a string"})
     plan = fields.String(load_default="BASIC", metadata={"description": "BASIC, STANDARD or PREMIUM", "example": "STANDARD"},
                          error_messages={"invalid": "Plan must be a string", "null": "Plan must not be null"})
@@ -60,8 +62,8 @@ class StopBody(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    force = fields.Boolean(load_default=False, metadata={"description": "Immediate power-off instead of a graceful shutdown"},
-                           error_messages={"invalid": "Force must be true or false"})
+    force = JsonBoolean(load_default=False, metadata={"description": "Immediate power-off instead of a graceful shutdown"},
+                        error_messages={"invalid": "Force must be true or false"})
 
 
 class EmptyBody(Schema):

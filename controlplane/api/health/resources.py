@@ -77,6 +77,7 @@ def _redis_and_workers():
 class HealthView(MethodView):
     @blp.response(200, HealthEnvelope)
     @blp.alt_response(503, schema=HealthEnvelope, description="A dependency is down")
+    @blp.doc(security=[])  # public, for monitors: no token (the document's default is bearerAuth)
     def get(self):
         """Health of the API, database, Redis and workers (503 when any is down)."""
         redis_check, worker_check = _redis_and_workers()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import g, url_for
+from flask import g, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -16,7 +16,7 @@ from ...models import Invitation, Project, ProjectMember
 from ...services import projects as service
 from ...services import shares
 from ...services.states import Operation
-from ..common import settings
+from ..common import refuse_nul_characters, settings
 from . import schemas
 
 blp = Blueprint("projects", __name__, url_prefix="/api",
@@ -28,7 +28,10 @@ ERRORS = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN (a role t
 
 @blp.before_request
 def _authenticate():
+    if request.method == "OPTIONS":  # Flask answers it (Allow); no token, as flask-jwt-extended exempts it
+        return
     g.identity = current_identity(settings())
+    refuse_nul_characters()
 
 
 def utc(value: dt.datetime | None) -> str | None:

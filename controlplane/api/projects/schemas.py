@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
 
+from ..common import NOT_BLANK, JsonBoolean
+
 
 class Strict(Schema):
     class Meta:
@@ -16,7 +18,7 @@ def _not_blank(value: str) -> None:
 
 class ProjectCreate(Strict):
     name = fields.String(required=True, validate=[_not_blank, validate.Length(max=100, error="At most 100 characters")],
-                         metadata={"example": "My New Project"},
+                         metadata={"example": "My New Project", "pattern": NOT_BLANK},  # not blank
                          error_messages={"required": "Project name is required", "null": "Project name is required",
                                          "invalid": "Must be a string"})
     description = fields.String(load_default="", validate=validate.Length(max=2000, error="At most 2000 characters"),
@@ -26,7 +28,7 @@ class ProjectCreate(Strict):
 
 
 class ProjectStopBody(Strict):
-    force = fields.Boolean(load_default=False, error_messages={"invalid": "Must be true or false"})
+    force = JsonBoolean(load_default=False, error_messages={"invalid": "Must be true or false"})
 
 
 class ProjectEmptyBody(Strict):
@@ -93,7 +95,8 @@ class ProjectOperation(Done):
 
 
 class Invite(Strict):
-    email = fields.Email(required=True, error_messages={"required": "Email is required", "invalid": "Not a valid email address"})
+    email = fields.Email(required=True, error_messages={"required": "Email is required", "invalid": "Not a valid email address"},
+                         metadata={"pattern": r"@[^@]+\.[^@.]+$"})  # fields.Email wants a dotted domain
     role = fields.String(required=True, validate=validate.OneOf(["editor", "viewer"], error="Must be editor or viewer"),
                          error_messages={"required": "Role is required"})
 
