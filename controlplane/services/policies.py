@@ -278,7 +278,7 @@ def _reconcile(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[lis
     from ..models import Project, VmidLease
     from .project_states import ProjectStatus
     try:
-        vms = [vm for vm in proxmox.client(settings).cluster.resources.get(type="vm")
+        vms = [vm for vm in proxmox.cluster_vms(settings)
                if vm.get("type") == "qemu" and not int(vm.get("template") or 0)]
     except Exception as exc:
         log.warning("reconcile: Proxmox VE could not be read: %s", type(exc).__name__)

@@ -41,20 +41,41 @@ def client(settings: Settings) -> ProxmoxAPI:
                        settings.proxmox_verify_ssl, settings.proxmox_api_timeout)
 
 
+def with_login(settings: Settings, call):
+    """call(client) with the process's client; a refused ticket (401: revoked, or expired early)
+    gets one fresh login and one more try."""
+    try:
+        return call(client(settings))
+    except ResourceException as exc:
+        if exc.status_code != 401:
+            raise
+    _client.cache_clear()
+    return call(client(settings))
+
+
 def vm_power_state(settings: Settings, node: str, vmid: int) -> str:
     """'running', 'stopped', ... as Proxmox reports it, or MISSING when the VM does not exist."""
     try:
-        current = client(settings).nodes(node).qemu(vmid).status.current.get()
+        current = with_login(settings, lambda pve: pve.nodes(node).qemu(vmid).status.current.get())
     except ResourceException as exc:
         text = f"{exc.status_message} {exc.content}".lower()
         if exc.status_code in (404, 500) and ("does not exist" in text or "no such" in text):
             return MISSING
         raise InfrastructureError(f"Proxmox answered {exc.status_code} for VM {vmid}") from None
     except Exception as exc:  # connection refused, timeout, TLS, auth
-        _client.cache_clear()  # a fresh login next time (e.g. the ticket was revoked)
+        _client.cache_clear()  # a fresh login next time
         log.warning("proxmox status of VM %s failed: %s", vmid, type(exc).__name__)
         raise InfrastructureError("Could not reach Proxmox VE to refresh the desktop status") from None
     return str(current.get("status", "unknown"))
+
+
+def cluster_vms(settings: Settings) -> list[dict]:
+    """Every VM of the cluster as /cluster/resources lists it (templates too)."""
+    try:
+        return with_login(settings, lambda pve: pve.cluster.resources.get(type="vm"))
+    except Exception:
+        _client.cache_clear()  # a fresh login next time
+        raise
 
 
 def refresh(settings: Settings, desktop: Desktop) -> Desktop:
