@@ -336,30 +336,23 @@ def _reconcile(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[lis
                                   f"connection {identifier} ({name}) belongs to no live desktop: desktop {desktop_id} "
                                   "does not exist or was deleted", target=f"connection {identifier}"))
 
-    settled = {Status.RUNNING, Status.STOPPED}
-    for desktop in live_desktops.values():
-        if desktop.vmid is None or Status(desktop.status) not in settled or desktop.vmid in seen_vmids:
+    # Settled records whose VM is gone (transitional ones belong to their job).
+    vanished = [(d, f"vm {d.vmid}", d.id, d.user_id) for d in live_desktops.values()
+                if Status(d.status) in (Status.RUNNING, Status.STOPPED)]
+    vanished += [(p, f"project {p.public_id}", None, p.owner_id) for p in live_projects.values()
+                 if p.status in (ProjectStatus.RUNNING.value, ProjectStatus.STOPPED.value)]
+    for row, target, desktop_id, user in vanished:
+        if row.vmid is None or row.vmid in seen_vmids:
             continue
-        reason = f"VM {desktop.vmid} no longer exists in Proxmox VE"
-        action = Action(desktop.id, desktop.user_id, desktop.status, "fail", reason, target=f"vm {desktop.vmid}")
+        kind = kinds.of(row)
+        reason = f"VM {row.vmid} no longer exists in Proxmox VE"
+        action = Action(desktop_id, user, row.status, "fail", reason, target=target)
         if not dry_run:
-            if lifecycle.set_status(desktop, Status.FAILED, reason, "policy:reconcile", job_id=desktop.job_id,
+            if lifecycle.set_status(row, kind.failed, reason, "policy:reconcile", job_id=row.job_id,
                                     publish_to=settings.redis_url, settings=settings, operation=None):
                 action.done = True
             else:
-                action.error = "the desktop changed meanwhile"
-        actions.append(action)
-    for project in live_projects.values():
-        if project.vmid is None or project.status not in ("running", "stopped") or project.vmid in seen_vmids:
-            continue
-        reason = f"VM {project.vmid} no longer exists in Proxmox VE"
-        action = Action(None, project.owner_id, project.status, "fail", reason, target=f"project {project.public_id}")
-        if not dry_run:
-            if lifecycle.set_status(project, ProjectStatus.FAILED, reason, "policy:reconcile", job_id=project.job_id,
-                                    publish_to=settings.redis_url, settings=settings, operation=None):
-                action.done = True
-            else:
-                action.error = "the project changed meanwhile"
+                action.error = f"the {kind.name} changed meanwhile"
         actions.append(action)
 
     if (orphan_vms or orphan_connections) and not dry_run:
