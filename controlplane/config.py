@@ -87,6 +87,10 @@ class Settings:
     reaper_interval: int = 30
     abandoned_after: int = 60  # seconds a desktop may sit in a transition with no live job
     max_resumes: int = 1  # how often an abandoned job is resumed before the desktop is FAILED
+    # Retries inside a job (services/failures.py), after the contract's retry guidance
+    retry_backoff: str = "1,2,4,8"  # seconds before each rerun after an infrastructure error
+    provisioning_attempts: int = 3  # runs of a create whose step failed otherwise (its rescue cleaned up)
+    provisioning_retry_delay: float = 30.0  # seconds between those runs
     # Lifecycle policies (services/policies.py); per-plan expiry and idle limits are in plans_file
     policy_interval: int = 300  # seconds between the periodic policy and reconciliation job; 0: off
     expiry_grace: int = 86400  # an expired desktop is stopped, then deleted this many seconds later
@@ -107,6 +111,7 @@ class Settings:
     proxmox_full_clone: bool = False
     proxmox_timeout: int = 120
     proxmox_api_timeout: float = 2.0  # per HTTP call from the API process (refresh)
+    stop_timeout: int = 60  # seconds a graceful stop waits for the guest to power off
     ip_wait_retries: int = 60
     ip_wait_delay: int = 2
     # Guacamole
@@ -214,6 +219,7 @@ class Settings:
             "CONTROLPLANE_PROXMOX_POOL": self.proxmox_pool,
             "CONTROLPLANE_PROXMOX_FULL_CLONE": str(self.proxmox_full_clone).lower(),
             "CONTROLPLANE_PROXMOX_TIMEOUT": str(self.proxmox_timeout),
+            "CONTROLPLANE_STOP_TIMEOUT": str(self.stop_timeout),
             "CONTROLPLANE_IP_WAIT_RETRIES": str(self.ip_wait_retries),
             "CONTROLPLANE_IP_WAIT_DELAY": str(self.ip_wait_delay),
             "CONTROLPLANE_GUACAMOLE_URL": self.guacamole_url,
@@ -280,9 +286,19 @@ class Settings:
                               "CONTROLPLANE_JWT_PUBLIC_KEY (RS256), not both")
         if self.jwt_secret and len(self.jwt_secret) < 32:
             raise ConfigError("CONTROLPLANE_JWT_SECRET must be at least 32 characters")
-        for name in ("job_timeout", "reaper_interval", "abandoned_after", "port", "proxmox_timeout"):
+        for name in ("job_timeout", "reaper_interval", "abandoned_after", "port", "proxmox_timeout", "stop_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CONTROLPLANE_{name.upper()} must be positive")
+        try:
+            from .services.failures import parse_backoff
+            parse_backoff(self.retry_backoff)
+        except ValueError:
+            raise ConfigError("CONTROLPLANE_RETRY_BACKOFF must be seconds separated by commas (1,2,4,8) "
+                              f"or empty, not {self.retry_backoff!r}") from None
+        if self.provisioning_attempts < 1:
+            raise ConfigError("CONTROLPLANE_PROVISIONING_ATTEMPTS must be at least 1")
+        if self.provisioning_retry_delay < 0:
+            raise ConfigError("CONTROLPLANE_PROVISIONING_RETRY_DELAY must not be negative")
         if self.proxmox_api_timeout <= 0:
             raise ConfigError("CONTROLPLANE_PROXMOX_API_TIMEOUT must be positive")
         for name in ("ip_wait_retries", "ip_wait_delay", "max_resumes", "policy_interval", "expiry_grace",

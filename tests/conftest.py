@@ -94,17 +94,23 @@ def clear_tables():
 # ---- Redis ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    url = os.environ.get("CONTROLPLANE_TEST_REDIS_URL")
-    if url:
-        yield url
+def private_redis(tmp_path_factory):
+    """The tests' own redis-server (no persistence: a restart loses everything), or None when
+    CONTROLPLANE_TEST_REDIS_URL names another."""
+    if os.environ.get("CONTROLPLANE_TEST_REDIS_URL"):
+        yield None
         return
     from controlplane.lab.redis_server import PrivateRedis
     server = PrivateRedis(tmp_path_factory.mktemp("redis"), persist=False).start()
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(private_redis):
+    return private_redis.url if private_redis else os.environ["CONTROLPLANE_TEST_REDIS_URL"]
 
 
 @pytest.fixture
@@ -294,6 +300,8 @@ def lab(tmp_path_factory, database_url, redis_url, database):
                         guacamole_url=services.guacamole.url, guacamole_username=config.guacamole_username,
                         guacamole_password=config.guacamole_password, reaper_interval=2, abandoned_after=5,
                         policy_interval=0,  # policies run when a test says so (their own tests)
+                        provisioning_retry_delay=1,  # the contract's 30 s; the backoff stays 1, 2, 4, 8 s
+                        stop_timeout=5,  # a guest that ignores the shutdown request gives up sooner
                         rate_limit_api="100000/minute",  # the tests poll fast; limits have their own tests
                         lab=True)
     log_dir = tmp_path_factory.mktemp("workers")

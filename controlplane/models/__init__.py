@@ -42,6 +42,7 @@ class Desktop(BaseModel):
     operation = pw.CharField(max_length=16, null=True)  # the operation in flight or last run
     job_id = pw.CharField(max_length=128, null=True)  # its RQ job
     resumes = pw.IntegerField(default=0)  # times an abandoned job of this operation was resumed
+    job_heartbeat_at = pw.DateTimeField(null=True)  # the running job's last sign of life (tasks/engine.py)
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
     last_accessed_at = pw.DateTimeField(null=True)

@@ -37,6 +37,7 @@ class Project(BaseModel):
     operation = pw.CharField(max_length=16, null=True)
     job_id = pw.CharField(max_length=128, null=True)
     resumes = pw.IntegerField(default=0)
+    job_heartbeat_at = pw.DateTimeField(null=True)  # the running job's last sign of life (tasks/engine.py)
     provisioning_started_at = pw.DateTimeField(null=True)
     provisioning_finished_at = pw.DateTimeField(null=True)
     created_at = pw.DateTimeField(default=utcnow)

@@ -40,9 +40,17 @@ def _live_workers(conn, stale_after: int) -> set[str]:
     return names
 
 
-def job_is_alive(conn, job_id: str | None, live_workers: set[str]) -> bool:
+def job_is_alive(conn, job_id: str | None, live_workers: set[str], heartbeat_at: dt.datetime | None = None,
+                 stale_after: float = 0) -> bool:
+    """Whether the record's job still runs or waits: a fresh heartbeat on the record (written by the
+    running job itself, so it survives a Redis that lost its data), or Redis' word."""
     if not job_id:
         return False
+    if heartbeat_at is not None and stale_after:
+        if heartbeat_at.tzinfo is not None:
+            heartbeat_at = heartbeat_at.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        if (utcnow() - heartbeat_at).total_seconds() < stale_after:
+            return True
     try:
         job = Job.fetch(job_id, connection=conn)
     except NoSuchJobError:
@@ -112,7 +120,7 @@ def reap(settings: Settings) -> dict[str, int]:
             stuck = model.select().where(model.status.in_([s.value for s in kind.transitional]),
                                          model.updated_at < cutoff)
             for row in stuck:
-                if job_is_alive(conn, row.job_id, live):
+                if job_is_alive(conn, row.job_id, live, row.job_heartbeat_at, settings.worker_stale_after):
                     continue
                 result = resolve_abandoned(settings, row, "its job is no longer running")
                 outcome[result] = outcome.get(result, 0) + 1

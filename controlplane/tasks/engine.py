@@ -6,15 +6,18 @@ and raises on failure.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
 
 from rq import get_current_job
 
 from ..config import Settings
 from ..extensions import db
-from ..models import init_db
-from ..runner.ansible import run_playbook
-from ..services import kinds, lifecycle, reaper
+from ..models import init_db, utcnow
+from ..runner.ansible import PlaybookResult, run_playbook
+from ..services import failures, kinds, lifecycle, reaper
 from ..services.kinds import JobFailed
 from ..services.states import Operation
 
@@ -65,17 +68,10 @@ def run_job(kind_name: str, resource_id: int, operation: str, force: bool = Fals
         except JobFailed as exc:
             _fail(cfg, kind, row, op, str(exc))
             raise
-        log.info("running %s for %s %s (VM %s)", kind.playbook[op], kind.name, row.id, row.vmid)
-        result = run_playbook(cfg.ansible_dir, kind.playbook[op], cfg.inventory_path, extravars, cfg.playbook_env(),
-                              timeout=cfg.job_timeout, secrets=cfg.secrets(), on_task=on_task)
+        with _heartbeat(cfg, model, row.id, row.job_id):
+            result = _run_with_retries(cfg, kind, row, op, extravars, on_task)
         if not result.ok:
-            reason = result.reason()
-            if result.status == "failed" and (result.failure or "").startswith(kind.failure_verb[op]):
-                # The playbook reported the failed step itself ("Create failed at '<task>': <error>",
-                # the create playbooks' rescue): not prefixed with the name of the reporting task.
-                reason = result.failure
-            _fail(cfg, kind, row, op, reason)
-            raise JobFailed(f"{op.value} of {kind.name} {row.id} failed: {reason}")
+            raise JobFailed(f"{op.value} of {kind.name} {row.id} failed: {row.status_message}")
         try:
             fields = kind.result_fields(cfg, op, result.stats)
         except JobFailed as exc:
@@ -90,6 +86,100 @@ def run_job(kind_name: str, resource_id: int, operation: str, force: bool = Fals
             log.warning("%s %s moved on before job %s finished; its result is not recorded", kind.name, resource_id,
                         job_id)
         return {"id": row.id, "status": final.value, **result.stats}
+
+
+@contextlib.contextmanager
+def _heartbeat(cfg: Settings, model, resource_id: int, job_id: str | None):
+    """While the job runs, write its sign of life on the record every `worker_heartbeat` seconds
+    (job_heartbeat_at). The reaper trusts it over Redis, which may have lost the job (a restart
+    without persistence) while the work horse runs on. Only the record's own job writes it."""
+    if job_id is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat():
+        while True:
+            try:
+                with db.connection_context():
+                    model.update(job_heartbeat_at=utcnow()).where(model.id == resource_id,
+                                                                  model.job_id == job_id).execute()
+            except Exception as exc:  # the next beat tries again; the job itself goes on
+                log.warning("heartbeat of job %s failed: %s", job_id, exc)
+            if stop.wait(cfg.worker_heartbeat):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def _run_with_retries(cfg: Settings, kind: kinds.Kind, row, op: Operation, extravars: dict, on_task) -> PlaybookResult:
+    """Run the operation's playbook; after a failure, run it again as the contract's retry guidance
+    says (services/failures.py), within the job's time budget, while the record still belongs to
+    this job. The record shows each wait ("... retry 2 of 4 in 2 s"); a failure that is not
+    retried, or the last one, makes it FAILED. Returns the last result."""
+    plan = failures.RetryPlan(failures.parse_backoff(cfg.retry_backoff), cfg.provisioning_attempts,
+                              cfg.provisioning_retry_delay)
+    deadline = time.monotonic() + cfg.job_timeout
+    first_status, _ = kind.accepted[op]
+    while True:
+        log.info("running %s for %s %s (VM %s), run %d", kind.playbook[op], kind.name, row.id, row.vmid, plan.runs)
+        result = run_playbook(cfg.ansible_dir, kind.playbook[op], cfg.inventory_path, extravars, cfg.playbook_env(),
+                              timeout=max(1, int(deadline - time.monotonic())), secrets=cfg.secrets(),
+                              on_task=on_task)
+        if result.ok:
+            return result
+        reason = result.reason()
+        from_step = result.status == "failed" and (result.failure or "").startswith(kind.failure_verb[op])
+        if from_step:
+            # The playbook reported the failed step itself ("Create failed at '<task>': <error>",
+            # the create playbooks' rescue): not prefixed with the name of the reporting task.
+            reason = result.failure
+        failure = failures.classify(op, reason, from_step=from_step)
+        delay = plan.next_delay(failure)
+        if delay is not None and deadline - time.monotonic() < delay + 1:
+            delay = None  # no time left for another run
+        if delay is None:
+            if plan.runs > 1:
+                reason = f"{reason} (gave up after {plan.runs} attempts)"
+            if op is Operation.STOP and _still_running(cfg, row):
+                # A guest that ignores the shutdown request (or a VM Proxmox would not stop) is still
+                # a working desktop: back to RUNNING, with the contract's escalation in the message.
+                verb = kind.failure_verb[op]
+                message = (f"{reason if reason.startswith(verb) else f'{verb}: {reason}'}; the VM is still running: "
+                           "stop it again, or with force: true to power it off")
+                lifecycle.set_status(row, kind.final[Operation.START][0], message, "worker", job_id=row.job_id,
+                                     publish_to=cfg.redis_url, settings=cfg, operation=None)
+                return result
+            _fail(cfg, kind, row, op, reason)
+            return result
+        cause = "an infrastructure error" if failure is failures.FailureClass.INFRASTRUCTURE else "a failed step"
+        verb = kind.failure_verb[op]
+        message = f"{reason if reason.startswith(verb) else f'{verb}: {reason}'}; {plan.describe(failure)} in {delay:g} s " \
+                  f"after {cause}"
+        log.warning("%s %s: %s", kind.name, row.id, message)
+        if not lifecycle.set_status(row, first_status, message, "worker", job_id=row.job_id,
+                                    publish_to=cfg.redis_url, settings=cfg):
+            log.warning("%s %s moved on while job %s was retrying; stopping", kind.name, row.id, row.job_id)
+            return result
+        time.sleep(delay)
+
+
+def _still_running(cfg: Settings, row) -> bool:
+    """Whether Proxmox says the record's VM is running (False when it cannot be asked)."""
+    from ..services import proxmox
+    if row.vmid is None:
+        return False
+    try:
+        return proxmox.vm_power_state(cfg, getattr(row, "node", None) or cfg.proxmox_node, row.vmid) == "running"
+    except Exception as exc:
+        log.warning("could not read the state of VM %s after a failed stop: %s", row.vmid, exc)
+        return False
 
 
 def _fail(cfg: Settings, kind: kinds.Kind, row, op: Operation, reason: str) -> None:

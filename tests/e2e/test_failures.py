@@ -62,7 +62,7 @@ def delete_and_check(lab, api: Api, desktop_id: int) -> None:
     assert lease_holder(vmid) is False, f"VM id {vmid} is still leased after the desktop was deleted"
 
 
-def wait_failed(api: Api, desktop_id: int, timeout: float = 90) -> str:
+def wait_failed(api: Api, desktop_id: int, timeout: float = 180) -> str:
     data = api.wait_settled(desktop_id, timeout=timeout)
     assert data["status"] == "FAILED", data
     message = data["statusMessage"]
@@ -92,8 +92,8 @@ def pve_fault(lab, method: str, suffix: str, **kwargs):
 
 
 @contextlib.contextmanager
-def guacamole_fault(lab, method: str, path_regex: str, status: int = 500):
-    lab.services.call(lambda: lab.guacamole.fail(method, path_regex, status))
+def guacamole_fault(lab, method: str, path_regex: str, status: int = 500, times: int | None = None):
+    lab.services.call(lambda: lab.guacamole.fail(method, path_regex, status, times=times))
     try:
         yield
     finally:
@@ -136,8 +136,13 @@ def test_clone_failure_fails_the_desktop_and_leaves_nothing(lab, fresh_user):
         message = wait_failed(api, desktop_id)
     assert message.startswith("Create failed at 'Clone the VM from its template': "), message
     assert "storage pool is exhausted" in message, message
+    # A failed step: the whole create ran three times (the contract's PROVISIONING_FAILED guidance).
+    assert message.endswith("(gave up after 3 attempts)"), message
     statuses = [s for s, _, _ in events(desktop_id)]
-    assert statuses == ["PENDING", "PROVISIONING", "FAILED"], statuses
+    assert statuses == ["PENDING", "PROVISIONING"] * 3 + ["FAILED"], statuses
+    retries = [m for s, m, _ in events(desktop_id) if s == "PENDING"][1:]
+    assert [m.rsplit("; ", 1)[1] for m in retries] == [
+        "attempt 2 of 3 in 1 s after a failed step", "attempt 3 of 3 in 1 s after a failed step"], retries
     assert_nothing_left(lab, desktop_id, vmid)
     got = api.get(desktop_id).json()["data"]
     assert got["ipAddress"] is None and got["connectionUrl"] is None
@@ -162,12 +167,13 @@ def test_no_ip_address_fails_the_desktop_and_removes_the_vm(lab, fresh_user):
     desktop_id = create(api, fresh_user)
     vmid = desktop_row(desktop_id).vmid
     with broken_agent(lab, vmid):  # the VM is cloned and started seconds later
-        message = wait_failed(api, desktop_id, timeout=120)
+        message = wait_failed(api, desktop_id)
     assert message.startswith("Create failed at 'Check that the guest agent reported an IPv4 address': "), message
     assert "guest agent" in message.lower() and "IPv4" in message, message
     assert f"after {lab.settings.ip_wait_retries + 1} attempts" in message, message
+    assert message.endswith("(gave up after 3 attempts)"), message
     statuses = [s for s, _, _ in events(desktop_id)]
-    assert statuses == ["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP", "FAILED"], statuses
+    assert statuses == ["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP"] * 3 + ["FAILED"], statuses
     assert_nothing_left(lab, desktop_id, vmid)
     delete_and_check(lab, api, desktop_id)
 

@@ -17,7 +17,7 @@ def test_fresh_database_gets_every_table(tmp_path):
     database = connect(f"sqlite:///{tmp_path / 'fresh.db'}")
     applied = migrate(database)
     assert applied == ["m0001_initial", "m0002_projects", "m0003_share_generation",
-                       "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit"]
+                       "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat"]
     assert {m._meta.table_name for m in ALL_MODELS} <= tables(database)
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert migrate(database) == []
@@ -33,7 +33,7 @@ def test_version_one_database_is_upgraded_in_place(tmp_path):
         database.create_tables([SchemaMigration])
         SchemaMigration.create(number=1, name="m0001_initial")
     assert migrate(database) == ["m0002_projects", "m0003_share_generation", "m0004_desktop_expiry",
-                                 "m0005_policy_runs", "m0006_audit"]
+                                 "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat"]
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert database.execute_sql("SELECT vmid, desktop_id, project_id FROM vmid_lease").fetchall() == [(10001, 7, None)]
     assert "project" in tables(database)
@@ -61,9 +61,27 @@ def test_version_two_projects_get_a_share_generation(tmp_path):
         SchemaMigration.create(number=4, name="m0004_desktop_expiry")
         SchemaMigration.create(number=5, name="m0005_policy_runs")
         SchemaMigration.create(number=6, name="m0006_audit")
+        SchemaMigration.create(number=7, name="m0007_job_heartbeat")
     assert migrate(database) == ["m0003_share_generation"]
     columns = {c.name for c in database.get_columns("project")}
     assert "share_generation" in columns and not {"share_username", "share_password_hash"} & columns
     assert database.execute_sql("SELECT id, public_id, name, share_generation FROM project").fetchall() == [
         (3, "proj_00000000000000aa", "Kept", 0)]
+    assert migrate(database) == []
+
+
+def test_version_six_records_get_a_job_heartbeat(tmp_path):
+    database = connect(f"sqlite:///{tmp_path / 'v6.db'}")
+    database.execute_sql("CREATE TABLE desktop (id INTEGER NOT NULL PRIMARY KEY, status VARCHAR(32) NOT NULL)")
+    database.execute_sql("INSERT INTO desktop (id, status) VALUES (5, 'RUNNING')")
+    database.execute_sql("CREATE TABLE project (id INTEGER NOT NULL PRIMARY KEY, status VARCHAR(32) NOT NULL)")
+    with database.bind_ctx([SchemaMigration]):
+        database.create_tables([SchemaMigration])
+        for number, name in enumerate(["m0001_initial", "m0002_projects", "m0003_share_generation",
+                                       "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit"], start=1):
+            SchemaMigration.create(number=number, name=name)
+    assert migrate(database) == ["m0007_job_heartbeat"]
+    for table in ("desktop", "project"):
+        assert "job_heartbeat_at" in {c.name for c in database.get_columns(table)}
+    assert database.execute_sql("SELECT id, status, job_heartbeat_at FROM desktop").fetchall() == [(5, "RUNNING", None)]
     assert migrate(database) == []

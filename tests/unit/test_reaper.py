@@ -120,3 +120,17 @@ def test_the_reaper_process_ends_when_its_worker_is_killed(base_settings):
     finally:
         if not _gone(reaper):
             os.kill(reaper, signal.SIGKILL)
+
+
+def test_a_fresh_heartbeat_keeps_a_job_redis_lost(client, base_settings, redis_conn):
+    """Redis restarted without persistence: the job and the worker's registration are gone, but the
+    work horse still runs and beats on the record: it is left alone until the beats stop."""
+    desktop_id, job_id = stuck_desktop(base_settings, redis_conn)
+    redis_conn.delete(f"rq:job:{job_id}")
+    with db.connection_context():
+        Desktop.update(job_heartbeat_at=utcnow()).where(Desktop.id == desktop_id).execute()
+    assert reap(base_settings) == {}
+    stale = utcnow() - dt.timedelta(seconds=base_settings.worker_stale_after + 1)
+    with db.connection_context():
+        Desktop.update(job_heartbeat_at=stale).where(Desktop.id == desktop_id).execute()
+    assert reap(base_settings) == {"resumed": 1}

@@ -1,0 +1,364 @@
+"""Load: the Desktop API under a sustained load, and live status events to many WebSocket clients.
+
+    .venv/bin/python benchmarks/load.py [--database sqlite|postgresql] [--duration 60] [--rate 1000]
+
+1. HTTP. The API runs as production runs it (`controlplane api`: gunicorn, gthread workers), on
+   loopback, with its own Redis (rate limits on, as configured by default) and a database holding
+   `--users` users with a RUNNING desktop each. wrk (Debian's package) sends GET requests for
+   `--duration` seconds, cycling through the users and through get, status, connect and list, each
+   with its user's bearer token. Passes when every answer is 200 (no error, no 429, no socket
+   error) and the throughput held is at least `--rate` requests/s.
+2. WebSocket. `--ws-clients` clients sign in on /ws; `--ws-events` status changes per client are
+   published through the same code the worker uses (lifecycle.publish); passes when every client
+   received every event, in order.
+
+Prints a table, writes benchmarks/results/load-<database>.json, exits 1 when a target is missed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+LUA = r"""
+-- One request per call, cycling users and endpoints; counts answers that are not 200.
+local creds = {}
+local paths = {"/api/v1/desktops/%s", "/api/v1/desktops/%s/status", "/api/v1/desktops/%s/connect",
+               "/api/v1/desktops?userId=%s"}
+local counter = 0
+local threads = {}
+
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  for line in io.lines(args[1]) do
+    local token, id, user = line:match("(%S+) (%S+) (%S+)")
+    table.insert(creds, {token = token, id = id, user = user})
+  end
+  counter = id * 7919
+  not_ok = 0
+  statuses = {}
+end
+
+function request()
+  counter = counter + 1
+  local c = creds[(counter % #creds) + 1]
+  local kind = (counter // #creds) % 4 + 1
+  local path = string.format(paths[kind], kind == 4 and c.user or c.id)
+  return wrk.format("GET", path, {["Authorization"] = "Bearer " .. c.token})
+end
+
+function response(status, headers, body)
+  if status ~= 200 then
+    not_ok = not_ok + 1
+    statuses[status] = (statuses[status] or 0) + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local not_ok_total, by_status = 0, {}
+  for _, t in ipairs(threads) do
+    not_ok_total = not_ok_total + t:get("not_ok")
+    for k, v in pairs(t:get("statuses")) do by_status[tostring(k)] = (by_status[tostring(k)] or 0) + v end
+  end
+  local parts = {}
+  for k, v in pairs(by_status) do table.insert(parts, string.format('"%s": %d', k, v)) end
+  io.write(string.format(
+    'RESULT {"requests": %d, "duration_us": %d, "connect_errors": %d, "read_errors": %d, ' ..
+    '"write_errors": %d, "timeouts": %d, "not_200": %d, "statuses": {%s}, ' ..
+    '"p50_ms": %.3f, "p90_ms": %.3f, "p95_ms": %.3f, "p99_ms": %.3f, "max_ms": %.3f, "mean_ms": %.3f}\n',
+    summary.requests, summary.duration, summary.errors.connect, summary.errors.read, summary.errors.write,
+    summary.errors.timeout, not_ok_total, table.concat(parts, ", "),
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000, latency.max / 1000, latency.mean / 1000))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing wrk (Debian package) ...", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, stdout=subprocess.DEVNULL)
+        found = shutil.which("wrk")
+        if found:
+            return found
+    sys.exit("benchmarks/load.py needs wrk: apt-get install wrk (Debian), brew install wrk (macOS)")
+
+
+class Database:
+    def __init__(self, kind: str, directory: Path):
+        self.kind = kind
+        self.name = None
+        if kind == "sqlite":
+            self.url = f"sqlite:///{directory / 'bench.db'}"
+            return
+        import psycopg2
+        from psycopg2 import sql
+        subprocess.run(["sh", str(REPO / "scripts" / "ensure-postgres.sh")], check=True,
+                       env={**os.environ, "PYTHON": sys.executable})
+        self.admin_url = os.environ.get("CONTROLPLANE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+        self.name = f"cp_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        admin = psycopg2.connect(self.admin_url)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+        admin.close()
+        self.url = f"{self.admin_url.rsplit('/', 1)[0]}/{self.name}"
+
+    def drop(self) -> None:
+        if not self.name:
+            return
+        import psycopg2
+        from psycopg2 import sql
+        from controlplane.extensions import db
+        if db.obj is not None and not db.is_closed():
+            db.close()
+        admin = psycopg2.connect(self.admin_url)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
+        admin.close()
+
+
+def seed(settings, users: int) -> list[tuple[str, int, str]]:
+    """`users` users, each with a RUNNING desktop; returns (token, desktop id, user id)."""
+    from controlplane.auth import mint_lab_token
+    from controlplane.extensions import db
+    from controlplane.models import Desktop, VmidLease, init_db, utcnow
+    init_db(settings.effective_database_url)
+    now = utcnow()
+    rows = [dict(user_id=f"bench_{i:05d}", name=f"Bench desktop {i}", status="RUNNING",
+                 status_message="Desktop is ready", plan="STANDARD", cpu_cores=4, memory_mb=8192,
+                 vmid=settings.vmid_min + i, node="pve1", ip_address=f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}",
+                 guacamole_connection_id=str(1000 + i), protocol="vnc", operation="create", job_id=f"bench-{i}",
+                 created_at=now, updated_at=now) for i in range(users)]
+    with db.connection_context():
+        with db.atomic():
+            for start in range(0, len(rows), 500):
+                Desktop.insert_many(rows[start:start + 500]).execute()
+        ids = {d.user_id: d.id for d in Desktop.select(Desktop.id, Desktop.user_id)}
+        with db.atomic():
+            leases = [dict(vmid=settings.vmid_min + i, desktop=ids[f"bench_{i:05d}"], created_at=now)
+                      for i in range(users)]
+            for start in range(0, len(leases), 500):
+                VmidLease.insert_many(leases[start:start + 500]).execute()
+    return [(mint_lab_token(settings, f"bench_{i:05d}"), ids[f"bench_{i:05d}"], f"bench_{i:05d}") for i in range(users)]
+
+
+def start_api(env: dict, port: int, workers: int, threads: int, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "api", "--workers", str(workers),
+                             "--threads", str(threads)], env={**env, "CONTROLPLANE_PORT": str(port)}, cwd=REPO,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the API exited: {log.read_text()[-2000:]}")
+        try:
+            requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
+            return proc
+        except requests.RequestException:
+            time.sleep(0.2)
+    sys.exit("the API did not come up")
+
+
+def run_wrk(wrk: str, url: str, creds_file: Path, lua_file: Path, duration: int, connections: int,
+            threads: int) -> dict:
+    out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
+                          "-s", str(lua_file), url, "--", str(creds_file)], capture_output=True, text=True)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
+    result = json.loads(line[len("RESULT "):])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["errors"] = (result["not_200"] + result["connect_errors"] + result["read_errors"]
+                        + result["write_errors"] + result["timeouts"])
+    return result
+
+
+def websocket_fanout(settings, base: str, creds: list, clients: int, events: int) -> dict:
+    """`clients` signed-in WebSocket clients; `events` status events published for each; counts
+    what each received."""
+    import simple_websocket
+
+    from controlplane.models import Desktop
+    from controlplane.services import lifecycle
+    ws_url = base.replace("http://", "ws://") + "/ws"
+    chosen = creds[:clients]
+    received: dict[str, list[int]] = {user: [] for _, _, user in chosen}
+    ready = threading.Barrier(clients + 1)
+    done = threading.Event()
+    failures: list[str] = []
+
+    def client(token: str, user: str):
+        try:
+            ws = simple_websocket.Client.connect(ws_url)
+            ws.send(json.dumps({"type": "auth", "token": token}))
+            while True:  # wait for the server's welcome before counting events
+                first = json.loads(ws.receive(timeout=10))
+                if first.get("type") != "desktop_status":
+                    break
+            ready.wait(30)
+            while len(received[user]) < events and not done.is_set():
+                raw = ws.receive(timeout=1)
+                if raw is None:
+                    continue
+                message = json.loads(raw)
+                if message.get("type") == "desktop_status" and "seq" in message:
+                    received[user].append(message["seq"])
+            ws.close()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(f"{user}: {exc!r}")
+            try:
+                ready.abort()
+            except threading.BrokenBarrierError:
+                pass
+
+    workers = [threading.Thread(target=client, args=(token, user), daemon=True) for token, _, user in chosen]
+    for t in workers:
+        t.start()
+    ready.wait(60)
+    started = time.monotonic()
+    from controlplane.extensions import db
+    with db.connection_context():
+        rows = {d.user_id: d for d in Desktop.select().where(Desktop.user_id.in_(list(received)))}
+    for seq in range(events):
+        for user in received:
+            lifecycle.publish(settings.redis_url, rows[user], {"seq": seq})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(len(v) < events for v in received.values()):
+        time.sleep(0.05)
+    elapsed = time.monotonic() - started
+    done.set()
+    for t in workers:
+        t.join(5)
+    delivered = sum(len(v) for v in received.values())
+    in_order = all(v == sorted(v) and len(set(v)) == len(v) for v in received.values())
+    return {"clients": clients, "events_per_client": events, "published": clients * events,
+            "delivered": delivered, "lost": clients * events - delivered, "in_order": in_order,
+            "seconds": round(elapsed, 2), "failures": failures[:5]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--duration", type=int, default=60)
+    parser.add_argument("--rate", type=int, default=1000, help="requests/s the API must hold")
+    parser.add_argument("--users", type=int, default=10000, help="users with a desktop each (rate limits are per user)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--api-threads", type=int, default=80, help="per worker; each WebSocket holds one")
+    parser.add_argument("--ws-clients", type=int, default=100)
+    parser.add_argument("--ws-events", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    from controlplane.config import Settings
+    from controlplane.lab.redis_server import PrivateRedis
+    wrk = find_wrk()
+    work = Path(tempfile.mkdtemp(prefix="cds-bench-"))
+    database = Database(args.database, work)
+    redis_server = PrivateRedis(work / "redis", persist=False).start()
+    api = None
+    try:
+        settings = Settings(var_dir=work, database_url=database.url, redis_url=redis_server.url,
+                            jwt_secret=secrets.token_urlsafe(48), policy_interval=0)
+        print(f"seeding {args.users} users with a RUNNING desktop each ({args.database}) ...", flush=True)
+        creds = seed(settings, args.users)
+        creds_file = work / "creds.txt"
+        creds_file.write_text("".join(f"{t} {i} {u}\n" for t, i, u in creds))
+        lua_file = work / "load.lua"
+        lua_file.write_text(LUA)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+        env.update(settings.to_env())
+        port = free_port()
+        api = start_api(env, port, args.api_workers, args.api_threads, work / "api.log")
+        base = f"http://127.0.0.1:{port}"
+        print("warming up (5 s) ...", flush=True)
+        run_wrk(wrk, base, creds_file, lua_file, 5, args.connections, 2)
+        print(f"load: {args.duration} s, {args.connections} connections ...", flush=True)
+        http = run_wrk(wrk, base, creds_file, lua_file, args.duration, args.connections, 2)
+        print(f"websocket: {args.ws_clients} clients x {args.ws_events} events ...", flush=True)
+        ws = websocket_fanout(settings, base, creds, args.ws_clients, args.ws_events)
+    finally:
+        if api is not None and api.poll() is None:
+            os.killpg(api.pid, 15)
+            api.wait(20)
+        redis_server.stop()
+        database.drop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    http_ok = http["errors"] == 0 and http["rps"] >= args.rate
+    ws_ok = ws["lost"] == 0 and ws["in_order"] and not ws["failures"]
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+               "processor": _cpu_model()}
+    report = {"database": args.database, "duration_s": args.duration, "users": args.users,
+              "connections": args.connections, "api_workers": args.api_workers, "api_threads": args.api_threads,
+              "target_rps": args.rate, "http": http, "websocket": ws, "machine": machine,
+              "passed": http_ok and ws_ok, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = args.out or REPO / "benchmarks" / "results" / f"load-{args.database}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+    print()
+    print(f"Load on {args.database}, {machine['cpus']} CPUs ({machine['processor']})")
+    print(f"{'measure':<34}{'value':>14}   target")
+    rows = [
+        ("HTTP requests", f"{http['requests']}", ""),
+        ("HTTP requests/s", f"{http['rps']:.0f}", f">= {args.rate}  {'ok' if http['rps'] >= args.rate else 'MISSED'}"),
+        ("HTTP errors (non-200, socket)", f"{http['errors']}", f"0  {'ok' if http['errors'] == 0 else 'MISSED'}"),
+        ("latency p50 / p95 / p99 (ms)", f"{http['p50_ms']:.1f} / {http['p95_ms']:.1f} / {http['p99_ms']:.1f}", ""),
+        ("latency max (ms)", f"{http['max_ms']:.1f}", ""),
+        ("WebSocket events delivered", f"{ws['delivered']}/{ws['published']}",
+         f"all, in order  {'ok' if ws_ok else 'MISSED'}"),
+        ("WebSocket fan-out time (s)", f"{ws['seconds']}", ""),
+    ]
+    for name, value, target in rows:
+        print(f"{name:<34}{value:>14}   {target}")
+    if http["statuses"]:
+        print(f"non-200 answers by status: {http['statuses']}")
+    if ws["failures"]:
+        print(f"websocket failures: {ws['failures']}")
+    print(f"saved {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    return 0 if report["passed"] else 1
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"model name\s*:\s*(.+)", text)
+        return found.group(1).strip() if found else platform.processor()
+    except OSError:
+        return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

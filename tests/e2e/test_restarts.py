@@ -1,0 +1,152 @@
+"""Restarts in the middle of work, on the lab: Redis restarted (losing everything it held) while a
+create runs and while creates wait in the queue, and the API server restarted during a burst of
+creates. Nothing is lost: every desktop ends in a correct, explained state, the workers keep
+working, and a reconciliation pass finds Proxmox, Guacamole and the database in agreement.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+
+from .helpers import TRANSITIONAL, Api, desktop_row, events
+from .test_failures import assert_nothing_left, connections_named, create, delete_and_check, vms_named
+
+pytestmark = pytest.mark.timeout(420)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def wait_status(api: Api, desktop_id: int, wanted: set[str], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = api.status(desktop_id).json()["data"]["status"]
+        if status in wanted:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"desktop {desktop_id} never reached {wanted}")
+
+
+def assert_in_agreement(lab) -> None:
+    """A reconciliation pass (dry run) finds nothing to fix: no VM or connection without a
+    record, no record without its VM."""
+    from controlplane.services import policies
+    result = policies.run(lab.settings, "reconcile", dry_run=True)
+    assert result["actions"] == [], result
+    assert not [n for n in result["notes"] if n.startswith("skipped")], result["notes"]
+
+
+def restart_redis(private_redis, down_for: float) -> None:
+    private_redis.stop()
+    time.sleep(down_for)
+    private_redis.start()
+
+
+def test_redis_restarted_mid_create_and_with_creates_queued_loses_nothing(lab, private_redis):
+    if private_redis is None:
+        pytest.skip("restarts the tests' own Redis; CONTROLPLANE_TEST_REDIS_URL names another")
+    users = [f"user_{uuid.uuid4().hex[:10]}" for _ in range(4)]
+    apis = [Api(lab.url, lab.token(u)) for u in users]
+    # One create in the middle of its playbook, three more behind it in the queue (two workers).
+    first = create(apis[0], users[0])
+    wait_status(apis[0], first, {"STARTING", "WAITING_FOR_IP", "CONFIGURING"})
+    others = [create(api, user) for api, user in zip(apis[1:], users[1:])]
+    restart_redis(private_redis, down_for=3)  # a Redis without persistence: queue and registry are gone
+    ids = [first, *others]
+    for api, desktop_id in zip(apis, ids):
+        data = api.wait_settled(desktop_id, timeout=180)
+        assert data["status"] == "RUNNING", (desktop_id, data, events(desktop_id))
+        assert len(vms_named(lab, desktop_id)) == 1 and len(connections_named(lab, desktop_id)) == 1
+    # The workers came back by themselves and take new work.
+    late_user = f"user_{uuid.uuid4().hex[:10]}"
+    late_api = Api(lab.url, lab.token(late_user))
+    late = create(late_api, late_user)
+    assert late_api.wait_settled(late, timeout=90)["status"] == "RUNNING"
+    assert_in_agreement(lab)
+    for api, desktop_id in zip([*apis, late_api], [*ids, late]):
+        delete_and_check(lab, api, desktop_id)
+
+
+class ApiProcess:
+    """The API as production runs it (`controlplane api`: gunicorn), on a port of its own."""
+
+    def __init__(self, lab, port: int, log_path):
+        self.lab, self.port, self.log_path = lab, port, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ApiProcess":
+        env = {**self.lab.workers.env(), "CONTROLPLANE_PORT": str(self.port)}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "api", "--workers", "2"],
+                                     env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/api/v1/health", timeout=1).status_code in (200, 503):
+                    return self
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise AssertionError(f"the API did not come up: {open(self.log_path).read()[-2000:]}")
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def test_api_killed_during_a_burst_of_creates_loses_nothing(lab, tmp_path):
+    from tests.conftest import free_port
+    api_proc = ApiProcess(lab, free_port(), tmp_path / "api.log").start()
+    users = [f"user_{uuid.uuid4().hex[:10]}" for _ in range(12)]
+
+    def post(user: str):
+        try:
+            response = requests.post(f"{api_proc.url}/api/v1/desktops", json={"userId": user, "plan": "BASIC"},
+                                     headers={"Authorization": f"Bearer {lab.token(user)}"}, timeout=30)
+            return user, response.status_code, response.json()
+        except requests.RequestException as exc:
+            return user, None, repr(exc)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(users)) as pool:
+            futures = [pool.submit(post, user) for user in users]
+            time.sleep(0.15)  # some answered, some in flight
+            api_proc.kill()
+            answers = [f.result() for f in futures]
+        api_proc.start()
+        created = {user: body["data"]["id"] for user, code, body in answers if code == 201}
+        refused = [(user, code, body) for user, code, body in answers if code not in (201, None)]
+        assert not refused, refused
+        print(f"{len(created)} creates answered 201 before the kill, {len(users) - len(created)} did not")
+        # Every desktop in the database, answered or not, ends RUNNING (the reaper enqueues the
+        # ones whose job the dying API never queued); users whose request was cut off may retry.
+        from controlplane.extensions import db
+        from controlplane.models import Desktop
+        with db.connection_context():
+            rows = {d.user_id: d.id for d in Desktop.select().where(Desktop.user_id.in_(users))}
+        assert set(created.items()) <= set(rows.items())
+        for user, desktop_id in rows.items():
+            api = Api(api_proc.url, lab.token(user))
+            data = api.wait_settled(desktop_id, timeout=240)
+            assert data["status"] == "RUNNING", (desktop_id, data, events(desktop_id))
+        for user in set(users) - set(rows):  # cut off before the insert: a retry creates it now
+            _, code, body = post(user)
+            assert code == 201, body
+            rows[user] = body["data"]["id"]
+            assert Api(api_proc.url, lab.token(user)).wait_settled(rows[user], timeout=120)["status"] == "RUNNING"
+        assert_in_agreement(lab)
+        for user, desktop_id in rows.items():
+            vmid = desktop_row(desktop_id).vmid
+            delete_and_check(lab, Api(api_proc.url, lab.token(user)), desktop_id)
+            assert_nothing_left(lab, desktop_id, vmid)
+        assert not [s for s in (desktop_row(i).status for i in rows.values()) if s in TRANSITIONAL]
+    finally:
+        if api_proc.proc and api_proc.proc.poll() is None:
+            api_proc.kill()

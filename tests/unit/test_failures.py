@@ -1,0 +1,126 @@
+"""Which failures the worker runs again, and how often (services/failures.py)."""
+from __future__ import annotations
+
+import pytest
+
+from controlplane.config import ConfigError, Settings
+from controlplane.services.failures import FailureClass, RetryPlan, classify, parse_backoff
+
+INFRA, PROV, PERM = FailureClass.INFRASTRUCTURE, FailureClass.PROVISIONING, FailureClass.PERMANENT
+
+# Real messages, as the runs on the lab (fakepve's error catalogue, the Guacamole stand-in) and
+# proxmox_kvm / ansible.builtin.uri print them.
+CASES = [
+    # Proxmox could not do it now
+    ("create", "Create failed at 'Clone the VM from its template': Unable to clone vm 9001 to 10001: "
+               "500 Internal Server Error: cluster not ready - no quorum?", True, INFRA),
+    ("stop", "Shut the VM down: Unable to shutdown VM 10001: 500 Internal Server Error: VM is locked (backup)",
+     False, INFRA),
+    ("start", "Start the VM: 500 Internal Server Error: can't lock file '/var/lock/qemu-server/lock-10001.conf' "
+              "- got timeout", False, INFRA),
+    ("start", "Start the VM: 595 Errors during connection establishment, proxy handshake: No route to host",
+     False, INFRA),
+    ("delete", "Delete the VM: HTTPSConnectionPool(host='127.0.0.2', port=8006): Max retries exceeded with url: "
+               "/api2/json/access/ticket (Caused by NewConnectionError('Connection refused'))", False, INFRA),
+    ("create", "Create failed at 'Configure the VM': 500 Internal Server Error: checksum mismatch "
+               "(file change by other user?)", True, INFRA),
+    ("stop", "Shut the VM down: 401 Unauthorized: permission denied - invalid PVE ticket", False, INFRA),
+    ("create", "Create failed at 'Read the VM's status': Read timed out. (read timeout=30)", True, INFRA),
+    # Guacamole could not do it now
+    ("create", "Create failed at 'Check that Guacamole accepted the login': Guacamole refused the login: "
+               "Status code was 503 and not [200]: HTTP Error 503: Service Unavailable", True, INFRA),
+    ("create", "Create failed at 'Grant READ on the connection': Status code was -1 and not [200, 204]: "
+               "Request failed: <urlopen error [Errno 111] Connection refused>", True, INFRA),
+    ("delete", "Delete the connection cds-desktop-7: Status code was 500 and not [204]: HTTP Error 500: "
+               "Internal Server Error", False, INFRA),
+    # A create step failed otherwise: the whole create runs again (its rescue cleaned up)
+    ("create", "Create failed at 'Clone the VM from its template': Unable to clone vm: 500 Internal Server "
+               "Error: lab fault: storage pool is exhausted", True, PROV),
+    ("create", "Create failed at 'Check that the guest agent reported an IPv4 address': Guest agent reported "
+               "no IPv4 address after 9 attempts (1 s apart); last answer: Status code was 500 and not [200]: "
+               "HTTP Error 500: QEMU guest agent is not running", True, PROV),
+    ("start", "Start failed at 'Check that the guest agent reported an IPv4 address': Guest agent reported "
+              "no IPv4 address after 9 attempts (1 s apart); last answer: Status code was 500", False, PERM),
+    ("create", "Create failed at 'Start the VM': TASK ERROR: QEMU exited with code 1", True, PROV),
+    # Running it again cannot help
+    ("create", "Create failed at 'Clone the VM from its template': 400 Bad Request: Parameter verification "
+               "failed. {'storage': 'storage does not exist'}", True, PERM),
+    ("create", "Create failed at 'Configure the VM': 403 Forbidden: Permission check failed "
+               "(/vms/10001, VM.Config.Disk)", True, PERM),
+    ("create", "Check the desktop's parameters: desktop_id, desktop_vmid (>= 100), desktop_user and "
+               "desktop_plan are required", False, PERM),
+    ("create", "plan GOLD is no longer defined in config/plans.yml", False, PERM),
+    ("create", "the playbook did not finish before its timeout", False, PERM),
+    ("stop", "Shut the VM down: Reached timeout while waiting for stopping VM. Last line in task before "
+             "timeout: [{'t': 'VM quit/powerdown failed - got timeout'}]", False, PERM),
+    ("start", "Start the VM: TASK ERROR: lab fault: volume local-lvm:vm-disk-0 does not exist", False, PERM),
+    ("create", "Login to Proxmox: 401 Unauthorized: authentication failure", False, PERM),
+    ("create", None, False, PERM),
+]
+
+
+@pytest.mark.parametrize("operation, message, from_step, expected", CASES)
+def test_classify(operation, message, from_step, expected):
+    assert classify(operation, message, from_step=from_step) is expected
+
+
+def test_only_a_create_step_is_a_provisioning_failure():
+    message = "Start failed at 'Start the VM': QEMU exited with code 1"
+    assert classify("create", message, from_step=True) is PROV
+    assert classify("start", message, from_step=True) is PERM
+    assert classify("create", message, from_step=False) is PERM
+
+
+def test_the_contracts_backoff_then_stop():
+    plan = RetryPlan((1, 2, 4, 8), provisioning_attempts=3, provisioning_delay=30)
+    delays = []
+    while (delay := plan.next_delay(INFRA)) is not None:
+        delays.append(delay)
+        assert plan.describe(INFRA) == f"retry {len(delays)} of 4"
+    assert delays == [1, 2, 4, 8]
+    assert plan.runs == 5
+
+
+def test_three_provisioning_attempts_then_stop():
+    plan = RetryPlan((1, 2, 4, 8), provisioning_attempts=3, provisioning_delay=30)
+    assert plan.next_delay(PROV) == 30
+    assert plan.describe(PROV) == "attempt 2 of 3"
+    assert plan.next_delay(PROV) == 30
+    assert plan.describe(PROV) == "attempt 3 of 3"
+    assert plan.next_delay(PROV) is None
+    assert plan.runs == 3
+
+
+def test_the_two_budgets_are_counted_apart_and_permanent_is_never_retried():
+    plan = RetryPlan((1, 2), provisioning_attempts=2, provisioning_delay=5)
+    assert plan.next_delay(PERM) is None
+    assert plan.next_delay(INFRA) == 1
+    assert plan.next_delay(PROV) == 5
+    assert plan.next_delay(INFRA) == 2
+    assert plan.next_delay(PROV) is None
+    assert plan.next_delay(INFRA) is None
+    assert plan.runs == 4
+
+
+def test_no_retries_configured():
+    plan = RetryPlan((), provisioning_attempts=1, provisioning_delay=30)
+    assert plan.next_delay(INFRA) is None and plan.next_delay(PROV) is None
+
+
+def test_parse_backoff():
+    assert parse_backoff("1,2,4,8") == (1.0, 2.0, 4.0, 8.0)
+    assert parse_backoff(" 0.5 , 1 ") == (0.5, 1.0)
+    assert parse_backoff("") == ()
+    for bad in ("1,-2", "one", "nan"):
+        with pytest.raises(ValueError):
+            parse_backoff(bad)
+
+
+def test_retry_settings_are_validated():
+    assert Settings.from_env({}).retry_backoff == "1,2,4,8"
+    assert Settings.from_env({}).provisioning_attempts == 3
+    assert Settings.from_env({}).provisioning_retry_delay == 30
+    for env in ({"CONTROLPLANE_RETRY_BACKOFF": "1,x"}, {"CONTROLPLANE_PROVISIONING_ATTEMPTS": "0"},
+                {"CONTROLPLANE_PROVISIONING_RETRY_DELAY": "-1"}):
+        with pytest.raises(ConfigError):
+            Settings.from_env(env)
