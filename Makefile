@@ -14,7 +14,7 @@ help:
 	@echo "make test    install test dependencies and run the test suite on SQLite and on PostgreSQL"
 	@echo "make lint    ansible-lint and yamllint on roles and playbooks"
 	@echo "make molecule  the roles' Molecule scenarios (molecule/), against lab stand-ins on free ports"
-	@echo "make bench   benchmarks (not written yet: see README)"
+	@echo "make bench   benchmarks: API load (wrk) and WebSocket fan-out, on SQLite and PostgreSQL (benchmarks/)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,9 +49,14 @@ lint: install
 molecule: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/molecule test --all
 
-bench:
-	@echo "make bench: the benchmark suite (issue 7) is not written yet; nothing was measured." >&2
-	@exit 1
+# Load (benchmarks/load.py): 60 s of GETs under wrk against the API under gunicorn, and status events to
+# 100 WebSocket clients; on each database in BENCH_DATABASES. Exits non-zero when a target is missed.
+BENCH_DATABASES ?= sqlite postgresql
+bench: install
+	@for database in $(BENCH_DATABASES); do \
+	  $(PY) benchmarks/load.py --database $$database || exit 1; \
+	done
+	@echo "Not measured yet (issue 7): create-to-RUNNING overhead by phase, concurrent creates, peak memory."
 
 clean:
 	rm -rf $(VENV) var/controlplane.db* .pytest_cache

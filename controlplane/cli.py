@@ -66,8 +66,30 @@ def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
             log.exception("reaper pass failed")
 
 
+def _wait_for_redis(conn) -> bool:
+    """Ping Redis every second until it answers; False when asked to stop meanwhile."""
+    import time
+
+    import redis
+    while True:
+        try:
+            conn.ping()
+            return True
+        except redis.RedisError:
+            pass
+        try:
+            time.sleep(1)
+        except KeyboardInterrupt:
+            return False
+        except Exception as exc:  # RQ's handler of a stop signal raises StopRequested
+            log.warning("stopped while waiting for Redis: %s", type(exc).__name__)
+            return False
+
+
 def cmd_worker(args) -> int:
     import subprocess
+
+    import redis
 
     from rq import Worker
 
@@ -85,10 +107,25 @@ def cmd_worker(args) -> int:
     if not args.burst:
         reaper = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "reap", "--loop",
                                    "--parent", str(os.getpid())])
-    worker = Worker([QUEUE_NAME], connection=get_redis(settings.redis_url), name=args.name,
-                    job_monitoring_interval=settings.worker_heartbeat)
+    conn = get_redis(settings.redis_url)
+    name, restarts = args.name, 0
     try:
-        worker.work(burst=args.burst, with_scheduler=False, logging_level="INFO")
+        while True:
+            worker = Worker([QUEUE_NAME], connection=conn, name=name, job_monitoring_interval=settings.worker_heartbeat)
+            try:
+                worker.work(burst=args.burst, with_scheduler=False, logging_level="INFO")
+            except redis.RedisError as exc:  # Redis went away while RQ tore the worker down
+                log.error("worker %s: Redis failed: %s", worker.name, exc)
+            if args.burst or worker._stop_requested:
+                break
+            # RQ quits on an error it does not handle (Redis gone in the middle of a job, say); a
+            # job running then goes on in its work horse and writes its result to the database.
+            # Wait for Redis, then work again under a new name (the old one may still be registered).
+            restarts += 1
+            name = f"{args.name}-{restarts}" if args.name else None
+            log.warning("worker stopped on an error; working again (restart %d) once Redis answers", restarts)
+            if not _wait_for_redis(conn):
+                break
     finally:
         if reaper is not None:
             reaper.terminate()

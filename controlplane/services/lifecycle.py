@@ -90,7 +90,8 @@ def accept(settings, row, operation, accepted, message: str, force: bool = False
             return None
         record_event(row, accepted, message, source)
     try:
-        jobs.enqueue(settings, operation, row.id, job_id, force=force, kind=kind.name, reason=reason)
+        jobs.enqueue(settings, operation, row.id, job_id, force=force, kind=kind.name, reason=reason,
+                     requested_by=None if source == "api" else source)
     except redis.RedisError as exc:
         log.error("enqueue of %s for %s %s failed: %s", operation.value, kind.name, row.id, exc)
         model.update(**previous).where(model.id == row.id, model.job_id == job_id).execute()

@@ -89,7 +89,8 @@ def resolve_abandoned(settings: Settings, row, reason: str) -> str:
         if not changed:
             return "moved on"
         try:
-            jobs.enqueue(settings, op, row.id, job_id, force=force, kind=kind.name, reason=meta.get("reason"))
+            jobs.enqueue(settings, op, row.id, job_id, force=force, kind=kind.name, reason=meta.get("reason"),
+                         requested_by=meta.get("requested_by") or "reaper", request_id=meta.get("request_id"))
         except redis.RedisError as exc:
             log.error("could not re-enqueue %s for %s %s: %s", op.value, kind.name, row.id, exc)
             return "retry later"
@@ -100,8 +101,12 @@ def resolve_abandoned(settings: Settings, row, reason: str) -> str:
         log.warning("%s %s: resumed %s after %s", kind.name, row.id, op.value, reason)
         return "resumed"
     message = f"{kind.failure_verb[op]}: the worker running it stopped ({reason}) and it was not resumed"
-    lifecycle.set_status(row, kind.failed, message, "reaper", job_id=row.job_id,
-                         publish_to=settings.redis_url, settings=settings, operation=None)
+    if lifecycle.set_status(row, kind.failed, message, "reaper", job_id=row.job_id,
+                            publish_to=settings.redis_url, settings=settings, operation=None):
+        from .audit import record_outcome
+        meta = _old_meta(settings, row.job_id)
+        record_outcome(row, op, ok=False, requested_by=meta.get("requested_by") or "reaper",
+                       request_id=meta.get("request_id") or row.job_id)
     log.warning("%s %s: %s", kind.name, row.id, message)
     return "failed"
 

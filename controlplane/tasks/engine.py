@@ -67,22 +67,27 @@ def run_job(kind_name: str, resource_id: int, operation: str, force: bool = Fals
             extravars = kind.extravars(cfg, row, op, force)
         except JobFailed as exc:
             _fail(cfg, kind, row, op, str(exc))
+            _audit(job, row, op, ok=False)
             raise
         with _heartbeat(cfg, model, row.id, row.job_id):
             result = _run_with_retries(cfg, kind, row, op, extravars, on_task)
         if not result.ok:
+            _audit(job, row, op, ok=False)
             raise JobFailed(f"{op.value} of {kind.name} {row.id} failed: {row.status_message}")
         try:
             fields = kind.result_fields(cfg, op, result.stats)
         except JobFailed as exc:
             _fail(cfg, kind, row, op, str(exc))
+            _audit(job, row, op, ok=False)
             raise
         final, message = kind.final[op]
         reason = (job.meta or {}).get("reason") if job is not None else None
         if reason:
             message = f"{message}: {reason}"
-        if not lifecycle.set_status(row, final, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
-                                    settings=cfg, operation=None, **fields):
+        if lifecycle.set_status(row, final, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
+                                settings=cfg, operation=None, **fields):
+            _audit(job, row, op, ok=True)
+        else:
             log.warning("%s %s moved on before job %s finished; its result is not recorded", kind.name, resource_id,
                         job_id)
         return {"id": row.id, "status": final.value, **result.stats}
@@ -168,6 +173,13 @@ def _run_with_retries(cfg: Settings, kind: kinds.Kind, row, op: Operation, extra
             log.warning("%s %s moved on while job %s was retrying; stopping", kind.name, row.id, row.job_id)
             return result
         time.sleep(delay)
+
+
+def _audit(job, row, op: Operation, ok: bool) -> None:
+    from ..services.audit import record_outcome
+    meta = (job.meta or {}) if job is not None else {}
+    record_outcome(row, op, ok=ok and row.status != kinds.of(row).failed.value,
+                   requested_by=meta.get("requested_by"), request_id=meta.get("request_id") or (job and job.id))
 
 
 def _still_running(cfg: Settings, row) -> bool:

@@ -134,3 +134,20 @@ def test_a_fresh_heartbeat_keeps_a_job_redis_lost(client, base_settings, redis_c
     with db.connection_context():
         Desktop.update(job_heartbeat_at=stale).where(Desktop.id == desktop_id).execute()
     assert reap(base_settings) == {"resumed": 1}
+
+
+def test_a_create_committed_but_never_enqueued_is_enqueued(client, base_settings, redis_conn):
+    """The API died between the insert and the enqueue: the desktop is PENDING with a job id Redis
+    never saw. The reaper enqueues the create (with the same request id for the audit)."""
+    with db.connection_context():
+        desktop = Desktop.create(user_id="user_cut_off", name="d", plan="BASIC", cpu_cores=2, memory_mb=2048,
+                                 status="PENDING", status_message="Desktop creation queued", operation="create",
+                                 vmid=12346, node="pve1", job_id="desktop-0-create-never",
+                                 updated_at=utcnow() - dt.timedelta(seconds=base_settings.abandoned_after + 5))
+    assert reap(base_settings) == {"resumed": 1}
+    with db.connection_context():
+        fresh = Desktop.get_by_id(desktop.id)
+    assert fresh.status == "PENDING" and fresh.job_id != "desktop-0-create-never" and fresh.resumes == 1
+    job = Queue(QUEUE_NAME, connection=redis_conn).fetch_job(fresh.job_id)
+    assert job.args == (desktop.id, "create", False) and job.get_status() == JobStatus.QUEUED
+    assert job.meta["requested_by"] == "reaper"

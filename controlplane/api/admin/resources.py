@@ -235,8 +235,10 @@ class Audit(MethodView):
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
     def get(self, query):
         """The audit log, newest first: every request that asked for a change, with who, what, on
-        what, the answer and its X-Request-ID. Automatic actions are in GET /policies/runs and in
-        each desktop's events."""
+        what, the answer and its X-Request-ID; and the outcome of every operation a job carried
+        out (method JOB, action `desktop.create`..., result the final status), under the request id
+        of the request that asked for it (or the policy or reaper that did). Each automatic action
+        is also in GET /policies/runs and in its desktop's events."""
         from ...models import AuditEntry
         from ..common import iso
         found = AuditEntry.select().order_by(AuditEntry.id.desc()).limit(query["limit"])
