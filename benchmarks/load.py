@@ -63,7 +63,7 @@ end
 function request()
   counter = counter + 1
   local c = creds[(counter % #creds) + 1]
-  local kind = (counter // #creds) % 4 + 1
+  local kind = math.floor(counter / #creds) % 4 + 1
   local path = string.format(paths[kind], kind == 4 and c.user or c.id)
   return wrk.format("GET", path, {["Authorization"] = "Bearer " .. c.token})
 end

@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions[SETTINGS_KEY] = settings
 
-    init_db(settings.effective_database_url)
+    init_db(settings.effective_database_url, pooled=True)
     init_auth(app, settings)
     api.init_app(app)
     api.register_blueprint(desktops_blp)

@@ -75,9 +75,13 @@ def init_auth(app: Flask, settings: Settings) -> None:
 
 
 def current_identity(settings: Settings) -> Identity:
-    """Verify the request's bearer token and return who it is for."""
-    verify_jwt_in_request()
-    claims = get_jwt()
+    """Verify the request's bearer token and return who it is for. The claims are kept in
+    `g.verified_claims` for the rate limiter's key function (one verification per request)."""
+    from flask import g
+    claims = g.get("verified_claims")
+    if not claims:
+        verify_jwt_in_request()
+        claims = g.verified_claims = get_jwt()
     user_id = claims.get(settings.jwt_user_claim)
     if not isinstance(user_id, str) or not user_id:
         raise Unauthorized("Token has no user identity")

@@ -29,12 +29,21 @@ class RateLimited(ApiError):
 
 def _caller(settings: Settings):
     def key() -> str:
+        cached = g.get("rate_limit_key")
+        if cached:
+            return cached
         try:
-            verify_jwt_in_request(optional=True)
-            user = get_jwt().get(settings.jwt_user_claim)
+            claims = g.get("verified_claims")  # the view's auth verified the token already
+            if not claims:
+                verify_jwt_in_request(optional=True)
+                claims = get_jwt()
+                if claims:
+                    g.verified_claims = claims
+            user = claims.get(settings.jwt_user_claim)
         except Exception:  # a bad token is refused by the view itself; count it by address
             user = None
-        return f"user:{user}" if user else f"addr:{request.remote_addr}"
+        g.rate_limit_key = f"user:{user}" if user else f"addr:{request.remote_addr}"
+        return g.rate_limit_key
     return key
 
 

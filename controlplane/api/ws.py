@@ -144,6 +144,8 @@ def init_ws(app) -> None:
 
     @sock.route("/ws")
     def websocket(ws):
+        if not db.is_closed():
+            db.close()  # a session lasts long: it takes a database connection only when it needs one
         deadline = time.monotonic() + AUTH_TIMEOUT
         identity = None
         while identity is None:

@@ -127,13 +127,24 @@ from .projects import (PROJECT_MODELS, ChatMessage, Invitation, NetworkLease, Pr
 ALL_MODELS = MODELS + PROJECT_MODELS
 
 
-def init_db(url: str) -> pw.Database:
-    """Bind the proxy to the database at `url` and create what is missing (idempotent)."""
+def init_db(url: str, pooled: bool = False) -> pw.Database:
+    """Bind the proxy to the database at `url` and create what is missing (idempotent).
+
+    `pooled` (the API process): connections are kept and reused across requests instead of opened
+    per request (a PostgreSQL connection costs a server process; a SQLite one its pragmas). Never
+    in a process that forks with connections open (the RQ worker forks a work horse per job)."""
     kwargs = {}
     if url.startswith("sqlite"):
         # WAL + a busy timeout: the API and several workers write the same file.
         kwargs["pragmas"] = {"journal_mode": "wal", "busy_timeout": 10000, "foreign_keys": 1,
                              "synchronous": "normal"}
+    scheme, sep, rest = url.partition("://")
+    if pooled and sep and scheme in ("sqlite", "postgres", "postgresql"):
+        url = f"{scheme}+pool://{rest}"
+        # Connections idle 5 minutes are replaced; a request waits up to 10 s for a free one.
+        kwargs.update(max_connections=64, stale_timeout=300, timeout=10)
+        if scheme == "sqlite":
+            kwargs["check_same_thread"] = False  # a pooled connection serves one thread at a time, not always the same
     database = connect(url, **kwargs)
     db.initialize(database)
     from ..migrations import migrate
