@@ -8,6 +8,8 @@ secret (`controlplane token`). Admins carry the configured role in `realm_access
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 import uuid
 
 import jwt as pyjwt
@@ -26,6 +28,7 @@ JWKS_KEY = "controlplane.jwks"
 
 def init_auth(app: Flask, settings: Settings) -> None:
     settings.require_auth()
+    app.extensions["controlplane.verified_tokens"] = _VerifiedTokens()
     app.config["JWT_TOKEN_LOCATION"] = ["headers"]
     app.config["JWT_IDENTITY_CLAIM"] = settings.jwt_user_claim
     app.config["JWT_ERROR_MESSAGE_KEY"] = "message"
@@ -74,14 +77,76 @@ def init_auth(app: Flask, settings: Settings) -> None:
     jwt.token_verification_failed_loader(lambda header, payload: _reject("Not an access token"))
 
 
+class _VerifiedTokens:
+    """Claims of bearer tokens verified lately, by the token's exact text: the same bytes verify the
+    same way, so a token seen again within VERIFIED_TTL seconds is not parsed and checked again (the
+    parse is most of a request's cost in PyJWT). Expiry is checked again on every use; only fully
+    verified tokens get in; bounded, oldest out first; per process."""
+
+    def __init__(self, size: int = 20000, ttl: float = 60.0):
+        self.size, self.ttl = size, ttl
+        self._items: dict[str, tuple[float, dict]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> dict | None:
+        found = self._items.get(token)
+        if found is None:
+            return None
+        until, claims = found
+        if time.time() >= until:
+            with self._lock:
+                self._items.pop(token, None)
+            return None
+        return claims
+
+    def put(self, token: str, claims: dict) -> None:
+        now = time.time()
+        exp = claims.get("exp")
+        until = min(now + self.ttl, float(exp)) if isinstance(exp, (int, float)) else now + self.ttl
+        if until <= now:
+            return
+        with self._lock:
+            if len(self._items) >= self.size:
+                for key in list(self._items)[: self.size // 10 or 1]:
+                    del self._items[key]
+            self._items[token] = (until, claims)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+
+def _bearer_token() -> str | None:
+    from flask import request
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def verified_claims() -> dict:
+    """The request's verified token claims (flask-jwt-extended's checks, or the cache of tokens it
+    verified lately); raises as verify_jwt_in_request does."""
+    token = _bearer_token()
+    cache = current_app.extensions.get("controlplane.verified_tokens")
+    if token and cache is not None:
+        claims = cache.get(token)
+        if claims is not None:
+            return claims
+    verify_jwt_in_request()
+    claims = get_jwt()
+    if token and cache is not None and claims:
+        cache.put(token, claims)
+    return claims
+
+
 def current_identity(settings: Settings) -> Identity:
     """Verify the request's bearer token and return who it is for. The claims are kept in
     `g.verified_claims` for the rate limiter's key function (one verification per request)."""
     from flask import g
     claims = g.get("verified_claims")
     if not claims:
-        verify_jwt_in_request()
-        claims = g.verified_claims = get_jwt()
+        claims = g.verified_claims = verified_claims()
     user_id = claims.get(settings.jwt_user_claim)
     if not isinstance(user_id, str) or not user_id:
         raise Unauthorized("Token has no user identity")

@@ -13,7 +13,6 @@ Limiter per app. If Redis is down, limits are skipped rather than failing reques
 from __future__ import annotations
 
 from flask import Flask, g, request
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_limiter import Limiter
 
 from ..config import Settings
@@ -35,10 +34,8 @@ def _caller(settings: Settings):
         try:
             claims = g.get("verified_claims")  # the view's auth verified the token already
             if not claims:
-                verify_jwt_in_request(optional=True)
-                claims = get_jwt()
-                if claims:
-                    g.verified_claims = claims
+                from ..auth import verified_claims
+                claims = g.verified_claims = verified_claims()
             user = claims.get(settings.jwt_user_claim)
         except Exception:  # a bad token is refused by the view itself; count it by address
             user = None

@@ -59,6 +59,9 @@ class Session:
         self.rooms: set[str] = set()
         self.pubsub = get_redis(settings().redis_url).pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(f"{EVENTS_CHANNEL_PREFIX}user:{identity.user_id}")
+        # Wait for Redis to confirm the subscription (the confirmation is read and dropped here):
+        # an event published once the client has its auth_ok must reach it.
+        self.pubsub.get_message(timeout=5)
 
     def close(self) -> None:
         try:
@@ -172,8 +175,8 @@ def init_ws(app) -> None:
                 _error(ws, exc)
                 ws.close(CLOSE_UNAUTHORIZED, "invalid token")
                 return
+        session = Session(ws, identity)  # subscribed before the client hears it is signed in
         _send(ws, {"type": "auth_ok", "user_id": identity.user_id})
-        session = Session(ws, identity)
         try:
             while True:
                 try:

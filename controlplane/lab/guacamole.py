@@ -375,8 +375,11 @@ class GuacamoleStandIn:
         self.active: dict[str, dict] = {}
         self.active_timeout = ACTIVE_TIMEOUT
 
-        # Fault switches.
+        # Fault switches: down (503 to everything), fail() (an error status to matching requests),
+        # latency (seconds added before every answer), drop() (reset the next connections unanswered).
         self.down = False
+        self.latency = 0.0
+        self._drops = 0
         self._faults: list[dict] = []
         self._faults_lock = threading.Lock()
 
@@ -449,9 +452,16 @@ class GuacamoleStandIn:
             self._faults.append({"method": method.upper(), "regex": re.compile(path_regex),
                                  "status": int(status), "times": times})
 
+    def drop(self, times: int = 1) -> None:
+        """Reset the next `times` connections without an answer (a proxy or network dropping them)."""
+        with self._faults_lock:
+            self._drops += times
+
     def clear_faults(self) -> None:
         with self._faults_lock:
             self._faults.clear()
+            self._drops = 0
+        self.latency = 0.0
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -565,6 +575,17 @@ class GuacamoleStandIn:
     async def _middleware(self, request: web.Request, handler):
         path = request.path
         rel = path[len(self.base_path):] if path.startswith(self.base_path) else path
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        with self._faults_lock:
+            dropped = self._drops > 0
+            if dropped:
+                self._drops -= 1
+        if dropped:
+            log.debug("%s %s -> connection reset (injected)", request.method, path)
+            if request.transport is not None:
+                request.transport.close()
+            raise ConnectionResetError("Guacamole stand-in: connection dropped")
         if self.down:
             log.debug("%s %s -> 503 (down)", request.method, path)
             return _json(error_body("INTERNAL_ERROR", "Service unavailable (lab stand-in is down)."),

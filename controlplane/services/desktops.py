@@ -35,13 +35,29 @@ class Identity:
 
 # ---- reading ------------------------------------------------------------------------------
 
+_BY_ID_SQL: dict[int, str] = {}
+
+
+def _by_id(desktop_id: int) -> Desktop | None:
+    """Desktop.get_or_none(Desktop.id == desktop_id), with the SQL built once per database: the
+    hottest read of the API (get, status, connect), where peewee's query building is most of the
+    cost."""
+    from ..extensions import db
+    key = id(db.obj)
+    sql = _BY_ID_SQL.get(key)
+    if sql is None:
+        sql, _ = Desktop.select().where(Desktop.id == 0).limit(1).sql()
+        _BY_ID_SQL[key] = sql
+    return next(iter(Desktop.raw(sql, desktop_id, 1)), None)
+
+
 def get_visible(identity: Identity, desktop_id: int) -> Desktop:
     """The desktop, if it exists and the caller may see it; otherwise DESKTOP_NOT_FOUND.
 
     Another user's desktop answers 404 too, so ids do not reveal who has a desktop. A DELETED
     desktop stays visible to its owner (soft delete), so that a poller sees the final state.
     """
-    desktop = Desktop.get_or_none(Desktop.id == desktop_id)
+    desktop = _by_id(desktop_id)
     if desktop is None:
         raise DesktopNotFound(desktop_id)
     if not identity.is_admin and desktop.user_id != identity.user_id:

@@ -42,6 +42,8 @@ _PERMANENT = [re.compile(p, re.I) for p in (
     r"did not shut down",
     r"before its timeout",  # the playbook ran out of time: the job's budget is spent
     r"is no longer defined",
+    r"\(http 40[13]\)",  # Guacamole refused our credentials
+    r"has no data source",
 )]
 
 # Then these: a step that failed on its own terms, whatever answer it quotes (the guest agent's
@@ -61,7 +63,7 @@ _INFRASTRUCTURE = [re.compile(p, re.I) for p in (
     r"connection (refused|reset|aborted)", r"remote ?disconnected", r"remote end closed", r"broken pipe",
     r"timed out", r"read timeout", r"max retries exceeded", r"temporar(y|ily) (failure|unavailable)",
     r"service unavailable", r"bad gateway", r"gateway time-?out",
-    r"status code was (-1|5\d\d)\b", r"http error 5\d\d", r"\b50[234]\b",
+    r"status code was (-1|5\d\d)\b", r"http error 5\d\d", r"\(http (-1|5\d\d)\)", r"\b50[234]\b",
     r"guacamole .*(unavailable|did not answer|is down)",
 )]
 

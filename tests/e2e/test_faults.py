@@ -15,13 +15,12 @@ import contextlib
 import time
 
 import pytest
-import requests
 
 from .helpers import Api, desktop_row, events
 from .test_failures import (assert_nothing_left, connections_named, create, delete_and_check, guacamole_fault,
                             pve_fault, template_vmid, vms_named, wait_failed)
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.faults]
 
 INFRA_RETRIES = ["retry 1 of 4 in 1 s after an infrastructure error", "retry 2 of 4 in 2 s after an infrastructure error",
                  "retry 3 of 4 in 4 s after an infrastructure error", "retry 4 of 4 in 8 s after an infrastructure error"]
@@ -308,47 +307,26 @@ def test_guacamole_failing_for_a_while_during_configuring_is_waited_out(lab, fre
     delete_and_check(lab, api, desktop_id)
 
 
+def test_a_slow_guacamole_dropping_connections_is_waited_out(lab, fresh_user):
+    """Guacamole answers 0.3 s late and resets two connections: the create comes up all the same."""
+    api = Api(lab.url, lab.token(fresh_user))
+    lab.services.call(lambda: setattr(lab.guacamole, "latency", 0.3))
+    lab.services.call(lambda: lab.guacamole.drop(times=2))
+    try:
+        desktop_id = create(api, fresh_user)
+        data = api.wait_settled(desktop_id, timeout=180)
+    finally:
+        lab.services.call(lab.guacamole.clear_faults)
+    assert data["status"] == "RUNNING", data
+    found = retries(desktop_id)
+    assert found and found == INFRA_RETRIES[:len(found)], found
+    assert len(connections_named(lab, desktop_id)) == 1
+    delete_and_check(lab, api, desktop_id)
+
+
 def test_guacamole_failing_once_during_delete_is_retried(lab, fresh_user):
     api = Api(lab.url, lab.token(fresh_user))
     desktop_id, vmid = running_desktop(api, fresh_user)
     with guacamole_fault(lab, "DELETE", r"/connections/[^/]+$", 500, times=1):
         delete_and_check(lab, api, desktop_id)
     assert retries(desktop_id) == INFRA_RETRIES[:1]
-
-
-def test_every_operation_is_audited_under_the_request_that_asked_for_it(lab, fresh_user):
-    """The audit log has the request (POST) and the outcome of its job (JOB, the final status),
-    under the caller's X-Request-ID; a failed one says so."""
-    api = Api(lab.url, lab.token(fresh_user))
-    admin = {"Authorization": f"Bearer {lab.token('auditor', admin=True)}"}
-    request_id = f"req-{fresh_user}"
-    response = api.session.post(api.base, json={"userId": fresh_user, "plan": "BASIC"},
-                                headers={"X-Request-ID": request_id}, timeout=10)
-    assert response.status_code == 201, response.text
-    desktop_id = response.json()["data"]["id"]
-    assert api.wait_settled(desktop_id)["status"] == "RUNNING"
-
-    def entries(rid: str) -> list[dict]:
-        got = requests.get(f"{lab.url}/api/v1/admin/audit", params={"requestId": rid}, headers=admin, timeout=10)
-        assert got.status_code == 200, got.text
-        return got.json()["data"]["entries"]
-
-    found = {(e["method"], e["action"], e["userId"], e["target"], e["status"], e["result"]) for e in entries(request_id)}
-    assert ("JOB", "desktop.create", fresh_user, f"desktop {desktop_id}", 200, "RUNNING") in found, found
-    assert [e for e in entries(request_id) if e["method"] == "POST" and e["status"] == 201]
-
-    lab.services.call(lambda: setattr(lab.pve.vm(desktop_row(desktop_id).vmid), "start_error", "lab fault: no disk"))
-    try:
-        assert api.stop(desktop_id, force=True).status_code == 200
-        assert api.wait_settled(desktop_id)["status"] == "STOPPED"
-        start = api.session.post(f"{api.base}/{desktop_id}/start", headers={"X-Request-ID": request_id + "-start"},
-                                 timeout=10)
-        assert start.status_code == 200
-        wait_failed(api, desktop_id)
-    finally:
-        lab.services.call(lambda: lab.pve.vm(desktop_row(desktop_id).vmid)
-                          and setattr(lab.pve.vm(desktop_row(desktop_id).vmid), "start_error", None))
-    failed = [e for e in entries(request_id + "-start") if e["method"] == "JOB"]
-    assert [(e["action"], e["userId"], e["status"], e["result"]) for e in failed] == [
-        ("desktop.start", fresh_user, 500, "FAILED")], failed
-    delete_and_check(lab, api, desktop_id)

@@ -105,7 +105,7 @@ class ApiProcess:
 def test_api_killed_during_a_burst_of_creates_loses_nothing(lab, tmp_path):
     from tests.conftest import free_port
     api_proc = ApiProcess(lab, free_port(), tmp_path / "api.log").start()
-    users = [f"user_{uuid.uuid4().hex[:10]}" for _ in range(24)]
+    users = [f"user_{uuid.uuid4().hex[:10]}" for _ in range(16)]
 
     def post(user: str):
         try:

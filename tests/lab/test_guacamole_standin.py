@@ -500,6 +500,29 @@ def test_fail_times(guac, client):
     assert r.status_code == 200 and r.json()["identifier"] == "1"
 
 
+def test_drop_resets_the_next_connections_then_answers(guac):
+    guac.drop(times=2)
+    for _ in range(2):
+        with pytest.raises(requests.ConnectionError):
+            requests.post(f"{api(guac)}/tokens", data={"username": ADMIN, "password": ADMIN_PASSWORD},
+                          timeout=TIMEOUT)
+    assert login(guac)
+
+
+def test_latency_delays_every_answer_until_cleared(guac):
+    import time
+    guac.latency = 0.4
+    started = time.monotonic()
+    login(guac)
+    assert time.monotonic() - started >= 0.4
+    guac.drop(times=5)
+    guac.clear_faults()
+    assert guac.latency == 0.0
+    started = time.monotonic()
+    login(guac)
+    assert time.monotonic() - started < 0.4
+
+
 def test_fail_always_and_clear(guac):
     guac.fail("post", r"^/api/tokens$", status=502)
     for _ in range(3):

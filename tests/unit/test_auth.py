@@ -459,3 +459,33 @@ def test_small_clock_skew_is_tolerated(pem, rsa_keys):
     assert pem.get(LIST, headers=bearer(ahead)).status_code == 200
     just_expired = rsa_keys.sign(kc_claims(exp=now() - dt.timedelta(seconds=5), iat=now() - dt.timedelta(minutes=5)))
     assert pem.get(LIST, headers=bearer(just_expired)).status_code == 200
+
+
+def test_a_verified_token_is_not_trusted_past_its_expiry(client, token):
+    """Tokens verified lately are kept by their exact text (auth._VerifiedTokens); expiry is
+    checked again on each use, and a token that differs by a byte is verified afresh."""
+    import time
+    # Expired 27 s ago: accepted for 3 s more (JWT_DECODE_LEEWAY is 30 s), then refused.
+    short = token("user_12345", ttl=-dt.timedelta(seconds=27))
+    assert client.get(LIST, headers=bearer(short)).status_code == 200
+    assert client.get(LIST, headers=bearer(short)).status_code == 200
+    header, payload, signature = short.split(".")
+    forged = b64(json.dumps(claims("user_admin", realm_access={"roles": ["admin"]}),
+                            default=lambda d: int(d.timestamp())).encode())
+    assert_unauthorized(client.get(LIST, headers=bearer(f"{header}.{forged}.{signature}")), "Invalid token")
+    time.sleep(4)
+    assert_unauthorized(client.get(LIST, headers=bearer(short)), "Token has expired")
+
+
+def test_the_verified_tokens_cache_is_bounded_and_expires():
+    import time
+
+    from controlplane.auth import _VerifiedTokens
+    cache = _VerifiedTokens(size=10, ttl=0.2)
+    for i in range(25):
+        cache.put(f"t{i}", {"sub": str(i), "exp": time.time() + 100})
+    assert len(cache._items) <= 10 and cache.get("t24") == {"sub": "24", "exp": cache.get("t24")["exp"]}
+    cache.put("old", {"sub": "x", "exp": time.time() - 1})  # already expired: not kept
+    assert cache.get("old") is None
+    time.sleep(0.25)
+    assert cache.get("t24") is None

@@ -29,6 +29,10 @@ CASES = [
     # Guacamole could not do it now
     ("create", "Create failed at 'Check that Guacamole accepted the login': Guacamole refused the login: "
                "Status code was 503 and not [200]: HTTP Error 503: Service Unavailable", True, INFRA),
+    ("create", "Create failed at 'Check that Guacamole accepted the login': Guacamole login as guacadmin at "
+               "http://guac/guacamole failed (HTTP 500): Unexpected internal error.", True, INFRA),
+    ("create", "Create failed at 'Check that Guacamole accepted the login': Guacamole login as guacadmin at "
+               "http://guac/guacamole failed (HTTP 403): Permission denied.", True, PERM),
     ("create", "Create failed at 'Grant READ on the connection': Status code was -1 and not [200, 204]: "
                "Request failed: <urlopen error [Errno 111] Connection refused>", True, INFRA),
     ("delete", "Delete the connection cds-desktop-7: Status code was 500 and not [204]: HTTP Error 500: "
