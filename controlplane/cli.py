@@ -116,7 +116,9 @@ def cmd_worker(args) -> int:
                 worker.work(burst=args.burst, with_scheduler=False, logging_level="INFO")
             except redis.RedisError as exc:  # Redis went away while RQ tore the worker down
                 log.error("worker %s: Redis failed: %s", worker.name, exc)
-            if args.burst or worker._stop_requested:
+            # A stop signal (SIGINT, SIGTERM: RQ's warm shutdown) sets _shutdown_requested_date,
+            # busy or idle; only a worker that quit on its own is started again.
+            if args.burst or worker._stop_requested or getattr(worker, "_shutdown_requested_date", None):
                 break
             # RQ quits on an error it does not handle (Redis gone in the middle of a job, say); a
             # job running then goes on in its work horse and writes its result to the database.

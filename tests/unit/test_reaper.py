@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from rq import Queue
 from rq.job import JobStatus
 
@@ -151,3 +152,31 @@ def test_a_create_committed_but_never_enqueued_is_enqueued(client, base_settings
     job = Queue(QUEUE_NAME, connection=redis_conn).fetch_job(fresh.job_id)
     assert job.args == (desktop.id, "create", False) and job.get_status() == JobStatus.QUEUED
     assert job.meta["requested_by"] == "reaper"
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_worker_asked_to_stop_stops(base_settings, redis_conn, signum):
+    """`controlplane worker` works again after RQ quits on an error (Redis gone), but a stop
+    signal (Ctrl-C in `make lab`, SIGTERM from a supervisor) ends it, with its reaper."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rq import Worker
+    env = {**os.environ, **base_settings.to_env()}
+    name = f"stop-test-{signum.lower()}"
+    proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "worker", "--name", name], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        # Idle: RQ has installed its signal handlers and waits for jobs.
+        while not [w for w in Worker.all(connection=redis_conn) if w.name == name and w.get_state() == "idle"]:
+            assert proc.poll() is None and time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.1)
+        proc.send_signal(getattr(signal, signum))
+        assert proc.wait(20) == 0
+        assert not [w for w in Worker.all(connection=redis_conn) if w.name.startswith(name)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
