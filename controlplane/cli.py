@@ -43,6 +43,7 @@ def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
     import time
 
     from .services.queue import get_redis
+    from .services.pool import refill
     from .services.reaper import reap
     from .tasks.maintenance import enqueue_if_due
     conn = get_redis(settings.redis_url)
@@ -60,6 +61,10 @@ def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
                 outcome = reap(settings)
                 if outcome:
                     log.warning("reaper: %s", outcome)
+                # The warm pool: make up deficits, remove surplus and broken pool VMs.
+                filled = refill(settings)
+                if filled.get("filling") or filled.get("removing"):
+                    log.info("pool: %s", filled)
             # The lifecycle policies, as a job, every settings.policy_interval (one enqueue for all).
             enqueue_if_due(settings, conn)
         except Exception:

@@ -91,6 +91,10 @@ class Settings:
     retry_backoff: str = "1,2,4,8"  # seconds before each rerun after an infrastructure error
     provisioning_attempts: int = 3  # runs of a create whose step failed otherwise (its rescue cleaned up)
     provisioning_retry_delay: float = 30.0  # seconds between those runs
+    # Warm pool (services/pool.py); each plan's size is in plans_file or set by an admin
+    pool_max_size: int = 50  # the largest size an admin may give one plan's pool
+    pool_fill_parallel: int = 4  # pool VMs of one plan being made at once
+    pool_retry_after: int = 60  # seconds a plan's pool waits after a failed fill before trying again
     # Lifecycle policies (services/policies.py); per-plan expiry and idle limits are in plans_file
     policy_interval: int = 300  # seconds between the periodic policy and reconciliation job; 0: off
     expiry_grace: int = 86400  # an expired desktop is stopped, then deleted this many seconds later
@@ -105,7 +109,9 @@ class Settings:
     proxmox_token_id: str = ""
     proxmox_token_secret: str = ""
     proxmox_verify_ssl: bool = False
-    proxmox_node: str = "pve1"
+    proxmox_node: str = "pve1"  # where VMs go when the cluster cannot be read; the lab's node
+    proxmox_nodes: str = ""  # nodes new VMs may go to, comma-separated; empty: every online node
+    proxmox_shared_storage: bool = False  # templates on shared storage: clones may go to any node
     proxmox_storage: str = "local-lvm"
     proxmox_pool: str = ""
     proxmox_full_clone: bool = False
@@ -190,6 +196,10 @@ class Settings:
     def worker_stale_after(self) -> int:
         """Seconds without a heartbeat after which a worker counts as dead: several beats."""
         return max(self.abandoned_after, 3 * self.worker_heartbeat)
+
+    @property
+    def proxmox_node_list(self) -> list[str]:
+        return [n.strip() for n in self.proxmox_nodes.split(",") if n.strip()]
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -295,6 +305,8 @@ class Settings:
         except ValueError:
             raise ConfigError("CONTROLPLANE_RETRY_BACKOFF must be seconds separated by commas (1,2,4,8) "
                               f"or empty, not {self.retry_backoff!r}") from None
+        if self.pool_fill_parallel < 1:
+            raise ConfigError("CONTROLPLANE_POOL_FILL_PARALLEL must be at least 1")
         if self.provisioning_attempts < 1:
             raise ConfigError("CONTROLPLANE_PROVISIONING_ATTEMPTS must be at least 1")
         if self.provisioning_retry_delay < 0:
@@ -302,7 +314,7 @@ class Settings:
         if self.proxmox_api_timeout <= 0:
             raise ConfigError("CONTROLPLANE_PROXMOX_API_TIMEOUT must be positive")
         for name in ("ip_wait_retries", "ip_wait_delay", "max_resumes", "policy_interval", "expiry_grace",
-                     "stuck_after", "failed_retention", "audit_retention_days"):
+                     "stuck_after", "failed_retention", "audit_retention_days", "pool_max_size", "pool_retry_after"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"CONTROLPLANE_{name.upper()} must not be negative")
         for name, lowest in (("port", 1), ("proxmox_port", 1), ("guacamole_port", 0)):

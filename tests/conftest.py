@@ -302,6 +302,7 @@ def lab(tmp_path_factory, database_url, redis_url, database):
                         policy_interval=0,  # policies run when a test says so (their own tests)
                         provisioning_retry_delay=1,  # the contract's 30 s; the backoff stays 1, 2, 4, 8 s
                         stop_timeout=5,  # a guest that ignores the shutdown request gives up sooner
+                        pool_retry_after=3,  # a failed pool fill is retried soon (tests/e2e/test_pool.py)
                         rate_limit_api="100000/minute",  # the tests poll fast; limits have their own tests
                         lab=True)
     log_dir = tmp_path_factory.mktemp("workers")

@@ -76,6 +76,7 @@ class VmidLease(BaseModel):
     vmid = pw.IntegerField(primary_key=True)
     desktop = pw.ForeignKeyField(Desktop, null=True, backref="leases", on_delete="SET NULL")
     project_id = pw.BigIntegerField(null=True, index=True)  # migration 2; Project is defined later
+    pool_vm_id = pw.BigIntegerField(null=True, index=True)  # migration 8: a warm pool VM's, until a desktop takes it
     created_at = pw.DateTimeField(default=utcnow)
 
 
@@ -124,7 +125,9 @@ MODELS = (Desktop, DesktopEvent, VmidLease, PolicyRun, AuditEntry, IdempotencyKe
 from .projects import (PROJECT_MODELS, ChatMessage, Invitation, NetworkLease, Project,  # noqa: E402
                        ProjectEvent, ProjectMember, UsageRecord, UserSettings)
 
-ALL_MODELS = MODELS + PROJECT_MODELS
+from .pool import POOL_MODELS, PoolSetting, PoolVm, PoolVmState  # noqa: E402
+
+ALL_MODELS = MODELS + PROJECT_MODELS + POOL_MODELS
 
 
 def init_db(url: str, pooled: bool = False) -> pw.Database:

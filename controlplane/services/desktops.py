@@ -18,7 +18,7 @@ from ..errors import (DesktopAlreadyExists, DesktopNotFound, DesktopNotReady, Fo
                       InvalidOperation, ValidationFailed)
 from ..extensions import db
 from ..models import Desktop, DesktopEvent, IdempotencyKey, VmidLease, utcnow
-from . import jobs, lifecycle, vmids
+from . import jobs, lifecycle, pool, vmids
 from .plans import Plan, duration_text, load_plans
 from .states import ACCEPTED, ALLOWED_FROM, INACTIVE, Operation, Status
 
@@ -133,7 +133,9 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
         raise ValidationFailed(details={"plan": "Plan must be one of " + _one_of(plans)})
     spec = plans[plan]
     expires_at = _expiry(spec, expires_at)
-    _refuse_on_draining_node(settings, settings.proxmox_node, "create desktop")
+    if not settings.proxmox_shared_storage:
+        # Clones stay on the template's node; with shared storage, placement skips nodes in maintenance.
+        _refuse_on_draining_node(settings, settings.proxmox_node, "create desktop")
     accepted, message = ACCEPTED[Operation.CREATE]
     if _active_desktop_exists(user_id):
         earlier = _created_with(identity, idempotency_key) if idempotency_key else None
@@ -146,9 +148,14 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
                 user_id=user_id, name=name or f"Desktop-{user_id}", status=accepted.value, status_message=message,
                 plan=plan, cpu_cores=spec.cores, memory_mb=spec.memory_mb, node=settings.proxmox_node,
                 operation=Operation.CREATE.value, expires_at=expires_at)
-            desktop.vmid = vmids.allocate(desktop.id, settings.vmid_min, settings.vmid_max)
+            warm = pool.take(settings, desktop)
+            if warm is not None:  # a VM of the warm pool: no clone, and running already unless the pool keeps them stopped
+                desktop.vmid, desktop.node = warm.vmid, warm.node
+                desktop.status_message = message = f"{message}: VM {warm.vmid} is ready in the warm pool"
+            else:
+                desktop.vmid = vmids.allocate(desktop.id, settings.vmid_min, settings.vmid_max)
             desktop.job_id = jobs.new_job_id(desktop.id, Operation.CREATE)
-            desktop.save(only=[Desktop.vmid, Desktop.job_id])
+            desktop.save(only=[Desktop.vmid, Desktop.job_id, Desktop.node, Desktop.status_message])
             lifecycle.record_event(desktop, accepted, message, "api")
             if idempotency_key:
                 IdempotencyKey.create(user_id=identity.user_id, key=idempotency_key, desktop=desktop.id)
@@ -166,9 +173,12 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
     except redis.RedisError as exc:
         log.error("enqueue of create for desktop %s failed: %s", desktop.id, exc)
         with db.atomic():  # nothing was made yet: undo the record so the user can retry
+            pool.give_back(desktop)
             VmidLease.delete().where(VmidLease.desktop == desktop.id).execute()
             desktop.delete_instance(recursive=True)
         raise InfrastructureError("Failed to create desktop: the job queue is unavailable") from None
+    if warm is not None:
+        pool.request_refill(settings)
     lifecycle.publish(settings.redis_url, desktop)
     return desktop, False
 

@@ -71,9 +71,33 @@ def _desktop_extravars(settings, desktop, operation, force):
         raise JobFailed(f"plan {desktop.plan} is no longer defined in {settings.plans_file}")
     values = {"desktop_id": desktop.id, "desktop_vmid": desktop.vmid, "desktop_user": desktop.user_id,
               "desktop_plan": desktop.plan, "desktop_plans_file": str(settings.plans_file)}
+    from . import pool
+    warm = pool.taken_by(desktop.id)
+    if warm is not None:  # its VM came from the warm pool and may still carry the pool's name
+        values["desktop_pool_vm_name"] = warm.name
+    elif operation is Operation.CREATE and desktop.plan in plans:
+        values["desktop_node"] = _place(settings, desktop, plans[desktop.plan])
     if operation is Operation.STOP:
         values["desktop_force"] = bool(force)
     return values
+
+
+def _place(settings, desktop, plan) -> str:
+    """The node a new desktop's VM is cloned to (services/placement.py), written on the record.
+    When no node qualifies, the configured node: the clone then meets Proxmox's own error, which
+    the job retries as an infrastructure error."""
+    from ..models import Desktop
+    from .placement import PlacementError, choose_node
+    try:
+        choice = choose_node(settings, plan.memory_mb, plan.template)
+        node, why = choice.node, choice.reason
+    except PlacementError as exc:
+        node, why = settings.proxmox_node, str(exc)
+    log.info("desktop %s goes to node %s (%s)", desktop.id, node, why)
+    if desktop.node != node:
+        Desktop.update(node=node).where(Desktop.id == desktop.id).execute()
+        desktop.node = node
+    return node
 
 
 def _desktop_result(settings, operation, stats):
@@ -84,6 +108,8 @@ def _desktop_result(settings, operation, stats):
             raise JobFailed(f"the playbook reported no {'IP address' if not ip else 'Guacamole connection'}")
         fields.update(ip_address=str(ip), guacamole_connection_id=str(connection),
                       protocol=str(stats.get("guacamole_protocol") or settings.guacamole_protocol))
+        if stats.get("vm_node"):  # where the VM really is (a resumed create may have placed it earlier)
+            fields["node"] = str(stats["vm_node"])
     if operation is Operation.DELETE:
         from ..models import utcnow
         fields.update(deleted_at=utcnow(), guacamole_connection_id=None)
@@ -91,7 +117,9 @@ def _desktop_result(settings, operation, stats):
 
 
 def _desktop_release(desktop, settings=None):
+    from . import pool
     VmidLease.delete().where(VmidLease.desktop == desktop.id).execute()
+    pool.forget_taken(desktop.id)
 
 
 DESKTOP = Kind(

@@ -22,6 +22,25 @@ class Plan:
     # Lifecycle policies (services/policies.py), in seconds; None: never.
     expires_after: int | None = None  # a desktop's lifetime: the default and the latest expiresAt
     idle_stop_after: int | None = None  # a RUNNING desktop nobody is connected to is stopped after this
+    # The warm pool (services/pool.py): VMs kept cloned ahead of demand, and how they wait.
+    pool_size: int = 0
+    pool_power: str = "running"  # running: a create is RUNNING in seconds; stopped: it still boots
+
+
+POOL_POWERS = ("running", "stopped")
+
+
+def _pool(path: str, name: str, spec) -> dict:
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: plan {name!r}: pool must be a mapping (size, power)")
+    size, power = spec.get("size", 0), str(spec.get("power", "running"))
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ConfigError(f"{path}: plan {name!r}: pool size must be a whole number, 0 or more")
+    if power not in POOL_POWERS:
+        raise ConfigError(f"{path}: plan {name!r}: pool power must be running or stopped, not {power!r}")
+    return {"pool_size": size, "pool_power": power}
 
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
@@ -72,6 +91,7 @@ def _load(path: str, mtime: float) -> dict[str, Plan]:
         except ValueError as exc:
             raise ConfigError(f"{path}: plan {name!r}: expires_after and idle_stop_after must be durations "
                               f"(30m, 8h, 7d) or never ({exc})")
+        plans[name] = dataclasses.replace(plans[name], **_pool(path, name, spec.get("pool")))
     if not plans:
         raise ConfigError(f"{path}: no plans defined")
     return plans

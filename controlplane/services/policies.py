@@ -266,7 +266,8 @@ def _stop_job(settings: Settings, job_id: str) -> None:
 # ---- reconciliation -----------------------------------------------------------------------------
 
 MANAGED_TAGS = {"cloud-desktop": "desktop", "cloud-project": "project"}  # what the playbooks tag VMs with
-_OUR_NAME = re.compile(r"^cds-(desktop|project)-([0-9]+)$")
+_OUR_NAME = re.compile(r"^cds-(desktop|project|pool)-([0-9]+)$")
+_NAME_TAG = {"desktop": "desktop", "project": "project", "pool": "desktop"}  # a pool VM is tagged cloud-desktop
 
 
 def _reconcile(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[list[Action], list[str]]:
@@ -275,7 +276,7 @@ def _reconcile(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[lis
     playbooks/remove_orphans.yml, which checks each VM's name again before deleting it), and
     settled records whose VM is gone are FAILED. A VM that a record is still being created for
     holds a VM-id lease and is never an orphan."""
-    from ..models import Project, VmidLease
+    from ..models import PoolVm, Project, VmidLease
     from .project_states import ProjectStatus
     try:
         vms = [vm for vm in proxmox.cluster_vms(settings)
@@ -292,6 +293,7 @@ def _reconcile(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[lis
 
     live_desktops = {d.id: d for d in Desktop.select().where(Desktop.status != Status.DELETED.value)}
     live_projects = {p.id: p for p in Project.select().where(Project.status != ProjectStatus.DELETED.value)}
+    pool_vms = {v.id: v for v in PoolVm.select()}  # warm pool VMs, and those taken by a desktop being made
     leased = {lease.vmid for lease in VmidLease.select(VmidLease.vmid)}
     actions: list[Action] = []
     orphan_vms: list[dict] = []
@@ -305,12 +307,12 @@ def _reconcile(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[lis
         if not kinds_tagged:
             continue  # not ours
         match = _OUR_NAME.match(name)
-        if not match or match.group(1) not in kinds_tagged:
+        if not match or _NAME_TAG[match.group(1)] not in kinds_tagged:
             notes.append(f"VM {vmid} ({name or 'no name'}) is tagged {', '.join(sorted(t for t in tags if t in MANAGED_TAGS))} "
                          "but not named like ours: left alone")
             continue
         kind, record_id = match.group(1), int(match.group(2))
-        owner = (live_desktops if kind == "desktop" else live_projects).get(record_id)
+        owner = {"desktop": live_desktops, "project": live_projects, "pool": pool_vms}[kind].get(record_id)
         if owner is not None and owner.vmid == vmid:
             continue
         if vmid in leased and owner is not None:
@@ -318,6 +320,8 @@ def _reconcile(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[lis
         user = next((t[len("cds-user-"):] for t in tags if t.startswith("cds-user-")), None)
         why = (f"{kind} {record_id} does not exist or was deleted" if owner is None
                else f"{kind} {record_id} now has VM {owner.vmid}")
+        if kind == "pool":
+            why = (f"pool VM {record_id} does not exist" if owner is None else f"pool VM {record_id} has VM {owner.vmid}")
         orphan_vms.append({"vmid": vmid, "name": name, "node": str(vm.get("node") or settings.proxmox_node)})
         actions.append(Action(record_id if kind == "desktop" else None, user, "", "remove-vm",
                               f"VM {vmid} ({name}) belongs to no live record: {why}", target=f"vm {vmid}"))

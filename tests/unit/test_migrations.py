@@ -17,7 +17,8 @@ def test_fresh_database_gets_every_table(tmp_path):
     database = connect(f"sqlite:///{tmp_path / 'fresh.db'}")
     applied = migrate(database)
     assert applied == ["m0001_initial", "m0002_projects", "m0003_share_generation",
-                       "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat"]
+                       "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat",
+                       "m0008_warm_pool"]
     assert {m._meta.table_name for m in ALL_MODELS} <= tables(database)
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert migrate(database) == []
@@ -33,7 +34,7 @@ def test_version_one_database_is_upgraded_in_place(tmp_path):
         database.create_tables([SchemaMigration])
         SchemaMigration.create(number=1, name="m0001_initial")
     assert migrate(database) == ["m0002_projects", "m0003_share_generation", "m0004_desktop_expiry",
-                                 "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat"]
+                                 "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat", "m0008_warm_pool"]
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert database.execute_sql("SELECT vmid, desktop_id, project_id FROM vmid_lease").fetchall() == [(10001, 7, None)]
     assert "project" in tables(database)
@@ -62,6 +63,7 @@ def test_version_two_projects_get_a_share_generation(tmp_path):
         SchemaMigration.create(number=5, name="m0005_policy_runs")
         SchemaMigration.create(number=6, name="m0006_audit")
         SchemaMigration.create(number=7, name="m0007_job_heartbeat")
+        SchemaMigration.create(number=8, name="m0008_warm_pool")
     assert migrate(database) == ["m0003_share_generation"]
     columns = {c.name for c in database.get_columns("project")}
     assert "share_generation" in columns and not {"share_username", "share_password_hash"} & columns
@@ -80,8 +82,24 @@ def test_version_six_records_get_a_job_heartbeat(tmp_path):
         for number, name in enumerate(["m0001_initial", "m0002_projects", "m0003_share_generation",
                                        "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit"], start=1):
             SchemaMigration.create(number=number, name=name)
-    assert migrate(database) == ["m0007_job_heartbeat"]
+    assert migrate(database) == ["m0007_job_heartbeat", "m0008_warm_pool"]
     for table in ("desktop", "project"):
         assert "job_heartbeat_at" in {c.name for c in database.get_columns(table)}
     assert database.execute_sql("SELECT id, status, job_heartbeat_at FROM desktop").fetchall() == [(5, "RUNNING", None)]
+    assert migrate(database) == []
+
+
+def test_version_seven_leases_are_kept_and_can_belong_to_a_pool_vm(tmp_path):
+    database = connect(f"sqlite:///{tmp_path / 'v7.db'}")
+    database.execute_sql("CREATE TABLE vmid_lease (vmid INTEGER NOT NULL PRIMARY KEY, desktop_id BIGINT, "
+                         "project_id BIGINT, created_at DATETIME NOT NULL)")
+    database.execute_sql("INSERT INTO vmid_lease (vmid, desktop_id, created_at) VALUES (10002, 9, '2026-11-30')")
+    with database.bind_ctx([SchemaMigration]):
+        database.create_tables([SchemaMigration])
+        for number in range(1, 8):
+            SchemaMigration.create(number=number, name=f"m000{number}")
+    assert migrate(database) == ["m0008_warm_pool"]
+    assert {"pool_vm", "pool_setting"} <= tables(database)
+    assert database.execute_sql("SELECT vmid, desktop_id, project_id, pool_vm_id FROM vmid_lease").fetchall() == [
+        (10002, 9, None, None)]
     assert migrate(database) == []

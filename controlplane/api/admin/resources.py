@@ -250,3 +250,6 @@ class Audit(MethodView):
             {"id": e.id, "at": iso(e.at), "requestId": e.request_id, "userId": e.user_id, "admin": e.is_admin,
              "method": e.method, "path": e.path, "action": e.action, "target": e.target, "status": e.status,
              "result": e.result} for e in found]})
+
+
+from . import pools  # noqa: E402,F401  (its routes are on this blueprint)

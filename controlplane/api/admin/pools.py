@@ -1,0 +1,103 @@
+"""The warm pool for admins (services/pool.py): each plan's pool with its VMs, and its size."""
+from __future__ import annotations
+
+from flask import g
+from flask.views import MethodView
+from marshmallow import EXCLUDE, Schema, fields
+
+from ...services import pool
+from ..common import settings
+from ..desktops.resources import envelope
+from ..desktops.schemas import DesktopError, Envelope
+from .resources import blp
+
+PLAN = {"in": "path", "name": "plan", "required": True, "description": "A plan of the plans file (BASIC, ...)",
+        "schema": {"type": "string"}}
+
+
+class PoolVmOut(Schema):
+    id = fields.Integer(required=True)
+    name = fields.String(required=True, metadata={"description": "Its VM's name in Proxmox VE (cds-pool-<id>)"})
+    vmid = fields.Integer(required=True)
+    node = fields.String(required=True)
+    state = fields.String(required=True, metadata={"description": "FILLING, READY, FAILED or REMOVING"})
+    power = fields.String(required=True, metadata={"description": "running or stopped"})
+    ipAddress = fields.String(required=True, allow_none=True)
+    message = fields.String(required=True)
+    createdAt = fields.String(required=True, metadata={"format": "date-time"})
+    readyAt = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+
+
+class PoolOut(Schema):
+    plan = fields.String(required=True)
+    template = fields.String(required=True)
+    size = fields.Integer(required=True, metadata={"description": "VMs the pool keeps (READY or FILLING)"})
+    power = fields.String(required=True, metadata={"description": "running: a create is RUNNING in seconds; "
+                                                                   "stopped: it skips the clone but still boots"})
+    source = fields.String(required=True, metadata={"description": "plans file, or admin <user id>"})
+    ready = fields.Integer(required=True)
+    filling = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    removing = fields.Integer(required=True)
+    lastFailure = fields.String(required=True, allow_none=True,
+                                metadata={"description": "Why the last fill failed, while the pool waits to retry"})
+    vms = fields.List(fields.Nested(PoolVmOut), required=True)
+
+
+class PoolsOut(Schema):
+    pools = fields.List(fields.Nested(PoolOut), required=True)
+
+
+class PoolsEnvelope(Envelope):
+    data = fields.Nested(PoolsOut, required=True)
+
+
+class PoolEnvelope(Envelope):
+    data = fields.Nested(PoolOut, required=True)
+
+
+class PoolBody(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    size = fields.Integer(required=True, strict=True, metadata={"description": "VMs to keep; 0 empties the pool"},
+                          error_messages={"required": "size is required", "invalid": "size must be an integer"})
+    power = fields.String(load_default="running", metadata={"description": "running (default) or stopped"},
+                          error_messages={"invalid": "power must be running or stopped"})
+
+
+def _one(plan: str) -> dict:
+    return next(p for p in pool.report(settings()) if p["plan"] == plan)
+
+
+@blp.route("/pools")
+class Pools(MethodView):
+    @blp.response(200, PoolsEnvelope)
+    @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
+    @blp.alt_response(403, schema=DesktopError, description="Not an admin")
+    def get(self):
+        """Every plan's warm pool: its size, where it comes from, and its VMs (not those taken)."""
+        return envelope({"pools": pool.report(settings())})
+
+
+@blp.route("/pools/<plan>", parameters=[PLAN])
+class Pool(MethodView):
+    @blp.arguments(PoolBody)
+    @blp.response(200, PoolEnvelope)
+    @blp.alt_response(400, schema=DesktopError, description="Unknown plan, or a bad size or power")
+    @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
+    @blp.alt_response(403, schema=DesktopError, description="Not an admin")
+    def put(self, body, plan):
+        """Set a plan's pool (overrides the plans file's `pool:`); VMs are made or removed in the
+        background until it has `size` READY."""
+        pool.set_pool(settings(), plan, body["size"], body.get("power", "running"), by=g.identity.user_id)
+        return envelope(_one(plan), "Pool updated; it is being filled in the background.")
+
+    @blp.response(200, PoolEnvelope)
+    @blp.alt_response(400, schema=DesktopError, description="Unknown plan")
+    @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
+    @blp.alt_response(403, schema=DesktopError, description="Not an admin")
+    def delete(self, plan):
+        """Forget the admin's setting: the plans file's pool applies again."""
+        pool.reset_pool(settings(), plan)
+        return envelope(_one(plan), "Pool reset to the plans file.")

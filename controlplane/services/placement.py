@@ -1,0 +1,120 @@
+"""Which Proxmox node a new VM goes to.
+
+Read from `cluster/resources` (type node): only online nodes, only those allowed
+(CONTROLPLANE_PROXMOX_NODES, empty: all), never one in maintenance (policies.drain). A clone can
+land on another node than its template's only from shared storage (PVE refuses a `target` for
+local disks), so without CONTROLPLANE_PROXMOX_SHARED_STORAGE every VM goes to its template's
+node. Among the candidates: the most free memory once the VMs this control plane is still
+creating there are counted (cluster/resources lags behind new VMs), then the fewest of our VMs
+(so that equal nodes share the pool and the desktops), then the idlest CPU.
+
+Runs in workers and the reaper (refill passes, create jobs), never in an API request.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from ..config import Settings
+from ..models import Desktop, PoolVm, PoolVmState, utcnow
+from . import proxmox
+from .states import TRANSITIONAL, Status
+
+log = logging.getLogger(__name__)
+
+GIB = 1024 ** 3
+RECENT = dt.timedelta(minutes=5)  # a VM this young may not show in a node's memory use yet
+
+
+class PlacementError(RuntimeError):
+    """No node can take the VM (all offline, in maintenance or not allowed)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    node: str
+    reason: str
+
+
+def _nodes(settings: Settings) -> list[dict]:
+    return proxmox.with_login(settings, lambda pve: pve.cluster.resources.get(type="node"))
+
+
+def _template_node(settings: Settings, template: str) -> str | None:
+    for vm in proxmox.cluster_vms(settings):
+        if str(vm.get("name") or "") == template and int(vm.get("template") or 0):
+            return str(vm["node"])
+    return None
+
+
+def _ours_by_node(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
+    """(memory MB of our VMs still being made there, count of our VMs) per node."""
+    from .plans import load_plans
+    plan_memory = {name: plan.memory_mb for name, plan in load_plans(settings.plans_file).items()}
+    reserved: dict[str, int] = {}
+    count: dict[str, int] = {}
+    since = utcnow() - RECENT
+    for d in Desktop.select(Desktop.node, Desktop.memory_mb, Desktop.status, Desktop.created_at).where(
+            Desktop.status != Status.DELETED.value):
+        if not d.node:
+            continue
+        count[d.node] = count.get(d.node, 0) + 1
+        if Status(d.status) in TRANSITIONAL or d.created_at >= since:
+            reserved[d.node] = reserved.get(d.node, 0) + d.memory_mb
+    for vm in PoolVm.select(PoolVm.node, PoolVm.plan, PoolVm.state, PoolVm.created_at).where(
+            PoolVm.state != PoolVmState.TAKEN.value):
+        count[vm.node] = count.get(vm.node, 0) + 1
+        if vm.state == PoolVmState.FILLING.value or vm.created_at >= since:
+            reserved[vm.node] = reserved.get(vm.node, 0) + plan_memory.get(vm.plan, 0)
+    return reserved, count
+
+
+def choose_node(settings: Settings, memory_mb: int, template: str) -> Choice:
+    """The node for a new VM of `memory_mb` cloned from `template`. Raises PlacementError when no
+    node can take it; when Proxmox cannot be read, falls back to CONTROLPLANE_PROXMOX_NODE (the
+    clone then meets whatever Proxmox says, and the job's retries handle it)."""
+    from .policies import is_draining
+    try:
+        nodes = _nodes(settings)
+        home = None if settings.proxmox_shared_storage else _template_node(settings, template)
+    except Exception as exc:
+        log.warning("placement: could not read the cluster (%s); using %s", type(exc).__name__, settings.proxmox_node)
+        return Choice(settings.proxmox_node, "the cluster could not be read")
+    allowed = set(settings.proxmox_node_list)
+    candidates, skipped = [], []
+    for item in nodes:
+        name = str(item.get("node") or "")
+        if allowed and name not in allowed:
+            continue
+        if item.get("status") != "online":
+            skipped.append(f"{name} is offline")
+        elif is_draining(settings, name):
+            skipped.append(f"{name} is in maintenance")
+        elif home is not None and name != home:
+            continue  # local storage: clones stay on the template's node
+        else:
+            candidates.append(item)
+    if not candidates:
+        where = f"template {template}'s node {home}" if home else "any allowed node"
+        raise PlacementError(f"no Proxmox node can take the VM: {where} is not available"
+                             + (f" ({'; '.join(skipped)})" if skipped else ""))
+    reserved, count = _ours_by_node(settings)
+
+    def free_after(item) -> int:
+        name = str(item["node"])
+        free = int(item.get("maxmem") or 0) - int(item.get("mem") or 0) - reserved.get(name, 0) * 1024 * 1024
+        return free
+
+    def key(item):
+        name = str(item["node"])
+        idle_cpus = float(item.get("maxcpu") or 0) * (1.0 - float(item.get("cpu") or 0))
+        return (-(free_after(item) // GIB), count.get(name, 0), -round(idle_cpus, 1), name)
+
+    best = min(candidates, key=key)
+    free_gib = free_after(best) / GIB
+    if free_after(best) < memory_mb * 1024 * 1024:
+        log.warning("placement: node %s has only %.1f GiB free for a %d MB VM", best["node"], free_gib, memory_mb)
+    reason = f"{free_gib:.1f} GiB free, {count.get(str(best['node']), 0)} of our VMs" + (
+        f"; skipped {', '.join(skipped)}" if skipped else "")
+    return Choice(str(best["node"]), reason)

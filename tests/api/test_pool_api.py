@@ -1,0 +1,193 @@
+"""The warm pool through the API, without workers: admins see and size each plan's pool; a create
+takes a READY pool VM in its own transaction (its VM id, node and lease), never the same one twice,
+never one of another plan or on a node in maintenance, and gives it back when it cannot be queued.
+The pool's end-to-end behaviour (fills, refills, adoption by the playbook) is in tests/e2e/test_pool.py."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis as redis_lib
+from rq import Queue
+
+from controlplane.extensions import db
+from controlplane.models import Desktop, PoolVm, PoolVmState, VmidLease
+from controlplane.services import pool
+from controlplane.services.queue import QUEUE_NAME
+
+BASE = "/api/v1/desktops"
+POOLS = "/api/v1/admin/pools"
+
+
+def ready_vm(plan: str = "STANDARD", vmid: int = 20001, node: str = "pve1", power: str = "running",
+             ready_at=None) -> PoolVm:
+    """A READY pool VM with its VM-id lease, as a fill job leaves it."""
+    from controlplane.models import utcnow
+    with db.connection_context():
+        vm = PoolVm.create(plan=plan, template="tmpl-debian12-desktop", vmid=vmid, node=node, power=power,
+                           state=PoolVmState.READY.value, message="Ready", ip_address="10.66.0.50",
+                           ready_at=ready_at or utcnow())
+        VmidLease.create(vmid=vmid, pool_vm_id=vm.id)
+    return vm
+
+
+def pool_of(client, auth, plan: str) -> dict:
+    response = client.get(POOLS, headers=auth("ops", admin=True))
+    assert response.status_code == 200, response.get_json()
+    return next(p for p in response.get_json()["data"]["pools"] if p["plan"] == plan)
+
+
+def test_admins_see_every_plans_pool(client, auth):
+    ready_vm(vmid=20001)
+    response = client.get(POOLS, headers=auth("ops", admin=True))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["success"] is True and list(body) == ["success", "data", "timestamp"]
+    pools = {p["plan"]: p for p in body["data"]["pools"]}
+    assert set(pools) == {"BASIC", "STANDARD", "PREMIUM"}
+    standard = pools["STANDARD"]
+    assert (standard["size"], standard["power"], standard["source"], standard["ready"], standard["filling"]) == \
+        (0, "running", "plans file", 1, 0)
+    [vm] = standard["vms"]
+    assert (vm["name"], vm["vmid"], vm["node"], vm["state"], vm["ipAddress"]) == \
+        (f"cds-pool-{vm['id']}", 20001, "pve1", "READY", "10.66.0.50")
+    assert vm["createdAt"].endswith("+00:00") and vm["readyAt"]
+
+
+def test_only_admins_see_or_size_pools(client, auth):
+    for method in ("get", "put", "delete"):
+        url = POOLS if method == "get" else f"{POOLS}/STANDARD"
+        kwargs = {"json": {"size": 1}} if method == "put" else {}
+        refused = getattr(client, method)(url, headers=auth("user_12345"), **kwargs)
+        assert refused.status_code == 403 and refused.get_json()["error"] == "FORBIDDEN", method
+        assert getattr(client, method)(url, **kwargs).status_code == 401, method
+
+
+def test_an_admin_sizes_a_pool_and_a_refill_is_queued(client, auth, redis_conn):
+    response = client.put(f"{POOLS}/STANDARD", json={"size": 3, "power": "stopped"}, headers=auth("ops", admin=True))
+    assert response.status_code == 200, response.get_json()
+    data = response.get_json()["data"]
+    assert (data["plan"], data["size"], data["power"], data["source"]) == ("STANDARD", 3, "stopped", "admin ops")
+    jobs = Queue(QUEUE_NAME, connection=redis_conn).jobs
+    assert [j.func_name for j in jobs] == [pool.REFILL_JOB]
+    assert client.put(f"{POOLS}/STANDARD", json={"size": 2}, headers=auth("ops", admin=True)).get_json()["data"][
+        "power"] == "running"  # power defaults to running
+    reset = client.delete(f"{POOLS}/STANDARD", headers=auth("ops", admin=True))
+    assert reset.status_code == 200 and reset.get_json()["data"]["source"] == "plans file"
+    assert reset.get_json()["data"]["size"] == 0
+
+
+@pytest.mark.parametrize("plan, body, field, message", [
+    ("GOLD", {"size": 1}, "plan", "Plan must be one of BASIC, STANDARD, PREMIUM"),
+    ("STANDARD", {"size": -1}, "size", "Size must be between 0 and 50"),
+    ("STANDARD", {"size": 51}, "size", "Size must be between 0 and 50"),
+    ("STANDARD", {"size": "2"}, "size", "size must be an integer"),
+    ("STANDARD", {"size": True}, "size", "size must be an integer"),
+    ("STANDARD", {}, "size", "size is required"),
+    ("STANDARD", {"size": 1, "power": "warm"}, "power", "Power must be running or stopped"),
+])
+def test_a_bad_pool_setting_is_a_validation_error(client, auth, plan, body, field, message):
+    response = client.put(f"{POOLS}/{plan}", json=body, headers=auth("ops", admin=True))
+    assert response.status_code == 400, response.get_json()
+    error = response.get_json()
+    assert error["error"] == "VALIDATION_ERROR" and error["details"][field] == message
+    assert error["path"] == f"{POOLS}/{plan}"
+
+
+def test_a_create_takes_a_ready_pool_vm_with_its_lease(client, auth, redis_conn):
+    vm = ready_vm(vmid=20007, node="pve2")
+    response = client.post(BASE, json={"userId": "user_warm", "plan": "STANDARD"}, headers=auth("user_warm"))
+    assert response.status_code == 201, response.get_json()
+    data = response.get_json()["data"]
+    assert data["status"] == "PENDING" and data["statusMessage"] == \
+        "Desktop creation queued: VM 20007 is ready in the warm pool"
+    with db.connection_context():
+        desktop = Desktop.get_by_id(data["id"])
+        taken = PoolVm.get_by_id(vm.id)
+        lease = VmidLease.get_by_id(20007)
+    assert (desktop.vmid, desktop.node) == (20007, "pve2")
+    assert (taken.state, taken.desktop_id) == ("TAKEN", desktop.id) and taken.taken_at is not None
+    assert (lease.desktop_id, lease.pool_vm_id) == (desktop.id, None)
+    # The create job and a refill (the pool is one short now) are queued.
+    assert {j.func_name for j in Queue(QUEUE_NAME, connection=redis_conn).jobs} == {
+        "controlplane.tasks.desktops.run_desktop_job", pool.REFILL_JOB}
+    # Taken VMs are no longer the pool's.
+    assert pool_of(client, auth, "STANDARD")["vms"] == []
+
+
+def test_without_a_ready_vm_of_its_plan_a_create_clones(client, auth):
+    ready_vm(plan="PREMIUM", vmid=20010)
+    response = client.post(BASE, json={"userId": "user_cold", "plan": "STANDARD"}, headers=auth("user_cold"))
+    data = response.get_json()["data"]
+    assert data["statusMessage"] == "Desktop creation queued"
+    with db.connection_context():
+        assert Desktop.get_by_id(data["id"]).vmid != 20010
+        assert PoolVm.get(PoolVm.vmid == 20010).state == "READY"
+
+
+def test_running_and_longest_waiting_pool_vms_go_first(client, auth):
+    import datetime as dt
+
+    from controlplane.models import utcnow
+    now = utcnow()
+    ready_vm(vmid=20021, power="stopped", ready_at=now - dt.timedelta(hours=2))
+    ready_vm(vmid=20022, ready_at=now - dt.timedelta(minutes=5))
+    ready_vm(vmid=20023, ready_at=now - dt.timedelta(hours=1))
+    taken = []
+    for n in range(3):
+        user = f"user_order_{n}"
+        data = client.post(BASE, json={"userId": user, "plan": "STANDARD"}, headers=auth(user)).get_json()["data"]
+        with db.connection_context():
+            taken.append(Desktop.get_by_id(data["id"]).vmid)
+    assert taken == [20023, 20022, 20021]
+
+
+def test_a_pool_vm_on_a_node_in_maintenance_is_not_taken(client, auth, base_settings, redis_conn):
+    ready_vm(vmid=20031, node="pve2")
+    from controlplane.services.policies import _draining_key, is_draining
+    redis_conn.set(_draining_key("pve2"), "1")  # what a drain of pve2 leaves until it is released
+    assert is_draining(base_settings, "pve2")
+    data = client.post(BASE, json={"userId": "user_drain", "plan": "STANDARD"},
+                       headers=auth("user_drain")).get_json()["data"]
+    with db.connection_context():
+        assert Desktop.get_by_id(data["id"]).vmid != 20031
+        assert PoolVm.get(PoolVm.vmid == 20031).state == "READY"
+
+
+def test_concurrent_creates_never_share_a_pool_vm(app, client, auth):
+    for n in range(3):
+        ready_vm(vmid=20041 + n)
+    results = []
+
+    def post(user):
+        with app.test_client() as c:
+            results.append(c.post(BASE, json={"userId": user, "plan": "STANDARD"}, headers=auth(user)))
+
+    threads = [threading.Thread(target=post, args=(f"user_race_{n}",)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [r.status_code for r in results] == [201] * 6, [r.get_json() for r in results]
+    with db.connection_context():
+        vmids = [Desktop.get_by_id(r.get_json()["data"]["id"]).vmid for r in results]
+        taken = {vm.vmid: vm.desktop_id for vm in PoolVm.select().where(PoolVm.state == "TAKEN")}
+    assert len(set(vmids)) == 6  # no VM id twice
+    assert set(taken) == {20041, 20042, 20043} and len(set(taken.values())) == 3
+
+
+def test_a_create_that_cannot_be_queued_gives_its_pool_vm_back(client, auth, monkeypatch):
+    vm = ready_vm(vmid=20051)
+    from controlplane.services import jobs
+
+    def refuse(*args, **kwargs):
+        raise redis_lib.ConnectionError("Redis is down")
+    monkeypatch.setattr(jobs, "enqueue", refuse)
+    response = client.post(BASE, json={"userId": "user_down", "plan": "STANDARD"}, headers=auth("user_down"))
+    assert response.status_code == 500 and response.get_json()["error"] == "INFRASTRUCTURE_ERROR"
+    with db.connection_context():
+        back = PoolVm.get_by_id(vm.id)
+        lease = VmidLease.get_by_id(20051)
+        assert Desktop.select().where(Desktop.user_id == "user_down").count() == 0
+    assert (back.state, back.desktop_id) == ("READY", None)
+    assert (lease.desktop_id, lease.pool_vm_id) == (None, vm.id)
