@@ -99,7 +99,7 @@ def cmd_worker(args) -> int:
     from rq import Worker
 
     from .logs import configure_logging
-    from .services.queue import QUEUE_NAME, get_redis
+    from .services.queue import POOL_QUEUE_NAME, QUEUE_NAME, get_redis
     from .tasks import engine as tasks
     settings = Settings.from_env()
     settings.require_redis()
@@ -116,7 +116,9 @@ def cmd_worker(args) -> int:
     name, restarts = args.name, 0
     try:
         while True:
-            worker = Worker([QUEUE_NAME], connection=conn, name=name, job_monitoring_interval=settings.worker_heartbeat)
+            # Desktop and project jobs first; warm pool fills only when none waits.
+            worker = Worker([QUEUE_NAME, POOL_QUEUE_NAME], connection=conn, name=name,
+                            job_monitoring_interval=settings.worker_heartbeat)
             try:
                 worker.work(burst=args.burst, with_scheduler=False, logging_level="INFO")
             except redis.RedisError as exc:  # Redis went away while RQ tore the worker down

@@ -25,23 +25,49 @@ def _available():
             yield int(info.name[1:5]), info.name
 
 
+def _exclusive(database: pw.Database):
+    """A transaction that holds the database's write lock from its start, so that processes
+    migrating a new database at once (the API and every worker start together) take turns: SQLite
+    refuses a deferred transaction's upgrade from read to write at once ("database is locked"), and
+    two PostgreSQL sessions would both find a migration missing."""
+    if isinstance(database, pw.SqliteDatabase):
+        return database.atomic("IMMEDIATE")
+    return _advisory(database)
+
+
+class _advisory:
+    KEY = 0x63647331  # "cds1": this schema's migrations
+
+    def __init__(self, database):
+        self.database = database
+        self.tx = database.atomic()
+
+    def __enter__(self):
+        self.tx.__enter__()
+        if isinstance(self.database, pw.PostgresqlDatabase):
+            self.database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (self.KEY,))
+        return self
+
+    def __exit__(self, *exc):
+        return self.tx.__exit__(*exc)
+
+
 def migrate(database: pw.Database) -> list[str]:
-    """Apply every migration not yet recorded, each in its own transaction."""
+    """Apply every migration not yet recorded, each in its own transaction, one process at a time."""
     from ..models import ALL_MODELS
     with database.bind_ctx([SchemaMigration, *ALL_MODELS]):
-        database.create_tables([SchemaMigration], safe=True)
+        with _exclusive(database):
+            database.create_tables([SchemaMigration], safe=True)
         done = {m.number for m in SchemaMigration.select()}
         applied = []
         for number, name in _available():
             if number in done:
                 continue
             module = importlib.import_module(f"{__name__}.{name}")
-            with database.atomic():
+            with _exclusive(database):
+                if SchemaMigration.get_or_none(SchemaMigration.number == number) is not None:
+                    continue  # another process applied it while this one waited
                 module.apply(database)
-                try:
-                    SchemaMigration.create(number=number, name=name)
-                except pw.IntegrityError:
-                    # Another process applied it concurrently (create_tables is idempotent).
-                    pass
+                SchemaMigration.create(number=number, name=name)
             applied.append(name)
         return applied

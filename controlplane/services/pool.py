@@ -29,7 +29,7 @@ from ..extensions import db
 from ..models import Desktop, PoolSetting, PoolVm, PoolVmState, VmidLease, utcnow
 from . import vmids
 from .plans import POOL_POWERS, load_plans
-from .queue import get_queue, get_redis
+from .queue import POOL_QUEUE_NAME, get_queue, get_redis
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def _new_pool_vm(settings: Settings, config: PoolConfig, node: str) -> PoolVm | 
     except vmids.VmidRangeExhausted:
         return None
     try:
-        get_queue(settings.redis_url).enqueue(FILL_JOB, vm.id, job_id=job_id, job_timeout=settings.job_timeout + 120,
+        get_queue(settings.redis_url, POOL_QUEUE_NAME).enqueue(FILL_JOB, vm.id, job_id=job_id, job_timeout=settings.job_timeout + 120,
                                               result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
                                               meta={"kind": "pool", "pool_vm_id": vm.id},
                                               description=f"fill pool VM {vm.id} ({vm.plan})")
@@ -272,7 +272,7 @@ def _remove(settings: Settings, vm: PoolVm, why: str, done: dict) -> None:
                .where(PoolVm.id == vm.id, PoolVm.state == vm.state, PoolVm.job_id == vm.job_id).execute())
     if not changed:
         return
-    get_queue(settings.redis_url).enqueue(REMOVE_JOB, vm.id, job_id=job_id, job_timeout=settings.job_timeout + 120,
+    get_queue(settings.redis_url, POOL_QUEUE_NAME).enqueue(REMOVE_JOB, vm.id, job_id=job_id, job_timeout=settings.job_timeout + 120,
                                           result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
                                           meta={"kind": "pool", "pool_vm_id": vm.id},
                                           description=f"remove pool VM {vm.id} ({vm.plan})")

@@ -7,6 +7,9 @@ import redis
 from rq import Queue
 
 QUEUE_NAME = "desktops"
+# Warm pool fills and removals: every worker takes them only when no desktop or project job waits
+# (cli.cmd_worker lists this queue second), so refilling never delays a user's request.
+POOL_QUEUE_NAME = "pool"
 EVENTS_CHANNEL_PREFIX = "controlplane:events:"
 
 
@@ -15,5 +18,5 @@ def get_redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
 
 
-def get_queue(url: str) -> Queue:
-    return Queue(QUEUE_NAME, connection=get_redis(url))
+def get_queue(url: str, name: str = QUEUE_NAME) -> Queue:
+    return Queue(name, connection=get_redis(url))

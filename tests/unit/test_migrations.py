@@ -103,3 +103,25 @@ def test_version_seven_leases_are_kept_and_can_belong_to_a_pool_vm(tmp_path):
     assert database.execute_sql("SELECT vmid, desktop_id, project_id, pool_vm_id FROM vmid_lease").fetchall() == [
         (10002, 9, None, None)]
     assert migrate(database) == []
+
+
+def _migrate_in_a_process(url: str) -> None:
+    from controlplane.models import init_db
+    init_db(url)
+
+
+def test_processes_migrating_a_new_database_at_once_take_turns(tmp_path):
+    """`make lab` starts the API and every worker together on a new SQLite file: each migrates it.
+    Before migrations took the write lock first, some of them died with "database is locked"."""
+    import multiprocessing
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_migrate_in_a_process, args=(url,)) for _ in range(6)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [p.exitcode for p in processes] == [0] * 6
+    database = connect(url)
+    assert [m.number for m in SchemaMigration.bind(database).select().order_by(SchemaMigration.number)] == \
+        list(range(1, 9))
