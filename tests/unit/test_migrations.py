@@ -123,5 +123,5 @@ def test_processes_migrating_a_new_database_at_once_take_turns(tmp_path):
         process.join(60)
     assert [p.exitcode for p in processes] == [0] * 6
     database = connect(url)
-    assert [m.number for m in SchemaMigration.bind(database).select().order_by(SchemaMigration.number)] == \
-        list(range(1, 9))
+    with database.bind_ctx([SchemaMigration]):
+        assert [m.number for m in SchemaMigration.select().order_by(SchemaMigration.number)] == list(range(1, 9))
