@@ -148,7 +148,7 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
                 user_id=user_id, name=name or f"Desktop-{user_id}", status=accepted.value, status_message=message,
                 plan=plan, cpu_cores=spec.cores, memory_mb=spec.memory_mb, node=settings.proxmox_node,
                 operation=Operation.CREATE.value, expires_at=expires_at)
-            warm = pool.take(settings, desktop)
+            warm = pool.take(settings, desktop, spec.template)
             if warm is not None:  # a VM of the warm pool: no clone, and running already unless the pool keeps them stopped
                 desktop.vmid, desktop.node = warm.vmid, warm.node
                 desktop.status_message = message = f"{message}: VM {warm.vmid} is ready in the warm pool"

@@ -276,7 +276,7 @@ def _reconcile(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[lis
     playbooks/remove_orphans.yml, which checks each VM's name again before deleting it), and
     settled records whose VM is gone are FAILED. A VM that a record is still being created for
     holds a VM-id lease and is never an orphan."""
-    from ..models import PoolVm, Project, VmidLease
+    from ..models import PoolVm, PoolVmState, Project, VmidLease
     from .project_states import ProjectStatus
     try:
         vms = [vm for vm in proxmox.cluster_vms(settings)
@@ -339,6 +339,22 @@ def _reconcile(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[lis
             actions.append(Action(desktop_id, None, "", "remove-connection",
                                   f"connection {identifier} ({name}) belongs to no live desktop: desktop {desktop_id} "
                                   "does not exist or was deleted", target=f"connection {identifier}"))
+
+    # Warm pool VMs whose VM is gone are failed: the next refill pass replaces them. Only those
+    # READY for a while: one that became READY after Proxmox was read above was not in that list.
+    settled = now - dt.timedelta(minutes=1)
+    for pool_vm in pool_vms.values():
+        if pool_vm.state == PoolVmState.READY.value and pool_vm.vmid not in seen_vmids and pool_vm.ready_at \
+                and pool_vm.ready_at < settled:
+            reason = f"VM {pool_vm.vmid} no longer exists in Proxmox VE"
+            action = Action(None, None, PoolVmState.READY.value, "fail", reason, target=f"pool vm {pool_vm.id}")
+            if not dry_run:
+                action.done = bool(PoolVm.update(state=PoolVmState.FAILED.value, message=f"Fill failed: {reason}",
+                                                 updated_at=utcnow())
+                                   .where(PoolVm.id == pool_vm.id, PoolVm.state == PoolVmState.READY.value).execute())
+                if not action.done:
+                    action.error = "the pool VM was taken meanwhile"
+            actions.append(action)
 
     # Settled records whose VM is gone (transitional ones belong to their job).
     vanished = [(d, f"vm {d.vmid}", d.id, d.user_id) for d in live_desktops.values()

@@ -101,19 +101,19 @@ def reset_pool(settings: Settings, plan: str) -> PoolConfig:
 
 # ---- taking --------------------------------------------------------------------------------------
 
-def take(settings: Settings, desktop: Desktop) -> PoolVm | None:
-    """Hand a READY pool VM of the desktop's plan to the desktop, inside the caller's transaction:
-    running ones first, the longest waiting first, none on a node in maintenance. Returns it, or
-    None when the pool has none. The desktop gets its VM id (the lease moves) and node."""
+def take(settings: Settings, desktop: Desktop, template: str) -> PoolVm | None:
+    """Hand a READY pool VM of the desktop's plan (cloned from the plan's `template`) to the
+    desktop, inside the caller's transaction: running ones first, the longest waiting first, none
+    on a node in maintenance. Returns it, or None when the pool has none. The desktop gets its VM
+    id (the lease moves) and node."""
     from .policies import is_draining
-    nodes = {vm.node for vm in PoolVm.select(PoolVm.node).where(PoolVm.plan == desktop.plan,
-                                                                PoolVm.state == PoolVmState.READY.value)}
+    mine = (PoolVm.plan == desktop.plan) & (PoolVm.template == template) & (PoolVm.state == PoolVmState.READY.value)
+    nodes = {vm.node for vm in PoolVm.select(PoolVm.node).where(mine)}
     if not nodes:
         return None
     usable = [n for n in nodes if not is_draining(settings, n)]
     for _ in range(5):  # each loss of a race to a concurrent create looks again
-        candidate = (PoolVm.select().where(PoolVm.plan == desktop.plan, PoolVm.state == PoolVmState.READY.value,
-                                           PoolVm.node.in_(usable))
+        candidate = (PoolVm.select().where(mine, PoolVm.node.in_(usable))
                      .order_by((PoolVm.power == "running").desc(), PoolVm.ready_at, PoolVm.id).first())
         if candidate is None:
             return None
@@ -202,11 +202,14 @@ def _pass(settings: Settings, conn, done: dict) -> None:
             _remove(settings, vm, f"{'its fill' if vm.state == PoolVmState.FILLING.value else 'its removal'} "
                                   "job is no longer running", done)
 
+    from .policies import is_draining
     plans = load_plans(settings.plans_file)
     pools = configs(settings)
-    for vm in PoolVm.select().where(PoolVm.state.in_(WAITING), PoolVm.plan.not_in(list(pools))):
-        if vm.state == PoolVmState.READY.value:
+    for vm in PoolVm.select().where(PoolVm.state == PoolVmState.READY.value):
+        if vm.plan not in pools:
             _remove(settings, vm, f"plan {vm.plan} is no longer defined", done)
+        elif is_draining(settings, vm.node):
+            _remove(settings, vm, f"node {vm.node} is in maintenance", done)
     for config in pools.values():
         waiting = list(PoolVm.select().where(PoolVm.plan == config.plan, PoolVm.state.in_(WAITING))
                        .order_by(PoolVm.id))

@@ -191,3 +191,85 @@ def test_a_create_that_cannot_be_queued_gives_its_pool_vm_back(client, auth, mon
         assert Desktop.select().where(Desktop.user_id == "user_down").count() == 0
     assert (back.state, back.desktop_id) == ("READY", None)
     assert (lease.desktop_id, lease.pool_vm_id) == (None, vm.id)
+
+
+# ---- refill passes (real database and Redis, no workers: the jobs they queue are inspected) -------
+
+def pool_jobs(redis_conn) -> list[tuple[str, tuple]]:
+    from controlplane.services.queue import POOL_QUEUE_NAME
+    return [(j.func_name, j.args) for j in Queue(POOL_QUEUE_NAME, connection=redis_conn).jobs]
+
+
+def state_of(vm: PoolVm) -> str:
+    with db.connection_context():
+        return PoolVm.get_by_id(vm.id).state
+
+
+def test_a_refill_removes_abandoned_surplus_stale_and_drained_pool_vms(client, base_settings, redis_conn):
+    import datetime as dt
+
+    from controlplane.models import PoolSetting, utcnow
+    from controlplane.services.policies import _draining_key
+    old = utcnow() - dt.timedelta(seconds=base_settings.abandoned_after + 30)
+    with db.connection_context():
+        PoolSetting.create(plan="STANDARD", size=1, power="running", updated_by="ops")
+        abandoned = PoolVm.create(plan="STANDARD", template="tmpl-debian12-desktop", vmid=20201, node="pve1",
+                                  power="running", state="FILLING", job_id="pool-fill-gone", updated_at=old)
+    kept = ready_vm(vmid=20202)
+    surplus = ready_vm(vmid=20203)
+    drained = ready_vm(vmid=20204, node="pve9")
+    with db.connection_context():
+        stale = PoolVm.create(plan="BASIC", template="an-old-template", vmid=20205, node="pve1", power="running",
+                              state="READY")
+    redis_conn.set(_draining_key("pve9"), "1")
+    with db.connection_context():
+        done = pool.refill(base_settings)
+    assert {r["vmid"]: r["why"] for r in done["removing"]} == {
+        20201: "its fill job is no longer running",
+        20203: "the pool of STANDARD is larger than its size 1",
+        20204: "node pve9 is in maintenance",
+        20205: "the pool's template or power changed"}
+    assert "filling" not in done  # STANDARD has its one; BASIC and PREMIUM want none
+    assert state_of(kept) == "READY"
+    assert {state_of(vm) for vm in (abandoned, surplus, drained, stale)} == {"REMOVING"}
+    assert sorted(args for name, args in pool_jobs(redis_conn)) == sorted(
+        (vm.id,) for vm in (abandoned, surplus, drained, stale))
+    assert {name for name, _ in pool_jobs(redis_conn)} == {pool.REMOVE_JOB}
+    with db.connection_context():  # a second pass queues nothing more
+        assert pool.refill(base_settings) == {}
+
+
+def test_a_refill_fills_a_deficit_on_a_leased_vm_id_and_waits_after_a_failure(client, base_settings, redis_conn):
+    from controlplane.models import PoolSetting
+    with db.connection_context():
+        PoolSetting.create(plan="STANDARD", size=2, power="stopped", updated_by="ops")
+        done = pool.refill(base_settings)
+    # The cluster cannot be read here (no Proxmox): the configured node is used.
+    assert [(r["plan"], r["node"]) for r in done["filling"]] == [("STANDARD", "pve1")] * 2
+    with db.connection_context():
+        made = list(PoolVm.select().order_by(PoolVm.id))
+        leases = {lease.vmid: lease.pool_vm_id for lease in VmidLease.select()}
+    assert [(vm.state, vm.power) for vm in made] == [("FILLING", "stopped")] * 2
+    assert leases == {vm.vmid: vm.id for vm in made}
+    assert sorted(pool_jobs(redis_conn)) == sorted((pool.FILL_JOB, (vm.id,)) for vm in made)
+    # A failed fill: the plan's pool waits before it tries again.
+    with db.connection_context():
+        PoolVm.update(state="FAILED", message="Fill failed at 'Clone': no space").where(PoolVm.id == made[0].id).execute()
+    pool.note_failure(base_settings, "STANDARD", "Fill failed at 'Clone': no space")
+    with db.connection_context():
+        again = pool.refill(base_settings)
+    assert [r["id"] for r in again["removing"]] == [made[0].id] and "filling" not in again
+    assert again["notes"] == [f"STANDARD: a fill failed less than {base_settings.pool_retry_after} s ago; waiting"]
+    assert pool_of_report(base_settings, "STANDARD")["lastFailure"] == "Fill failed at 'Clone': no space"
+
+
+def pool_of_report(settings, plan: str) -> dict:
+    with db.connection_context():
+        return next(p for p in pool.report(settings) if p["plan"] == plan)
+
+
+def test_refill_passes_do_not_overlap(client, base_settings, redis_conn):
+    redis_conn.set(pool.REFILL_LOCK, "someone-else", ex=30)
+    with db.connection_context():
+        assert pool.refill(base_settings) == {"skipped": "another refill pass is running"}
+    assert redis_conn.exists(pool.REFILL_AGAIN)  # the running pass goes round once more

@@ -170,3 +170,21 @@ def test_shrinking_the_pool_deletes_its_vms_and_frees_their_ids(lab, pools):
     assert not set(lab.vms()) & vmids
     with db.connection_context():
         assert not VmidLease.select().where(VmidLease.vmid.in_(list(vmids))).exists()
+
+
+def test_a_pool_vm_whose_vm_vanished_is_failed_by_reconcile_and_replaced(lab, pools):
+    import datetime as dt
+
+    from controlplane.models import utcnow
+    pools.set(1)
+    [entry] = pools.ready(1)["vms"]
+    lab.services.call(lambda: lab.pve.vms.remove(lab.pve.vm(entry["vmid"])))  # deleted behind our back
+    with db.connection_context():  # READY for a while (reconcile leaves fresh ones alone)
+        PoolVm.update(ready_at=utcnow() - dt.timedelta(minutes=5)).where(PoolVm.id == entry["id"]).execute()
+    response = pools.session.post(f"{lab.url}/api/v1/admin/policies/reconcile", json={}, timeout=30)
+    assert response.status_code == 200, response.text
+    [action] = [a for a in response.json()["data"]["actions"] if a["target"] == f"pool vm {entry['id']}"]
+    assert action["action"] == "fail" and action["done"] is True
+    replaced = pools.wait(lambda p: p["ready"] == 1 and p["vms"][0]["id"] != entry["id"] and len(p["vms"]) == 1,
+                          "refilled with a new VM")
+    assert replaced["vms"][0]["vmid"] in lab.vms()
