@@ -38,7 +38,7 @@ class PlaybookResult:
     failed_task: str | None = None
     failure: str | None = None
     tasks: list[tuple[str, str, str]] = field(default_factory=list)  # (role, file, task name) in order
-    # {role, file, task, start, seconds[, attempts]} per task, in order; start is from the run's start
+    # {role, file, task, action, start, seconds[, attempts]} per task, in order; start is from the run's start
     timings: list[dict] = field(default_factory=list)
     seconds: float | None = None  # the whole run's wall time
     startup: float | None = None  # from the run's start to the first task
@@ -137,6 +137,7 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
                 at = _created(event, time.time())
                 close_last_task(at)
                 result.timings.append({"role": role, "file": filename, "task": task,
+                                       "action": data.get("task_action") or "",
                                        "start": round(at - started_wall, 4), "seconds": None})
                 if on_task is not None:
                     try:
