@@ -20,7 +20,7 @@ the API under gunicorn (`controlplane api`), all on loopback, on free ports.
    moment. Passes when every one reaches RUNNING, no VM id is used twice (database and fakepve,
    and every desktop's VM carries its name), and no status message or event mentions a lock.
    Reports the total time (first request → last RUNNING) and per desktop p50/p95/max.
-3. Memory. Every 0.25 s during the runs: RSS of the API (gunicorn master and workers) and of each
+3. Memory. Every 0.5 s during the runs: RSS of the API (gunicorn master and workers) and of each
    worker's process tree (the RQ worker, its reaper, the work horse and the ansible-playbook
    processes it spawns). RSS counts pages shared after fork in every process, so sums over-count.
 4. `--pool N` (optional; needs the warm-pool admin API): PUT /api/v1/admin/pools/STANDARD
@@ -137,9 +137,9 @@ class Workers:
 
 
 class MemorySampler(threading.Thread):
-    """Peak RSS of the API's processes and of each worker's process tree, sampled every `interval`."""
+    """Peak RSS of the API's processes and of each worker's process tree, sampled every `interval` (psutil)."""
 
-    def __init__(self, api_pid: int, worker_pids: list[int], interval: float = 0.25, limit_s: float = 1800):
+    def __init__(self, api_pid: int, worker_pids: list[int], interval: float = 0.5, limit_s: float = 1800):
         super().__init__(name="memory-sampler", daemon=True)
         import psutil
         self.psutil = psutil
@@ -213,6 +213,7 @@ class Bench:
     def __init__(self, settings, base: str, services, redis_conn, agent_delay: float, timeout: float):
         self.settings, self.base, self.services, self.redis = settings, base, services, redis_conn
         self.agent_delay, self.timeout = agent_delay, timeout
+        self.workers: Workers | None = None
         self.http = requests.Session()
 
     def token(self, user: str, admin: bool = False) -> str:
@@ -234,7 +235,7 @@ class Bench:
         return r.json()["data"]["id"], "", sent, answered
 
     def wait_settled(self, ids: list[int]) -> tuple[dict[int, str], dict[int, float]]:
-        """Poll the database every 0.05 s until every desktop is RUNNING or FAILED (or the timeout):
+        """Poll the database every 0.1 s until every desktop is RUNNING or FAILED (or the timeout):
         (id → status, id → when it was first seen settled). The database's own timestamps are whole
         seconds, hence this clock."""
         from controlplane.extensions import db
@@ -251,7 +252,10 @@ class Bench:
                     settled.setdefault(i, now)
             if len(settled) == len(ids):
                 break
-            time.sleep(0.05)
+            if self.workers is not None and all(p.poll() is not None for p in self.workers.procs.values()):
+                print("  every worker has exited (killed from outside?); not waiting any longer", flush=True)
+                break
+            time.sleep(0.1)
         return statuses, settled
 
     def measure(self, desktop_id: int, sent: float, answered: float, settled: float | None) -> dict:
@@ -279,6 +283,10 @@ class Bench:
         except Exception as exc:  # noqa: BLE001 - reported
             out["job_error"] = repr(exc)
             return out
+        deadline = time.monotonic() + 15  # RUNNING is written just before the job returns
+        while job.get_status() not in ("finished", "failed") and time.monotonic() < deadline:
+            time.sleep(0.1)
+            job = Job.fetch(d.job_id, connection=self.redis)
         out["queue_wait_s"] = _r(_seconds(job.enqueued_at, job.started_at))
         out["job_s"] = _r(_seconds(job.started_at, job.ended_at))
         result = job.return_value() if job.get_status() == "finished" else None
@@ -361,8 +369,9 @@ def sequential(bench: Bench, count: int, prefix: str) -> dict:
               "status_phases_s": {ph: summary([r["status_phases_s"].get(ph, 0.0) for r in ok])
                                   for ph in ("PENDING",) + PHASES[1:]},
               "desktops": runs}
-    report["per_task"] = per_task(ok)
-    report["per_action"] = per_action(ok)
+    timed = [r for r in ok if r.get("tasks")]
+    report["per_task"] = per_task(timed)
+    report["per_action"] = per_action(timed)
     return report
 
 
@@ -411,7 +420,8 @@ def concurrency(bench: Bench, count: int) -> dict:
     run = bench.create_many(count, f"conc{count}")
     desktops = run["desktops"]
     running = [d for d in desktops if d["status"] == "RUNNING"]
-    failed = [f"desktop {d['id']}: {d['status']} {d['message']}" for d in desktops if d["status"] != "RUNNING"]
+    failed = [f"desktop {d['id']}: {'FAILED' if d['status'] == 'FAILED' else 'not RUNNING in time, still'} "
+              f"{d['status']} {d['message']}" for d in desktops if d["status"] != "RUNNING"]
     failed += run["post_errors"]
     if len(run["ids"]) + len(run["post_errors"]) < count:
         failed.append(f"only {len(run['ids']) + len(run['post_errors'])} of {count} requests answered")
@@ -487,7 +497,7 @@ def main() -> int:
     parser.add_argument("--agent-delay", type=float, default=0.2, help="seconds from VM start to its guest agent")
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
-    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for a batch to settle")
+    parser.add_argument("--timeout", type=float, default=480, help="seconds to wait for a batch to settle")
     parser.add_argument("--pool", type=int, default=0, help="also time creates from a warm pool of this size")
     parser.add_argument("--pool-wait", type=float, default=180, help="seconds to wait for the pool to fill")
     parser.add_argument("--out", type=Path, default=None)
@@ -533,6 +543,7 @@ def main() -> int:
         sampler = MemorySampler(api.pid, [p.pid for p in workers.procs.values()])
         sampler.start()
         bench = Bench(settings, base, services, redis_conn, args.agent_delay, args.timeout)
+        bench.workers = workers
 
         print(f"warm-up: one create ({args.database}, {args.workers} workers) ...", flush=True)
         sequential(bench, 1, "warmup")
@@ -609,7 +620,7 @@ def main() -> int:
     for c in conc:
         s = c["per_desktop_s"]
         checks = "ok" if c["passed"] else "MISSED: " + "; ".join(
-            filter(None, [f"{len(c['failures'])} failed" if c["failures"] else "",
+            filter(None, [f"{len(c['failures'])} not RUNNING" if c["failures"] else "",
                           f"dup vmids {c['duplicate_vmids_db'] + c['duplicate_vmids_pve']}"
                           if c["duplicate_vmids_db"] or c["duplicate_vmids_pve"] else "",
                           f"lock messages {c['lock_messages'][:2]}" if c["lock_messages"] else "",
