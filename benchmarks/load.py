@@ -1,6 +1,7 @@
 """Load: the Desktop API under a sustained load, and live status events to many WebSocket clients.
 
     .venv/bin/python benchmarks/load.py [--database sqlite|postgresql] [--duration 60] [--rate 1000]
+                                        [--paced] [--paced-duration 15]
 
 1. HTTP. The API runs as production runs it (`controlplane api`: gunicorn, gthread workers), on
    loopback, with its own Redis (rate limits on, as configured by default) and a database holding
@@ -8,6 +9,13 @@
    `--duration` seconds, cycling through the users and through get, status, connect and list, each
    with its user's bearer token. Passes when every answer is 200 (no error, no 429, no socket
    error) and the throughput held is at least `--rate` requests/s.
+   With `--paced`, wrk then holds `--rate` requests/s (no more) for `--paced-duration` seconds,
+   once with the four endpoints mixed and once for each endpoint alone, and reports p50/p95/p99
+   per endpoint; passes when each p95 is under `--p95-ms` (20) with every answer a 200 and the
+   rate held (within 5 %). Pacing: each wrk thread hands out send slots 1/rate apart (LuaJIT's
+   clock through ffi, wrk's `delay()` per request); a slot missed by more than a second is
+   dropped, so a slow API shows as a rate not held. wrk times a request from when it is sent,
+   not from its slot (no coordinated-omission correction, unlike wrk2, which Debian lacks).
 2. WebSocket. `--ws-clients` clients sign in on /ws; `--ws-events` status changes per client are
    published through the same code the worker uses (lifecycle.publish); passes when every client
    received every event, in order.
@@ -55,6 +63,7 @@ function init(args)
     local token, id, user = line:match("(%S+) (%S+) (%S+)")
     table.insert(creds, {token = token, id = id, user = user})
   end
+  only = tonumber(args[2] or "0")  -- 1..4: that endpoint alone; 0: all four in turn
   counter = id * 7919
   not_ok = 0
   statuses = {}
@@ -63,7 +72,7 @@ end
 function request()
   counter = counter + 1
   local c = creds[(counter % #creds) + 1]
-  local kind = math.floor(counter / #creds) % 4 + 1
+  local kind = only > 0 and only or math.floor(counter / #creds) % 4 + 1
   local path = string.format(paths[kind], kind == 4 and c.user or c.id)
   return wrk.format("GET", path, {["Authorization"] = "Bearer " .. c.token})
 end
@@ -93,6 +102,32 @@ function done(summary, latency, requests)
     latency:percentile(99) / 1000, latency.max / 1000, latency.mean / 1000))
 end
 """
+
+# Appended to LUA for the paced runs: wrk calls delay() before each request and waits that long.
+PACE_LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef long cds_time_t;
+struct cds_timespec { cds_time_t tv_sec; long tv_nsec; };
+int clock_gettime(int clk_id, struct cds_timespec *tp);
+]]
+local ts = ffi.new("struct cds_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local interval_ms = 1000 / %(thread_rate)f
+local next_slot = nil
+
+function delay()
+  local now = now_ms()
+  if next_slot == nil or next_slot < now - 1000 then next_slot = now end  -- drop slots missed by > 1 s
+  next_slot = next_slot + interval_ms
+  local wait = next_slot - now
+  return wait > 0 and math.floor(wait) or 0
+end
+"""
+ENDPOINTS = {0: "mixed", 1: "get", 2: "status", 3: "connect", 4: "list"}
 
 
 def free_port() -> int:
@@ -191,9 +226,10 @@ def start_api(env: dict, port: int, workers: int, threads: int, log: Path) -> su
 
 
 def run_wrk(wrk: str, url: str, creds_file: Path, lua_file: Path, duration: int, connections: int,
-            threads: int) -> dict:
+            threads: int, endpoint: int = 0) -> dict:
     out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
-                          "-s", str(lua_file), url, "--", str(creds_file)], capture_output=True, text=True)
+                          "-s", str(lua_file), url, "--", str(creds_file), str(endpoint)], capture_output=True,
+                         text=True, timeout=duration + 120)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         sys.exit(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
@@ -278,6 +314,10 @@ def main() -> int:
     parser.add_argument("--api-threads", type=int, default=64, help="per worker; each WebSocket holds one")
     parser.add_argument("--ws-clients", type=int, default=100)
     parser.add_argument("--ws-events", type=int, default=50)
+    parser.add_argument("--paced", action="store_true", help="also hold --rate requests/s, mixed and per endpoint")
+    parser.add_argument("--paced-duration", type=int, default=15, help="seconds of each paced run")
+    parser.add_argument("--paced-connections", type=int, default=32)
+    parser.add_argument("--p95-ms", type=float, default=20.0, help="p95 target of the paced runs")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -306,6 +346,14 @@ def main() -> int:
         run_wrk(wrk, base, creds_file, lua_file, 5, args.connections, 2)
         print(f"load: {args.duration} s, {args.connections} connections ...", flush=True)
         http = run_wrk(wrk, base, creds_file, lua_file, args.duration, args.connections, 2)
+        paced = {}
+        if args.paced:
+            paced_lua = work / "paced.lua"
+            paced_lua.write_text(LUA + PACE_LUA % {"thread_rate": args.rate / 2})
+            for endpoint, name in ENDPOINTS.items():
+                print(f"paced: {name} at {args.rate} requests/s for {args.paced_duration} s ...", flush=True)
+                paced[name] = run_wrk(wrk, base, creds_file, paced_lua, args.paced_duration, args.paced_connections,
+                                      2, endpoint)
         print(f"websocket: {args.ws_clients} clients x {args.ws_events} events ...", flush=True)
         ws = websocket_fanout(settings, base, creds, args.ws_clients, args.ws_events)
     finally:
@@ -317,13 +365,19 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     http_ok = http["errors"] == 0 and http["rps"] >= args.rate
+    for result in paced.values():
+        result["passed"] = (result["errors"] == 0 and result["p95_ms"] < args.p95_ms
+                            and result["rps"] >= 0.95 * args.rate)
+    paced_ok = all(r["passed"] for r in paced.values())
     ws_ok = ws["lost"] == 0 and ws["in_order"] and not ws["failures"]
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-               "processor": _cpu_model()}
+               "processor": _cpu_model(), "loadavg_at_end": _loadavg()}
     report = {"database": args.database, "duration_s": args.duration, "users": args.users,
               "connections": args.connections, "api_workers": args.api_workers, "api_threads": args.api_threads,
               "target_rps": args.rate, "http": http, "websocket": ws, "machine": machine,
-              "passed": http_ok and ws_ok, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "paced": {"rate": args.rate, "duration_s": args.paced_duration, "connections": args.paced_connections,
+                        "p95_target_ms": args.p95_ms, "runs": paced} if paced else None,
+              "passed": http_ok and ws_ok and paced_ok, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out = args.out or REPO / "benchmarks" / "results" / f"load-{args.database}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -343,12 +397,28 @@ def main() -> int:
     ]
     for name, value, target in rows:
         print(f"{name:<34}{value:>14}   {target}")
+    if paced:
+        print(f"\npaced at {args.rate} requests/s, {args.paced_connections} connections, {args.paced_duration} s each")
+        print(f"{'endpoint':<10}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}   target")
+        for name, r in paced.items():
+            print(f"{name:<10}{r['rps']:>8.0f}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['max_ms']:>9.1f}"
+                  f"{r['errors']:>8}   p95 < {args.p95_ms:g} ms  {'ok' if r['passed'] else 'MISSED'}")
+            if r["statuses"]:
+                print(f"          non-200 answers by status: {r['statuses']}")
     if http["statuses"]:
         print(f"non-200 answers by status: {http['statuses']}")
     if ws["failures"]:
         print(f"websocket failures: {ws['failures']}")
     print(f"saved {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     return 0 if report["passed"] else 1
+
+
+def _loadavg() -> list[float] | None:
+    """1, 5 and 15 minute load averages: how busy the machine was besides this benchmark."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _cpu_model() -> str:

@@ -5,6 +5,9 @@
 - Extra vars from API input are data: every string is tagged `!unsafe`, so Jinja never runs on it.
 - The event handler stays cheap: it maps a task-start event to (role, task file) for the caller
   and remembers the last failure; it returns False so runner keeps no event files.
+- Each task's time is kept (`PlaybookResult.timings`): from its task-start event to the next one
+  (or to the play's stats), by the events' own timestamps; `startup` is ansible-playbook's time
+  before its first task (interpreter, inventory, playbook parsing). benchmarks/create.py reads them.
 - `runner.status` (successful, failed, timeout, canceled) is mapped to a result in one place.
 """
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,6 +38,10 @@ class PlaybookResult:
     failed_task: str | None = None
     failure: str | None = None
     tasks: list[tuple[str, str, str]] = field(default_factory=list)  # (role, file, task name) in order
+    # {role, file, task, action, start, seconds[, attempts]} per task, in order; start is from the run's start
+    timings: list[dict] = field(default_factory=list)
+    seconds: float | None = None  # the whole run's wall time
+    startup: float | None = None  # from the run's start to the first task
 
     @property
     def ok(self) -> bool:
@@ -91,6 +99,15 @@ def _message(res: dict) -> str:
     return " ".join(str(msg).split())[:1000]
 
 
+def _created(event: dict, fallback: float) -> float:
+    """The event's own timestamp (ansible-runner's `created`, UTC) as epoch seconds."""
+    from datetime import datetime, timezone
+    try:
+        return datetime.fromisoformat(event["created"]).replace(tzinfo=timezone.utc).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return fallback
+
+
 def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: dict, env: dict[str, str],
                  timeout: int, secrets: list[str],
                  on_task: Callable[[str, str, str], None] | None = None) -> PlaybookResult:
@@ -103,6 +120,13 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
         extravars_file.touch(mode=0o600)
         extravars_file.write_text(yaml.dump(_mark_unsafe(extravars), Dumper=_UnsafeDumper))
 
+        started_wall, started = time.time(), time.monotonic()
+
+        def close_last_task(at: float) -> None:
+            if result.timings and result.timings[-1]["seconds"] is None:
+                last = result.timings[-1]
+                last["seconds"] = round(max(0.0, at - started_wall - last["start"]), 4)
+
         def handle(event: dict) -> bool:
             kind = event.get("event")
             data = event.get("event_data") or {}
@@ -110,6 +134,11 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
                 role, filename = _task_location(data)
                 task = redact(data.get("task") or "", secrets)  # a templated task name may show a secret
                 result.tasks.append((role, filename, task))
+                at = _created(event, time.time())
+                close_last_task(at)
+                result.timings.append({"role": role, "file": filename, "task": task,
+                                       "action": data.get("task_action") or "",
+                                       "start": round(at - started_wall, 4), "seconds": None})
                 if on_task is not None:
                     try:
                         on_task(role, filename, task)
@@ -120,6 +149,11 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
                 result.failure = redact(_message(data.get("res") or {}), secrets)
             elif kind == "playbook_on_stats":
                 result.stats = dict(data.get("artifact_data") or {})
+                close_last_task(_created(event, time.time()))
+            if kind in ("runner_on_ok", "runner_on_failed") and result.timings:
+                attempts = (data.get("res") or {}).get("attempts")  # an `until` loop's polls
+                if isinstance(attempts, int):
+                    result.timings[-1]["attempts"] = attempts
             return False  # keep no job_events files
 
         bin_dir = os.path.dirname(sys.executable)
@@ -143,6 +177,10 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
             timeout=timeout,
         )
         result.status, result.rc = runner.status, runner.rc
+        result.seconds = round(time.monotonic() - started, 4)
+        close_last_task(time.time())  # no stats event (a failed or stopped run)
+        if result.timings:
+            result.startup = result.timings[0]["start"]
         if not result.ok and not result.failure:
             # No task failed: a syntax error, a missing inventory, ansible not found ... stdout says.
             try:

@@ -90,7 +90,8 @@ def run_job(kind_name: str, resource_id: int, operation: str, force: bool = Fals
         else:
             log.warning("%s %s moved on before job %s finished; its result is not recorded", kind.name, resource_id,
                         job_id)
-        return {"id": row.id, "status": final.value, **result.stats}
+        return {"id": row.id, "status": final.value, **result.stats,
+                "playbook": {"seconds": result.seconds, "startup": result.startup, "tasks": result.timings}}
 
 
 @contextlib.contextmanager

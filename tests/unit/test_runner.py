@@ -331,3 +331,49 @@ def test_a_timeout_is_honoured(project, tmp_path):
     # the playbook was stopped: the task after the sleep never runs
     time.sleep(max(0.0, 11.5 - (time.monotonic() - started)))
     assert not marker.exists()
+
+
+# ---- timings ------------------------------------------------------------------------------------------------
+
+def test_each_task_has_its_time_from_its_start_to_the_next(project):
+    project.playbook("timed.yml", """
+        - name: Quick
+          debug: {msg: quick}
+        - name: Slow
+          command: sleep 0.6
+        - name: Poll three times
+          command: /bin/true
+          register: polled
+          until: polled.attempts | default(0) >= 3
+          retries: 5
+          delay: 0
+        - name: Last
+          debug: {msg: last}
+    """)
+    result = project.run("timed.yml")
+    assert result.ok, result
+    timings = result.timings
+    assert [t["task"] for t in timings] == ["Quick", "Slow", "Poll three times", "Last"]
+    assert [(t["role"], t["file"]) for t in timings] == [("", "timed.yml")] * 4
+    assert all(t["seconds"] is not None and t["seconds"] >= 0 for t in timings)
+    slow = timings[1]
+    assert 0.55 <= slow["seconds"] < 5, slow
+    assert timings[2]["attempts"] == 3 and "attempts" not in timings[0]
+    starts = [t["start"] for t in timings]
+    assert starts == sorted(starts) and result.startup == starts[0] > 0
+    # the tasks fit inside the run, which took at least the start-up and the tasks
+    assert result.seconds >= result.startup + sum(t["seconds"] for t in timings) - 0.05
+    assert timings[-1]["start"] + timings[-1]["seconds"] <= result.seconds + 0.05
+
+
+def test_a_failed_run_still_times_its_last_task(project):
+    project.playbook("fails.yml", """
+        - name: Fine
+          debug: {msg: fine}
+        - name: Breaks
+          fail: {msg: broken}
+    """)
+    result = project.run("fails.yml")
+    assert not result.ok
+    assert [t["task"] for t in result.timings] == ["Fine", "Breaks"]
+    assert all(t["seconds"] is not None for t in result.timings)
