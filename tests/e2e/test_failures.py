@@ -62,7 +62,8 @@ def delete_and_check(lab, api: Api, desktop_id: int) -> None:
     assert lease_holder(vmid) is False, f"VM id {vmid} is still leased after the desktop was deleted"
 
 
-def wait_failed(api: Api, desktop_id: int, timeout: float = 180) -> str:
+def wait_failed(api: Api, desktop_id: int, timeout: float = 360) -> str:
+    # A create failing at a 5xx is run 5 times (the contract's backoff, 15 s of waits), each ~30 s here.
     data = api.wait_settled(desktop_id, timeout=timeout)
     assert data["status"] == "FAILED", data
     message = data["statusMessage"]
