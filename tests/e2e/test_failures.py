@@ -19,7 +19,7 @@ import yaml
 
 from .helpers import TRANSITIONAL, Api, desktop_row, events
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
 
 
 # ---- looking at the lab ------------------------------------------------------------------------
