@@ -155,9 +155,10 @@ def test_a_create_committed_but_never_enqueued_is_enqueued(client, base_settings
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
-def test_a_worker_asked_to_stop_stops(base_settings, redis_conn, signum):
+def test_a_worker_asked_to_stop_stops(client, base_settings, redis_conn, signum):
     """`controlplane worker` works again after RQ quits on an error (Redis gone), but a stop
-    signal (Ctrl-C in `make lab`, SIGTERM from a supervisor) ends it, with its reaper."""
+    signal (Ctrl-C in `make lab`, SIGTERM from a supervisor) ends it, with its reaper. On an empty
+    queue and database (`client`): a job left by an earlier test would keep it busy, never idle."""
     import os
     import signal
     import subprocess
