@@ -22,17 +22,20 @@ class PoolJobFailed(RuntimeError):
     """The pool VM could not be made or removed; its row says why."""
 
 
-def _current_job_id() -> str | None:
+def _owned(pool_vm_id: int, state: PoolVmState) -> PoolVm | None:
+    """The pool VM, if it is still in `state` and this job is still its job (else the job is stale)."""
     job = get_current_job()
-    return job.id if job is not None else None
+    vm = PoolVm.get_or_none(PoolVm.id == pool_vm_id)
+    if vm is None or vm.state != state.value or (job is not None and vm.job_id != job.id):
+        return None
+    return vm
 
 
 def fill(pool_vm_id: int) -> dict:
     cfg = settings()
-    job_id = _current_job_id()
     with db.connection_context():
-        vm = PoolVm.get_or_none(PoolVm.id == pool_vm_id)
-        if vm is None or vm.state != PoolVmState.FILLING.value or (job_id is not None and vm.job_id != job_id):
+        vm = _owned(pool_vm_id, PoolVmState.FILLING)
+        if vm is None:
             return {"id": pool_vm_id, "skipped": "stale job"}
         extravars = {"pool_vm_id": vm.id, "pool_vm_vmid": vm.vmid, "pool_vm_plan": vm.plan, "pool_vm_power": vm.power,
                      "pool_vm_node": vm.node, "desktop_plans_file": str(cfg.plans_file)}
@@ -59,10 +62,9 @@ def fill(pool_vm_id: int) -> dict:
 
 def remove(pool_vm_id: int) -> dict:
     cfg = settings()
-    job_id = _current_job_id()
     with db.connection_context():
-        vm = PoolVm.get_or_none(PoolVm.id == pool_vm_id)
-        if vm is None or vm.state != PoolVmState.REMOVING.value or (job_id is not None and vm.job_id != job_id):
+        vm = _owned(pool_vm_id, PoolVmState.REMOVING)
+        if vm is None:
             return {"id": pool_vm_id, "skipped": "stale job"}
         result = run_playbook(cfg.ansible_dir, "pool_vm_delete.yml", cfg.inventory_path,
                               {"pool_vm_id": vm.id, "pool_vm_vmid": vm.vmid}, cfg.playbook_env(),
