@@ -197,7 +197,7 @@ def _pass(settings: Settings, conn, done: dict) -> None:
     for vm in PoolVm.select().where(PoolVm.state.in_([PoolVmState.FILLING.value, PoolVmState.REMOVING.value,
                                                       PoolVmState.FAILED.value])):
         if vm.state == PoolVmState.FAILED.value:
-            _remove(settings, vm, vm.message or "its fill failed", done)
+            _remove(settings, vm, "its fill failed", done)
         elif vm.updated_at < settled_before and not job_is_alive(conn, vm.job_id, live):
             _remove(settings, vm, f"{'its fill' if vm.state == PoolVmState.FILLING.value else 'its removal'} "
                                   "job is no longer running", done)
