@@ -185,8 +185,9 @@ def test_a_rejected_ticket_during_a_create_is_retried(lab, fresh_user):
 def test_a_stop_during_a_backup_waits_for_the_lock(lab, fresh_user):
     api = Api(lab.url, lab.token(fresh_user))
     desktop_id, vmid = running_desktop(api, fresh_user)
-    # A vzdump holding the 'backup' lock for about 4 s (fakepve's seconds are scaled).
-    secs = 4 / lab.services.config.time_scale
+    # A vzdump holding the 'backup' lock for about 15 s (fakepve's seconds are scaled): still held when
+    # the stop playbook reaches Proxmox (~5 s on a 2-core machine), gone within the retry policy.
+    secs = 15 / lab.services.config.time_scale
     lab.services.call(lambda: asyncio.ensure_future(lab.pve.backup(vmid, secs=secs)))
     assert api.stop(desktop_id).status_code == 200
     data = api.wait_settled(desktop_id, timeout=60)
@@ -203,7 +204,7 @@ def test_a_config_lock_held_by_another_task_is_waited_out(lab, fresh_user):
     desktop_id, vmid = running_desktop(api, fresh_user)
     assert api.stop(desktop_id, force=True).status_code == 200
     assert api.wait_settled(desktop_id)["status"] == "STOPPED"
-    secs = 5 / lab.services.config.time_scale
+    secs = 15 / lab.services.config.time_scale  # as long as the backup's above, for the same reason
     lab.services.call(lambda: asyncio.ensure_future(lab.pve.hold_config_lock(vmid, secs)))
     assert api.start(desktop_id).status_code == 200
     data = api.wait_settled(desktop_id, timeout=90)
