@@ -15,7 +15,9 @@ from controlplane.models import PoolVm, VmidLease
 from .helpers import Api, desktop_row, events
 from .test_failures import pve_fault, template_vmid
 
-pytestmark = pytest.mark.timeout(420)
+# What the playbooks do on the lab; the pool's database side (takes, leases, refill passes) is
+# tests/api/test_pool_api.py, on both databases.
+pytestmark = [pytest.mark.timeout(420), pytest.mark.playbooks]
 
 PLAN = "PREMIUM"  # 8 cores, 8 GiB: the pool's VMs are sized to the plan
 CREATE_PROGRESSION = ["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP", "CONFIGURING", "RUNNING"]

@@ -129,6 +129,7 @@ def test_an_unreadable_cluster_falls_back_to_the_configured_node(settings):
     assert (choice.node, choice.reason) == ("pve7", "the cluster could not be read")
 
 
+@pytest.mark.playbooks
 def test_the_pool_playbooks_make_a_vm_on_the_given_node_and_remove_it(settings, cluster):
     """What the fill and remove jobs run, and what ops can run by hand: pool_vm_create.yml clones to
     the node it is given (PVE's clone `target`), sizes and tags the VM; pool_vm_delete.yml removes it."""
