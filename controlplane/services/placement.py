@@ -37,36 +37,35 @@ class Choice:
     reason: str
 
 
-def _nodes(settings: Settings) -> list[dict]:
-    return proxmox.with_login(settings, lambda pve: pve.cluster.resources.get(type="node"))
-
-
-def _template_node(settings: Settings, template: str) -> str | None:
-    for vm in proxmox.cluster_vms(settings):
-        if str(vm.get("name") or "") == template and int(vm.get("template") or 0):
-            return str(vm["node"])
-    return None
+def _resources(settings: Settings) -> tuple[list[dict], dict[str, str]]:
+    """The cluster's nodes, and each template's node by name: one `cluster/resources` call."""
+    items = proxmox.with_login(settings, lambda pve: pve.cluster.resources.get())
+    nodes = [i for i in items if i.get("type") == "node"]
+    templates = {str(i.get("name") or ""): str(i["node"]) for i in items
+                 if i.get("type") == "qemu" and int(i.get("template") or 0)}
+    return nodes, templates
 
 
 def _ours_by_node(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
-    """(memory MB of our VMs still being made there, count of our VMs) per node."""
+    """(memory MB of our VMs still being made there, count of our VMs) per node, counted in SQL."""
+    from peewee import fn
+
     from .plans import load_plans
     plan_memory = {name: plan.memory_mb for name, plan in load_plans(settings.plans_file).items()}
-    reserved: dict[str, int] = {}
-    count: dict[str, int] = {}
     since = utcnow() - RECENT
-    for d in Desktop.select(Desktop.node, Desktop.memory_mb, Desktop.status, Desktop.created_at).where(
-            Desktop.status != Status.DELETED.value):
-        if not d.node:
-            continue
-        count[d.node] = count.get(d.node, 0) + 1
-        if Status(d.status) in TRANSITIONAL or d.created_at >= since:
-            reserved[d.node] = reserved.get(d.node, 0) + d.memory_mb
-    for vm in PoolVm.select(PoolVm.node, PoolVm.plan, PoolVm.state, PoolVm.created_at).where(
-            PoolVm.state != PoolVmState.TAKEN.value):
-        count[vm.node] = count.get(vm.node, 0) + 1
-        if vm.state == PoolVmState.FILLING.value or vm.created_at >= since:
-            reserved[vm.node] = reserved.get(vm.node, 0) + plan_memory.get(vm.plan, 0)
+    live = Desktop.status != Status.DELETED.value
+    fresh = Desktop.status.in_([s.value for s in TRANSITIONAL]) | (Desktop.created_at >= since)
+    count = {node: n for node, n in Desktop.select(Desktop.node, fn.COUNT(Desktop.id))
+             .where(live, Desktop.node.is_null(False)).group_by(Desktop.node).tuples()}
+    reserved = {node: int(mb) for node, mb in Desktop.select(Desktop.node, fn.SUM(Desktop.memory_mb))
+                .where(live, fresh, Desktop.node.is_null(False)).group_by(Desktop.node).tuples()}
+    waiting = PoolVm.state != PoolVmState.TAKEN.value
+    making = (PoolVm.state == PoolVmState.FILLING.value) | (PoolVm.created_at >= since)
+    for node, n in PoolVm.select(PoolVm.node, fn.COUNT(PoolVm.id)).where(waiting).group_by(PoolVm.node).tuples():
+        count[node] = count.get(node, 0) + n
+    for node, plan, n in (PoolVm.select(PoolVm.node, PoolVm.plan, fn.COUNT(PoolVm.id)).where(waiting, making)
+                          .group_by(PoolVm.node, PoolVm.plan).tuples()):
+        reserved[node] = reserved.get(node, 0) + n * plan_memory.get(plan, 0)
     return reserved, count
 
 
@@ -76,8 +75,8 @@ def choose_node(settings: Settings, memory_mb: int, template: str) -> Choice:
     clone then meets whatever Proxmox says, and the job's retries handle it)."""
     from .policies import is_draining
     try:
-        nodes = _nodes(settings)
-        home = None if settings.proxmox_shared_storage else _template_node(settings, template)
+        nodes, templates = _resources(settings)
+        home = None if settings.proxmox_shared_storage else templates.get(template)
     except Exception as exc:
         log.warning("placement: could not read the cluster (%s); using %s", type(exc).__name__, settings.proxmox_node)
         return Choice(settings.proxmox_node, "the cluster could not be read")
