@@ -188,9 +188,9 @@ def refill(settings: Settings) -> dict:
 
 def _pass(settings: Settings, conn, done: dict) -> None:
     from .placement import PlacementError, choose_node
-    from .reaper import _live_workers, job_is_alive
+    from .reaper import live_workers, job_is_alive
     now = utcnow()
-    live = _live_workers(conn, settings.worker_stale_after)
+    live = live_workers(conn, settings.worker_stale_after)
     settled_before = now - dt.timedelta(seconds=settings.abandoned_after)
 
     # Broken or abandoned pool VMs are removed (their VM may exist: the removal checks by name).

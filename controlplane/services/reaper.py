@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
-def _live_workers(conn, stale_after: int) -> set[str]:
+def live_workers(conn, stale_after: int) -> set[str]:
     now = dt.datetime.now(dt.timezone.utc)
     names = set()
     for worker in Worker.all(connection=conn):
@@ -117,7 +117,7 @@ def reap(settings: Settings) -> dict[str, int]:
     cutoff = utcnow() - dt.timedelta(seconds=settings.abandoned_after)
     # A busy worker beats every settings.worker_heartbeat seconds (cli.cmd_worker); the threshold
     # must stay well above that, or a live job would be taken for dead and run twice.
-    live = _live_workers(conn, stale_after=settings.worker_stale_after)
+    live = live_workers(conn, stale_after=settings.worker_stale_after)
     outcome: dict[str, int] = {}
     with db.connection_context():
         for kind in kinds.KINDS.values():
