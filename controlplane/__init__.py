@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_ws(app)
     from .api.limits import init_limits
     init_limits(app, settings)
+    from .portal import init_portal
+    init_portal(app, settings)
 
     from .services import shares
     if shares.enabled(settings):

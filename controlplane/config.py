@@ -145,6 +145,12 @@ class Settings:
     rate_limit_desktop_create: str = "5/hour"  # desktops created, per user
     rate_limit_project_create: str = "5/hour"  # projects created, per user
     rate_limit_chat: str = "20/minute"  # chat messages, per project
+    # The web portal at / (controlplane/portal): Keycloak sign-in by OpenID Connect (authorization code
+    # with PKCE, a public client); empty issuer: jwt_issuer; empty client: jwt_client_id
+    portal: bool = True
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_scope: str = "openid profile email"
     # Lab
     lab: bool = False
     extra: dict = field(default_factory=dict)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import redis
 
 from ..config import Settings
-from ..errors import ValidationFailed
+from ..errors import NotFound, ValidationFailed
 from ..extensions import db
 from ..models import Desktop, PoolSetting, PoolVm, PoolVmState, VmidLease, utcnow
 from . import vmids
@@ -68,12 +68,17 @@ def configs(settings: Settings) -> dict[str, PoolConfig]:
     return result
 
 
+def _known_plan(settings: Settings, plan: str) -> None:
+    """A plan in the path that the plans file does not have is a pool that does not exist: 404."""
+    plans = load_plans(settings.plans_file)
+    if plan not in plans:
+        raise NotFound(f"No pool for plan {plan!r}: the plans are {', '.join(plans)}")
+
+
 def set_pool(settings: Settings, plan: str, size: int, power: str, by: str) -> PoolConfig:
     """An admin's size and power for a plan's pool; the next refill pass (queued now) applies it."""
-    plans = load_plans(settings.plans_file)
+    _known_plan(settings, plan)
     details = {}
-    if plan not in plans:
-        details["plan"] = f"Plan must be one of {', '.join(plans)}"
     if not 0 <= size <= settings.pool_max_size:
         details["size"] = f"Size must be between 0 and {settings.pool_max_size}"
     if power not in POOL_POWERS:
@@ -91,9 +96,7 @@ def set_pool(settings: Settings, plan: str, size: int, power: str, by: str) -> P
 
 def reset_pool(settings: Settings, plan: str) -> PoolConfig:
     """Forget an admin's setting: the plans file's pool applies again."""
-    plans = load_plans(settings.plans_file)
-    if plan not in plans:
-        raise ValidationFailed(details={"plan": f"Plan must be one of {', '.join(plans)}"})
+    _known_plan(settings, plan)
     PoolSetting.delete().where(PoolSetting.plan == plan).execute()
     request_refill(settings)
     return configs(settings)[plan]

@@ -78,8 +78,7 @@ def test_an_admin_sizes_a_pool_and_a_refill_is_queued(client, auth, redis_conn):
 
 
 @pytest.mark.parametrize("plan, body, field, message", [
-    ("GOLD", {"size": 1}, "plan", "Plan must be one of BASIC, STANDARD, PREMIUM"),
-    ("STANDARD", {"size": -1}, "size", "Size must be between 0 and 50"),
+    ("STANDARD", {"size": -1}, "size", "Size must not be negative"),
     ("STANDARD", {"size": 51}, "size", "Size must be between 0 and 50"),
     ("STANDARD", {"size": "2"}, "size", "size must be an integer"),
     ("STANDARD", {"size": True}, "size", "size must be an integer"),
@@ -92,6 +91,15 @@ def test_a_bad_pool_setting_is_a_validation_error(client, auth, plan, body, fiel
     error = response.get_json()
     assert error["error"] == "VALIDATION_ERROR" and error["details"][field] == message
     assert error["path"] == f"{POOLS}/{plan}"
+
+
+@pytest.mark.parametrize("method", ["put", "delete"])
+def test_a_plan_the_plans_file_does_not_have_has_no_pool(client, auth, method):
+    response = getattr(client, method)(f"{POOLS}/GOLD", json={"size": 1}, headers=auth("ops", admin=True))
+    assert response.status_code == 404, response.get_json()
+    error = response.get_json()
+    assert error["error"] == "NOT_FOUND" and error["path"] == f"{POOLS}/GOLD"
+    assert error["message"] == "No pool for plan 'GOLD': the plans are BASIC, STANDARD, PREMIUM"
 
 
 def test_a_create_takes_a_ready_pool_vm_with_its_lease(client, auth, redis_conn):

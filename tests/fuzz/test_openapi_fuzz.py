@@ -182,7 +182,8 @@ class World:
         self.ids = {"desktop_id": [mine["data"]["id"], theirs["data"]["id"]],
                     "user_id": [USER, OTHER], "userId": [USER, OTHER],
                     "project_id": [project, other_project], "invitation_id": [invitation],
-                    "node": [self.app.extensions["controlplane.settings"].proxmox_node]}
+                    "node": [self.app.extensions["controlplane.settings"].proxmox_node],
+                    "plan": ["BASIC", "STANDARD", "PREMIUM"]}
 
     def aim(self, case) -> None:
         """In about half of the schema-valid cases, swap the generated path parameters (and the ids in
@@ -330,6 +331,10 @@ def refused_for_what_it_finds(case, response) -> bool:
             # The plans are configuration (config/plans.yml, shared with the playbooks); the document
             # names the contract's three in the field's description.
             if field == "plan" and message.startswith("Plan must be one of"):
+                return True
+            # A pool's largest size is configuration (CONTROLPLANE_POOL_MAX_SIZE), named in the description.
+            if (case.operation.path == "/api/v1/admin/pools/{plan}" and field == "size"
+                    and message.startswith("Size must be between 0 and")):
                 return True
         return False
     error = body.get("error") if isinstance(body.get("error"), dict) else {}

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from flask import g
 from flask.views import MethodView
-from marshmallow import EXCLUDE, Schema, fields
+from marshmallow import EXCLUDE, Schema, fields, validate
 
 from ...services import pool
+from ...services.plans import POOL_POWERS
 from ..common import settings
 from ..desktops.resources import envelope
 from ..desktops.schemas import DesktopError, Envelope
@@ -60,9 +61,13 @@ class PoolBody(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    size = fields.Integer(required=True, strict=True, metadata={"description": "VMs to keep; 0 empties the pool"},
+    size = fields.Integer(required=True, strict=True,
+                          validate=validate.Range(min=0, error="Size must not be negative"),
+                          metadata={"description": "VMs to keep; 0 empties the pool. At most "
+                                                   "CONTROLPLANE_POOL_MAX_SIZE (50 unless configured)"},
                           error_messages={"required": "size is required", "invalid": "size must be an integer"})
-    power = fields.String(load_default="running", metadata={"description": "running (default) or stopped"},
+    power = fields.String(load_default="running",
+                          validate=validate.OneOf(POOL_POWERS, error="Power must be running or stopped"), metadata={"description": "running (default) or stopped"},
                           error_messages={"invalid": "power must be running or stopped"})
 
 
@@ -84,9 +89,10 @@ class Pools(MethodView):
 class Pool(MethodView):
     @blp.arguments(PoolBody)
     @blp.response(200, PoolEnvelope)
-    @blp.alt_response(400, schema=DesktopError, description="Unknown plan, or a bad size or power")
+    @blp.alt_response(400, schema=DesktopError, description="A bad size or power")
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
+    @blp.alt_response(404, schema=DesktopError, description="No such plan in the plans file")
     def put(self, body, plan):
         """Set a plan's pool (overrides the plans file's `pool:`); VMs are made or removed in the
         background until it has `size` READY."""
@@ -94,9 +100,9 @@ class Pool(MethodView):
         return envelope(_one(plan), "Pool updated; it is being filled in the background.")
 
     @blp.response(200, PoolEnvelope)
-    @blp.alt_response(400, schema=DesktopError, description="Unknown plan")
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
+    @blp.alt_response(404, schema=DesktopError, description="No such plan in the plans file")
     def delete(self, plan):
         """Forget the admin's setting: the plans file's pool applies again."""
         pool.reset_pool(settings(), plan)

@@ -1,0 +1,119 @@
+"""The portal in a real browser: Playwright drives Debian's headless Chromium (installed by
+scripts/ensure-chromium.sh from `make test`; CONTROLPLANE_TEST_CHROMIUM names another binary) against
+the lab of tests/conftest.py (fakepve, the Guacamole stand-in, real workers, the API over HTTP).
+
+Screenshots of every step are saved under var/test-artifacts/browser/<test>/ (CONTROLPLANE_TEST_ARTIFACTS
+moves them), kept whether the test passes or fails; a failing test also gets `failure.png`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+CHROMIUM = os.environ.get("CONTROLPLANE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("CONTROLPLANE_TEST_ARTIFACTS") or REPO / "var" / "test-artifacts") / "browser"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "/tests/browser/" in str(item.path):
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.stash.setdefault(_FAILED, report.failed)
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(scope="session")
+def playwright_instance():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"No Chromium at {CHROMIUM}: `make test` installs Debian's chromium (scripts/ensure-chromium.sh), "
+                    "or set CONTROLPLANE_TEST_CHROMIUM", pytrace=False)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="session")
+def chromium(playwright_instance):
+    browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                  args=["--no-sandbox", "--disable-dev-shm-usage"])
+    yield browser
+    browser.close()
+
+
+class Shots:
+    """Numbered screenshots of one test's pages."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.count = 0
+        self.pages = []
+
+    def __call__(self, page, name: str) -> Path:
+        self.count += 1
+        path = self.directory / f"{self.count:02d}-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+@pytest.fixture
+def shots(request):
+    directory = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    taker = Shots(directory)
+    yield taker
+    if request.node.stash.get(_FAILED, False):
+        for n, page in enumerate(taker.pages):
+            try:
+                page.screenshot(path=str(directory / f"failure-{n}.png"), full_page=True)
+            except Exception:  # the page may be closed already
+                pass
+
+
+@pytest.fixture
+def new_page(chromium, shots):
+    """Pages in their own browser contexts (separate sessionStorage: separate people)."""
+    contexts = []
+
+    def make(viewport=None):
+        context = chromium.new_context(viewport=viewport or {"width": 1280, "height": 900})
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        # Console errors are the page's own (a CSP refusal, a bug); an API's 4xx answer is logged by the
+        # browser as a failed resource, which the tests that expect one check on screen.
+        page.on("console", lambda msg: page.errors.append(msg.text)
+                if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
+        shots.pages.append(page)
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def sign_in(page, base_url: str, user: str, admin: bool = False):
+    """The lab's sign-in form, as a person fills it in."""
+    page.goto(base_url + "/")
+    page.get_by_label("User ID").fill(user)
+    if admin:
+        page.get_by_label("Sign in as an administrator").check()
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign out").wait_for()
