@@ -1,8 +1,9 @@
 # Cloud Desktop Service. Two commands do all the set-up on a fresh machine:
 #   make lab    create .venv, install the project with its lab extras, run the whole system
-#   make test   install what the tests need, lint the Ansible, run the tests (SQLite, then PostgreSQL
-#               without the Proxmox/Guacamole fault tests and the pool playbook tests, which do not
-#               depend on the database; the pool's database side runs on both)
+#   make test   install what the tests need (Debian's chromium for the portal's browser tests), lint the
+#               Ansible, run the tests (SQLite, then PostgreSQL without the Proxmox/Guacamole fault tests,
+#               the pool playbook tests and the browser tests, which do not depend on the database; the
+#               API they drive is tested on both)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -36,11 +37,12 @@ test: install lint
 	$(MAKE) --no-print-directory test-postgresql
 
 test-sqlite: install
+	scripts/ensure-chromium.sh
 	CONTROLPLANE_TEST_DATABASE=sqlite $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-postgresql: install
 	PYTHON=$(PY) scripts/ensure-postgres.sh
-	CONTROLPLANE_TEST_DATABASE=postgresql $(VENV)/bin/pytest -m "not faults and not playbooks" $(PYTEST_ARGS)
+	CONTROLPLANE_TEST_DATABASE=postgresql $(VENV)/bin/pytest -m "not faults and not playbooks and not browser" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ansible-lint --profile production roles playbooks molecule

@@ -304,6 +304,8 @@ def lab(tmp_path_factory, database_url, redis_url, database):
                         stop_timeout=5,  # a guest that ignores the shutdown request gives up sooner
                         pool_retry_after=3,  # a failed pool fill is retried soon (tests/e2e/test_pool.py)
                         rate_limit_api="100000/minute",  # the tests poll fast; limits have their own tests
+                        # the lab's echo model answers the chat, as under `make lab` (tests/browser)
+                        llm_openai_base_url=services.llm.url, llm_openai_api_key=config.llm_api_key,
                         lab=True)
     log_dir = tmp_path_factory.mktemp("workers")
     workers = Workers(settings, log_dir)

@@ -206,6 +206,7 @@ def _banner(endpoints: dict, directory: Path, workers: int, own_redis: bool) -> 
     _say(f"""
 Cloud Desktop Service lab is running (Ctrl-C stops it; state is kept in {rel}/)
 
+  Portal           {api}/   open it in a browser: sign in with any user name, create a desktop, open it
   API              {api}/api/v1/desktops
   API docs         {api}/api/v1/docs   (OpenAPI: {api}/api/v1/openapi.json)
   Health           {api}/api/v1/health
@@ -216,7 +217,7 @@ Cloud Desktop Service lab is running (Ctrl-C stops it; state is kept in {rel}/)
   Workers          {workers}
   Endpoints file   {rel}/endpoints.json
 
-Get a token and create a desktop:
+Or from the command line: get a token and create a desktop:
   TOKEN=$(.venv/bin/controlplane token user_12345)          # --admin for an admin token
   curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
        -d '{{"userId": "user_12345", "plan": "STANDARD"}}' {api}/api/v1/desktops

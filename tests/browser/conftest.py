@@ -26,15 +26,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.browser)
 
 
+_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     report = yield
     if report.when == "call":
-        item.stash.setdefault(_FAILED, report.failed)
+        item.stash[_FAILED] = report.failed
     return report
-
-
-_FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture(scope="session")
@@ -75,18 +75,11 @@ def shots(request):
     directory = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    taker = Shots(directory)
-    yield taker
-    if request.node.stash.get(_FAILED, False):
-        for n, page in enumerate(taker.pages):
-            try:
-                page.screenshot(path=str(directory / f"failure-{n}.png"), full_page=True)
-            except Exception:  # the page may be closed already
-                pass
+    yield Shots(directory)
 
 
 @pytest.fixture
-def new_page(chromium, shots):
+def new_page(chromium, shots, request):
     """Pages in their own browser contexts (separate sessionStorage: separate people)."""
     contexts = []
 
@@ -99,12 +92,21 @@ def new_page(chromium, shots):
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))
         # Console errors are the page's own (a CSP refusal, a bug); an API's 4xx answer is logged by the
         # browser as a failed resource, which the tests that expect one check on screen.
+        # The tests' API runs on werkzeug's server, which writes its HTTP response line after a WebSocket
+        # the browser closed ("Invalid frame header"); gunicorn, as under `make lab`, does not.
         page.on("console", lambda msg: page.errors.append(msg.text)
-                if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
+                if msg.type == "error" and not msg.text.startswith("Failed to load resource")
+                and not msg.text.endswith("failed: Invalid frame header") else None)
         shots.pages.append(page)
         return page
 
     yield make
+    if request.node.stash.get(_FAILED, False):  # each page as the failure left it
+        for n, page in enumerate(shots.pages, 1):
+            try:
+                page.screenshot(path=str(shots.directory / f"failure-page{n}.png"), full_page=True)
+            except Exception:  # a page the test closed
+                pass
     for context in contexts:
         context.close()
 

@@ -219,8 +219,7 @@ async function refreshToken() {
       body: new URLSearchParams({ grant_type: "refresh_token", client_id: session.config.oidc.clientId, refresh_token: refresh }),
     });
     if (!response.ok) throw new Error(String(response.status));
-    session.save(await response.json());
-    live.reauth();
+    session.save(await response.json());  // an open /ws stays signed in; a reconnect uses the new token
   } catch {
     signOut("Your session could not be renewed: sign in again.");
   }
@@ -333,9 +332,6 @@ const live = {
         this.timer = setTimeout(() => this.connect(), delay);
       }
     };
-  },
-  reauth() {  // a refreshed token: the server checked the old one at connect time, reconnect with the new
-    if (this.ws) this.ws.close();
   },
   close() {
     this.wanted = false;
@@ -569,7 +565,7 @@ async function projectsView() {
   async function load() {
     try {
       const [mine, invites] = await Promise.all([api("GET", "/api/projects"), api("GET", "/api/invitations")]);
-      drawInvitations(invites.invitations.filter((i) => i.status === "pending"));
+      drawInvitations(invites.invitations.filter((i) => i.status === "sent"));  // open ones
       list.replaceChildren(mine.projects.length ? h("table", { class: "table" },
         h("caption", {}, "Your projects"),
         h("thead", {}, h("tr", {}, ["Name", "Status", "VM address", "Created"].map((t) => h("th", { scope: "col" }, t)))),
@@ -727,7 +723,7 @@ async function projectView(projectId) {
         " ", badge(c.role),
         isOwner && c.role !== "owner" ? h("button", { type: "button", class: "link danger",
           "aria-label": `Remove ${c.name || c.user_id}`, onclick: () => removeMember(c) }, "Remove") : null))),
-      invite);
+      invite || "");
   }
 
   async function removeMember(member) {
@@ -782,7 +778,7 @@ async function projectView(projectId) {
       form.message.focus();
     });
     chat.replaceChildren(h("h2", { id: "chat-title" }, "Chat"), log, form,
-      canWrite ? null : h("p", { class: "muted" }, "Viewers read the chat; editors and owners write in it."));
+      canWrite ? "" : h("p", { class: "muted" }, "Viewers read the chat; editors and owners write in it."));
     await refreshHistory();
   }
 
