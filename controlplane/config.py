@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ def _float(name: str, raw: str) -> float:
 # Settings whose values are secrets: never logged, never returned, redacted from messages.
 SECRET_FIELDS = ("jwt_secret", "proxmox_password", "proxmox_token_secret", "guacamole_password",
                  "guacamole_vnc_password", "llm_openai_api_key", "llm_anthropic_api_key", "llm_openrouter_api_key",
-                 "llm_compat_api_key", "llm_user_keys_secret", "shares_secret")
+                 "llm_compat_api_key", "llm_user_keys_secret", "shares_secret", "guacamole_json_secret")
 
 # AI chat providers: model ids are "<provider>/<model>" (controlplane/services/chat.py).
 LLM_PROVIDERS = ("openai", "anthropic", "openrouter", "compat")
@@ -129,6 +130,11 @@ class Settings:
     guacamole_protocol: str = "vnc"
     guacamole_port: int = 0  # 0: 5900 for vnc, 3389 for rdp
     guacamole_vnc_password: str = ""
+    # /connect (services/guacamole_json.py): auth-json links that log the browser in and expire
+    guacamole_json_secret: str = ""  # Guacamole's json-secret-key, 32 hex digits
+    connect_mode: str = "auto"  # auto: auth-json where the secret is set, else connection; json; connection
+    connect_ttl: int = 300  # seconds an auth-json link is valid
+    connect_single_use: bool = True  # an auth-json link logs in once
     # AI chat (litellm; controlplane/services/chat.py). Provider keys are server configuration.
     llm_timeout: float = 60.0  # seconds for one provider call
     llm_default_model: str = "openai/gpt-4"  # "<provider>/<model>", provider one of LLM_PROVIDERS
@@ -186,6 +192,13 @@ class Settings:
         return (self.guacamole_public_url or self.guacamole_url).rstrip("/")
 
     @property
+    def effective_connect_mode(self) -> str:
+        """json (expiring auth-json links) or connection (the database connection's plain URL)."""
+        if self.connect_mode == "auto":
+            return "json" if self.guacamole_json_secret else "connection"
+        return self.connect_mode
+
+    @property
     def effective_guacamole_port(self) -> int:
         if self.guacamole_port:
             return self.guacamole_port
@@ -215,6 +228,11 @@ class Settings:
     def inventory_path(self) -> Path:
         path = Path(self.inventory)
         return path if path.is_absolute() else self.ansible_dir / path
+
+    def __repr__(self) -> str:  # secrets masked: a Settings in a traceback or a log line shows none
+        shown = ", ".join(f"{f.name}={'***' if f.name in SECRET_FIELDS and getattr(self, f.name) else repr(getattr(self, f.name))}"
+                          for f in dataclasses.fields(self))
+        return f"Settings({shown})"
 
     def secrets(self) -> list[str]:
         """The configured secret values (non-empty), for redaction."""
@@ -295,6 +313,15 @@ class Settings:
             raise ConfigError(f"CONTROLPLANE_TIMEZONE: unknown time zone {self.timezone!r}") from None
         if not (100 <= self.vmid_min <= self.vmid_max <= 999_999_999):
             raise ConfigError("CONTROLPLANE_VMID_MIN/MAX must satisfy 100 <= min <= max <= 999999999")
+        if self.guacamole_json_secret and not re.match(r"^[0-9a-fA-F]{32}$", self.guacamole_json_secret):
+            raise ConfigError("CONTROLPLANE_GUACAMOLE_JSON_SECRET must be 32 hexadecimal digits (Guacamole's "
+                              "json-secret-key, e.g. `openssl rand -hex 16`)")
+        if self.connect_mode not in ("auto", "json", "connection"):
+            raise ConfigError("CONTROLPLANE_CONNECT_MODE must be auto, json or connection")
+        if self.connect_mode == "json" and not self.guacamole_json_secret:
+            raise ConfigError("CONTROLPLANE_CONNECT_MODE=json needs CONTROLPLANE_GUACAMOLE_JSON_SECRET")
+        if not 10 <= self.connect_ttl <= 86400:
+            raise ConfigError("CONTROLPLANE_CONNECT_TTL must be between 10 and 86400 seconds")
         if self.guacamole_protocol not in ("vnc", "rdp"):
             raise ConfigError("CONTROLPLANE_GUACAMOLE_PROTOCOL must be vnc or rdp (Guacamole has no SPICE)")
         if self.jwt_secret and (self.jwt_jwks_url or self.jwt_public_key):

@@ -291,7 +291,8 @@ def lab(tmp_path_factory, database_url, redis_url, database):
     state = tmp_path_factory.mktemp("lab")
     config = LabConfig(state_dir=state, proxmox_host="127.0.0.1", proxmox_port=free_port(),
                        time_scale=0.01, agent_delay=0.5, guacamole_port=free_port(), llm_port=free_port(),
-                       guacamole_password="guac-e2e-" + secrets.token_hex(6))
+                       guacamole_password="guac-e2e-" + secrets.token_hex(6),
+                       guacamole_json_secret=secrets.token_hex(16))
     services = LabServices(config).start()
     settings = Settings(var_dir=state, database_url=database_url, redis_url=redis_url, jwt_secret=JWT_SECRET,
                         proxmox_host=config.proxmox_host, proxmox_port=config.proxmox_port,
@@ -299,6 +300,7 @@ def lab(tmp_path_factory, database_url, redis_url, database):
                         proxmox_timeout=30, ip_wait_retries=8, ip_wait_delay=1,
                         guacamole_url=services.guacamole.url, guacamole_username=config.guacamole_username,
                         guacamole_password=config.guacamole_password, reaper_interval=2, abandoned_after=5,
+                        guacamole_json_secret=config.guacamole_json_secret,  # /connect: auth-json links
                         policy_interval=0,  # policies run when a test says so (their own tests)
                         provisioning_retry_delay=1,  # the contract's 30 s; the backoff stays 1, 2, 4, 8 s
                         stop_timeout=5,  # a guest that ignores the shutdown request gives up sooner

@@ -349,8 +349,12 @@ class GuacamoleStandIn:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8090, username: str = "guacadmin",
                  password: str = "guacadmin", data_source: str = "postgresql",
-                 state_file: str | os.PathLike | None = None, base_path: str = "/guacamole"):
+                 state_file: str | os.PathLike | None = None, base_path: str = "/guacamole",
+                 json_secret: str = ""):
         self.host = host
+        # guacamole-auth-json (data source "json"): data signed and encrypted with this key logs in.
+        self.json_secret = json_secret
+        self._json_used: dict[str, float] = {}  # single-use data seen: its digest -> when it expires (epoch s)
         self.port = port
         self.username = username
         self._admin_password = password
@@ -667,6 +671,12 @@ class GuacamoleStandIn:
         if session is None:
             return None
         now = time.monotonic()
+        if "json" in session:  # an auth-json session ends when its data expires, checked on every read
+            if _now_ms() > session["json"]["expires"]:  # UserData.isExpired
+                del self.tokens[token]
+                return None
+            session["last_access"] = now
+            return session["username"]
         if now - session["last_access"] > self.token_timeout or session["username"] not in self.users:
             del self.tokens[token]
             return None
@@ -712,6 +722,10 @@ class GuacamoleStandIn:
             if user is not None:
                 return _json(self._auth_response(token, user))
 
+        data = form.get("data")
+        if isinstance(data, str) and data and self.json_secret:
+            return self._json_login(data)
+
         ok = (isinstance(username, str) and username in self.users
               and isinstance(password, str)
               and _check_password(password, self._credentials.get(username))
@@ -729,6 +743,44 @@ class GuacamoleStandIn:
         self._save_state()
         log.info("Guacamole stand-in: user %r logged in", username)
         return _json(self._auth_response(token, username))
+
+    def _json_login(self, data: str) -> web.Response:
+        """guacamole-auth-json: decrypt, check the signature, refuse expired or reused data. A refusal
+        is the same 403 as a bad password (the json provider declines; no other provider accepts)."""
+        from ..services import guacamole_json
+        try:
+            payload = guacamole_json.decrypt(self.json_secret, data)
+        except guacamole_json.InvalidData as exc:
+            log.info("Guacamole stand-in: auth-json data refused (%s)", exc)
+            raise GuacamoleError(403, "INVALID_CREDENTIALS", "Invalid login.",
+                                 expected=copy.deepcopy(USERNAME_PASSWORD_FIELDS)) from None
+        expires = payload.get("expires")
+        now_ms = _now_ms()
+        reason = None
+        if not isinstance(payload.get("username"), str) or not isinstance(payload.get("connections"), dict):
+            reason = "no username or connections"
+        elif expires is not None and (not isinstance(expires, int) or now_ms > expires):
+            reason = "expired"
+        elif payload.get("singleUse") and expires is None:
+            reason = "singleUse without expires"
+        digest = hashlib.sha256(data.encode()).hexdigest()
+        self._json_used = {k: v for k, v in self._json_used.items() if v * 1000 > now_ms}
+        if reason is None and payload.get("singleUse"):
+            if digest in self._json_used:
+                reason = "already used"
+            else:
+                self._json_used[digest] = expires / 1000
+        if reason is not None:
+            log.info("Guacamole stand-in: auth-json data refused (%s)", reason)
+            raise GuacamoleError(403, "INVALID_CREDENTIALS", "Invalid login.",
+                                 expected=copy.deepcopy(USERNAME_PASSWORD_FIELDS))
+        token = secrets.token_hex(32).upper()
+        self.tokens[token] = {"username": payload["username"], "last_access": time.monotonic(),
+                              "json": {"expires": expires if expires is not None else 2**62,
+                                       "connections": payload["connections"]}}
+        log.info("Guacamole stand-in: auth-json user %r logged in", payload["username"])
+        return _json({"authToken": token, "username": payload["username"], "dataSource": "json",
+                      "availableDataSources": ["json"]})
 
     def _auth_response(self, token: str, username: str) -> dict:
         return {"authToken": token, "username": username, "dataSource": self.data_source,
@@ -1149,6 +1201,19 @@ class GuacamoleStandIn:
         if parsed is None or parsed[1] != "c":
             return _json({"message": "Invalid connection link"}, status=400)
         identifier, _, data_source = parsed
+        if data_source == "json":  # a connection of an auth-json session: the page's token says whose
+            token = request.headers.get("Guacamole-Token") or request.query.get("token")
+            user = self._token_user(token)
+            session = self.tokens.get(token) if user else None
+            if session is None or "json" not in session:
+                return _json({"message": "Permission Denied."}, status=403)
+            conn = session["json"]["connections"].get(identifier)
+            if conn is None:
+                return _json({"message": "Connection not found"}, status=404)
+            params = conn.get("parameters") or {}
+            return _json({"identifier": identifier, "dataSource": "json", "name": identifier,
+                          "protocol": conn.get("protocol", ""), "hostname": params.get("hostname", ""),
+                          "port": params.get("port", ""), "username": user})
         conn = self.connections.get(identifier) if data_source == self.data_source else None
         if conn is None:
             return _json({"message": "Connection not found"}, status=404)
@@ -1176,7 +1241,7 @@ CLIENT_PAGE = """<!DOCTYPE html>
   h1 { font-size: 1.5rem; margin-bottom: 0.5rem; }
   #status { font-weight: 600; padding: 0.5rem 0.75rem; border-radius: 4px; background: #e8eef7; }
   #status[data-state="found"] { background: #e3f4e6; }
-  #status[data-state="not-found"], #status[data-state="invalid"],
+  #status[data-state="not-found"], #status[data-state="invalid"], #status[data-state="refused"],
   #status[data-state="error"] { background: #fbe7e7; }
   dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.25rem 1rem; }
   dt { font-weight: 600; }
@@ -1205,6 +1270,32 @@ CLIENT_PAGE = """<!DOCTYPE html>
   var base = document.body.getAttribute("data-base") || "";
   var statusEl = document.getElementById("status");
   var section = document.getElementById("connection");
+  var authToken = null;  // an auth-json session's token (?data= on the link), kept in memory only
+
+  // As Guacamole's client does: ?data=... (guacamole-auth-json) is sent to /api/tokens and dropped
+  // from the address bar; a refused one (expired, reused, forged) is a failed login.
+  function login() {
+    var params = new URLSearchParams(window.location.search);
+    var data = params.get("data");
+    if (!data) { return Promise.resolve(true); }
+    window.history.replaceState(null, "", window.location.pathname + window.location.hash);
+    return fetch(base + "/api/tokens", {
+      method: "POST", headers: { "Content-Type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ data: data }).toString()
+    }).then(function (response) {
+      if (!response.ok) {
+        show("refused", "This link is no longer valid (expired or already used): ask for a new one.");
+        return false;
+      }
+      return response.json().then(function (body) { authToken = body.authToken; return true; });
+    }).catch(function () { show("error", "Could not reach the lab stand-in."); return false; });
+  }
+
+  function lookup(id) {
+    var headers = { "Accept": "application/json" };
+    if (authToken) { headers["Guacamole-Token"] = authToken; }
+    return fetch(base + "/_lab/client/" + encodeURIComponent(id), { headers: headers });
+  }
 
   function show(state, text) {
     statusEl.setAttribute("data-state", state);
@@ -1248,8 +1339,9 @@ CLIENT_PAGE = """<!DOCTYPE html>
       return;
     }
     show("loading", "Loading connection…");
-    fetch(base + "/_lab/client/" + encodeURIComponent(id), { headers: { "Accept": "application/json" } })
+    lookup(id)
       .then(function (response) {
+        if (response.status === 403) { show("refused", "Permission Denied."); return null; }
         if (response.status === 404) { show("not-found", "Connection not found"); return null; }
         if (response.status === 400) { show("invalid", "Invalid connection link"); return null; }
         if (!response.ok) { show("error", "The lab stand-in answered HTTP " + response.status + "."); return null; }
@@ -1267,13 +1359,12 @@ CLIENT_PAGE = """<!DOCTYPE html>
   }
 
   window.addEventListener("hashchange", render);
-  render();
+  login().then(function (ok) { if (ok) { render(); } });
   // While the page is open, say so again now and then: the stand-in counts the connection as active.
   setInterval(function () {
     var match = /^#\\/client\\/([^\\/?#]*)/.exec(window.location.hash);
     if (match && decodeClientId(match[1])) {
-      fetch(base + "/_lab/client/" + encodeURIComponent(match[1]), { headers: { "Accept": "application/json" } })
-        .catch(function () {});
+      lookup(match[1]).catch(function () {});
     }
   }, 20000);
 })();

@@ -36,11 +36,12 @@ def _port_free(host: str, port: int) -> bool:
             return False
 
 
-def _secret(directory: Path) -> str:
-    path = directory / "jwt-secret"
+def _secret(directory: Path, name: str = "jwt-secret", make=lambda: secrets.token_urlsafe(48)) -> str:
+    """A secret of the lab, made on its first run and kept (mode 0600) with its state."""
+    path = directory / name
     if not path.exists():
         path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(48))
+        path.write_text(make())
     return path.read_text().strip()
 
 
@@ -70,6 +71,9 @@ def run_lab(workers: int = 2) -> int:
         agent_delay=float(_env("CONTROLPLANE_LAB_AGENT_DELAY", "3")),
         guacamole_port=int(_env("CONTROLPLANE_LAB_GUACAMOLE_PORT", "8090")),
         llm_port=int(_env("CONTROLPLANE_LAB_LLM_PORT", "8091")),
+        # /connect answers expiring auth-json links, which the stand-in checks as Guacamole does
+        guacamole_json_secret=_env("CONTROLPLANE_GUACAMOLE_JSON_SECRET", "")
+        or _secret(directory, "guacamole-json-secret", lambda: secrets.token_hex(16)),
     )
     for name, host, port in (("API", api_host, api_port), ("Proxmox stand-in", config.proxmox_host, config.proxmox_port),
                              ("Guacamole stand-in", config.guacamole_host, config.guacamole_port),
@@ -118,6 +122,7 @@ def run_lab(workers: int = 2) -> int:
             "CONTROLPLANE_GUACAMOLE_USERNAME": config.guacamole_username,
             "CONTROLPLANE_GUACAMOLE_PASSWORD": config.guacamole_password,
             "CONTROLPLANE_GUACAMOLE_DATA_SOURCE": config.guacamole_data_source,
+            "CONTROLPLANE_GUACAMOLE_JSON_SECRET": config.guacamole_json_secret,
             "CONTROLPLANE_IP_WAIT_DELAY": _env("CONTROLPLANE_IP_WAIT_DELAY", "1"),
         }
         if not any(os.environ.get(k) for k in ("CONTROLPLANE_LLM_OPENAI_API_KEY", "CONTROLPLANE_LLM_OPENAI_BASE_URL")):

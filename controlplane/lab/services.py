@@ -32,6 +32,7 @@ class LabConfig:
     guacamole_username: str = "guacadmin"
     guacamole_password: str = "guacadmin"
     guacamole_data_source: str = "postgresql"
+    guacamole_json_secret: str = ""  # the stand-in takes auth-json logins signed with it (32 hex digits)
     llm_host: str = "127.0.0.1"
     llm_port: int = 8091
     llm_api_key: str = "lab-llm-key"
@@ -48,7 +49,8 @@ class LabServices:
         self.guacamole = GuacamoleStandIn(host=config.guacamole_host, port=config.guacamole_port,
                                           username=config.guacamole_username, password=config.guacamole_password,
                                           data_source=config.guacamole_data_source,
-                                          state_file=str(config.state_dir / "guacamole.json"))
+                                          state_file=str(config.state_dir / "guacamole.json"),
+                                          json_secret=config.guacamole_json_secret)
         self.llm = LabLlm(host=config.llm_host, port=config.llm_port, api_key=config.llm_api_key)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="lab-services", daemon=True)

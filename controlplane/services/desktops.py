@@ -106,6 +106,23 @@ def connection_url(settings: Settings, desktop: Desktop) -> str | None:
     return f"{settings.effective_guacamole_public_url}/#/client/{token}"
 
 
+def connection_link(settings: Settings, desktop: Desktop, now: dt.datetime | None = None) -> tuple[str | None, dt.datetime | None]:
+    """What /connect answers: an auth-json link that logs the browser in by itself and expires
+    (CONTROLPLANE_CONNECT_TTL), fresh on every call, or the connection's plain URL (no expiry)."""
+    if settings.effective_connect_mode != "json" or desktop.status != Status.RUNNING.value or not desktop.ip_address:
+        return connection_url(settings, desktop), None
+    from . import guacamole_json
+    expires_at = (now or utcnow()) + dt.timedelta(seconds=settings.connect_ttl)
+    parameters = {"hostname": desktop.ip_address, "port": settings.effective_guacamole_port}
+    if settings.guacamole_vnc_password and (desktop.protocol or settings.guacamole_protocol) == "vnc":
+        parameters["password"] = settings.guacamole_vnc_password
+    url = guacamole_json.link(settings.effective_guacamole_public_url, settings.guacamole_json_secret,
+                              username=desktop.user_id, connection=f"cds-desktop-{desktop.id}",
+                              protocol=desktop.protocol or settings.guacamole_protocol, parameters=parameters,
+                              expires_at=expires_at, single_use=settings.connect_single_use)
+    return url, expires_at
+
+
 def connect(settings: Settings, identity: Identity, desktop_id: int) -> Desktop:
     desktop = get_visible(identity, desktop_id)
     if desktop.status != Status.RUNNING.value:

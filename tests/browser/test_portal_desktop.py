@@ -69,16 +69,27 @@ def test_a_new_user_goes_from_sign_in_to_an_open_desktop_by_clicking(lab, new_pa
     expect(card).to_contain_text(desktop["ipAddress"])
     expect(card).to_contain_text("STANDARD · 4 vCPU · 4 GB")
 
-    # Open: the Guacamole URL of /connect in a frame, and a new-tab link to the same URL.
+    # Open: /connect's one-time link (auth-json) in a frame, where the Guacamole stand-in logs in with it.
     page.get_by_role("button", name="Open").click()
     frame = page.frame_locator("iframe[title='Desktop Browser workspace']")
     expect(frame.get_by_text(f"Connection found: cds-desktop-{desktop['id']}")).to_be_visible()
-    link = page.get_by_role("link", name="Open in a new tab")
     src = page.locator("iframe").get_attribute("src")
-    assert link.get_attribute("href") == src
+    assert src.startswith(lab.settings.guacamole_url.rstrip("/") + "/?data=")
     assert f"cds-desktop-{desktop['id']}" in {c["name"] for c in lab.connections().values()}
-    assert src.startswith(lab.settings.guacamole_url.rstrip("/"))
+    expect(page.get_by_role("region", name="Desktop viewer")).to_contain_text("one-time link")
     shots(page, "open")
+    # A new tab gets a link of its own (the frame's is used up).
+    with page.context.expect_page() as opened:
+        page.get_by_role("button", name="Open in a new tab").click()
+    tab = opened.value
+    expect(tab.get_by_text(f"Connection found: cds-desktop-{desktop['id']}")).to_be_visible()
+    shots(tab, "new-tab")
+    tab.close()
+    # The frame's link, opened again, is refused: it was for one use.
+    stale = page.context.new_page()
+    stale.goto(src)
+    expect(stale.get_by_text("This link is no longer valid")).to_be_visible()
+    stale.close()
     page.get_by_role("button", name="Close viewer").click()
 
     # Stop: the dialog explains the graceful shutdown and warns about force; cancel first, then stop.

@@ -151,8 +151,10 @@ class DesktopConnect(MethodView):
         """Get the Guacamole URL of a RUNNING desktop."""
         cfg = settings()
         desktop = service.connect(cfg, g.identity, _desktop_id(desktop_id))
-        return envelope({"desktopId": desktop.id, "connectionUrl": service.connection_url(cfg, desktop),
-                         "protocol": desktop.protocol or cfg.guacamole_protocol, "expiresAt": None})
+        url, expires_at = service.connection_link(cfg, desktop)
+        return envelope({"desktopId": desktop.id, "connectionUrl": url,
+                         "protocol": desktop.protocol or cfg.guacamole_protocol,
+                         "expiresAt": iso(expires_at) if expires_at else None})
 
 
 @blp.route("/<desktop_id>/start", parameters=[DESKTOP_ID])

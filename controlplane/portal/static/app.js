@@ -503,14 +503,27 @@ async function desktopView() {
   async function openDesktop() {
     const c = (await api("GET", `/api/v1/desktops/${desktop.id}/connect`)).data;
     const viewer = $("#viewer", body);
-    const expires = c.expiresAt ? ` The link expires ${when(c.expiresAt)}.` : "";
+    const expires = c.expiresAt ? ` Signed in to Guacamole by a one-time link (valid until ${when(c.expiresAt)}).` : "";
     viewer.replaceChildren(h("section", { class: "viewer", "aria-label": "Desktop viewer" },
       h("div", { class: "row" },
         h("p", { class: "muted" }, `Connected over ${c.protocol.toUpperCase()}.${expires}`),
-        h("a", { href: c.connectionUrl, target: "_blank", rel: "noopener noreferrer", class: "button" }, "Open in a new tab"),
+        h("button", { type: "button", onclick: openInTab }, "Open in a new tab"),
         h("button", { type: "button", onclick: () => viewer.replaceChildren() }, "Close viewer")),
       h("iframe", { src: c.connectionUrl, title: `Desktop ${desktop.name}`, allow: "clipboard-read; clipboard-write; fullscreen" })));
     viewer.querySelector("iframe").focus();
+  }
+
+  // A link of /connect may be single-use (auth-json) and the frame used this one: a new tab gets its
+  // own. The tab is opened at once (while the click still counts as the user's), then sent there.
+  async function openInTab() {
+    const tab = window.open("about:blank", "_blank");
+    try {
+      const c = (await api("GET", `/api/v1/desktops/${desktop.id}/connect`)).data;
+      if (tab) { tab.opener = null; tab.location.href = c.connectionUrl; } else { location.assign(c.connectionUrl); }
+    } catch (err) {
+      if (tab) tab.close();
+      throw err;
+    }
   }
 
   async function stopDesktop() {
