@@ -1,6 +1,8 @@
 # Cloud Desktop Service. Two commands do all the set-up on a fresh machine:
-#   make lab    create .venv, install the project with its lab extras, run the whole system
-#   make test   install what the tests need (Debian's chromium for the portal's browser tests), lint the
+#   make lab    create .venv, install the project with its lab extras (and, as root, Debian's xvfb, x11vnc,
+#               xterm and novnc for real VM screens), run the whole system
+#   make test   install what the tests need (Debian's chromium for the browser tests, and
+#               xvfb, x11vnc, xterm and novnc for the lab's screens), lint the
 #               Ansible, run the tests (SQLite, then PostgreSQL without the Proxmox/Guacamole fault tests,
 #               the pool playbook tests and the browser tests, which do not depend on the database; the
 #               API they drive is tested on both)
@@ -29,6 +31,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lab: install
+	@scripts/ensure-debian-packages.sh lab
 	$(VENV)/bin/controlplane lab
 
 test: install lint
@@ -37,7 +40,7 @@ test: install lint
 	$(MAKE) --no-print-directory test-postgresql
 
 test-sqlite: install
-	scripts/ensure-chromium.sh
+	scripts/ensure-debian-packages.sh test
 	CONTROLPLANE_TEST_DATABASE=sqlite $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-postgresql: install

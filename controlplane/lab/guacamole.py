@@ -354,6 +354,8 @@ class GuacamoleStandIn:
         self.host = host
         # guacamole-auth-json (data source "json"): data signed and encrypted with this key logs in.
         self.json_secret = json_secret
+        # The lab's VM screens (lab/screens.py), when the machine has them: the page shows them by noVNC.
+        self.screens = None
         self._json_used: dict[str, float] = {}  # single-use data seen: its digest -> when it expires (epoch s)
         self.port = port
         self.username = username
@@ -627,6 +629,8 @@ class GuacamoleStandIn:
             r.add_get(p, self._redirect_to_page)
         r.add_get(p + "/", self._page)
         r.add_get(p + "/_lab/client/{client_id}", self._lab_client)
+        r.add_get(p + "/_lab/vnc/{client_id}", self._vnc_relay)
+        r.add_get(p + "/_lab/novnc/{path:.+}", self._novnc_file)
         r.add_post(p + "/api/tokens", self._login)
         r.add_delete(p + "/api/tokens/{token}", self._logout)
 
@@ -1196,6 +1200,63 @@ class GuacamoleStandIn:
         return web.Response(text=page, content_type="text/html", charset="utf-8",
                             headers={"Cache-Control": "no-store"})
 
+    def _screen_port(self, hostname: str) -> int | None:
+        return self.screens.port_for(hostname) if self.screens is not None and hostname else None
+
+    async def _novnc_file(self, request: web.Request) -> web.StreamResponse:
+        """Debian's noVNC (its ES modules), for the client page."""
+        from .screens import novnc_dir
+        root = novnc_dir()
+        if root is None:
+            raise web.HTTPNotFound()
+        path = (root / request.match_info["path"]).resolve()
+        if not path.is_file() or root.resolve() not in path.parents:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers={"Cache-Control": "max-age=3600"})
+
+    async def _vnc_relay(self, request: web.Request) -> web.StreamResponse:
+        """The WebSocket noVNC speaks RFB over, relayed to the VM's loopback VNC server. Only for a
+        live auth-json session (`?token=`, checked for expiry now) that holds the connection."""
+        parsed = parse_client_identifier(request.match_info["client_id"])
+        token = request.query.get("token")
+        user = self._token_user(token)
+        session = self.tokens.get(token) if user else None
+        if parsed is None or session is None or "json" not in session or parsed[2] != "json":
+            return _json({"message": "Permission Denied."}, status=403)
+        conn = session["json"]["connections"].get(parsed[0])
+        hostname = ((conn or {}).get("parameters") or {}).get("hostname", "")
+        port = self._screen_port(hostname)
+        if conn is None or port is None:
+            return _json({"message": "No screen for this connection"}, status=404)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return _json({"message": "The desktop's screen does not answer"}, status=502)
+        ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=0)
+        await ws.prepare(request)
+        log.info("Guacamole stand-in: %s watches %s's screen (VNC 127.0.0.1:%s)", user, parsed[0], port)
+
+        async def browser_to_vnc():
+            async for message in ws:
+                if message.type == web.WSMsgType.BINARY:
+                    writer.write(message.data)
+                    await writer.drain()
+                elif message.type == web.WSMsgType.TEXT:
+                    writer.write(message.data.encode("latin-1"))
+                    await writer.drain()
+            writer.close()
+
+        async def vnc_to_browser():
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                await ws.send_bytes(chunk)
+            await ws.close()
+
+        await asyncio.gather(browser_to_vnc(), vnc_to_browser(), return_exceptions=True)
+        return ws
+
     async def _lab_client(self, request: web.Request) -> web.Response:
         parsed = parse_client_identifier(request.match_info["client_id"])
         if parsed is None or parsed[1] != "c":
@@ -1213,7 +1274,8 @@ class GuacamoleStandIn:
             params = conn.get("parameters") or {}
             return _json({"identifier": identifier, "dataSource": "json", "name": identifier,
                           "protocol": conn.get("protocol", ""), "hostname": params.get("hostname", ""),
-                          "port": params.get("port", ""), "username": user})
+                          "port": params.get("port", ""), "username": user,
+                          "screen": self._screen_port(params.get("hostname", "")) is not None})
         conn = self.connections.get(identifier) if data_source == self.data_source else None
         if conn is None:
             return _json({"message": "Connection not found"}, status=404)
@@ -1240,13 +1302,16 @@ CLIENT_PAGE = """<!DOCTYPE html>
          padding: 0 1rem; line-height: 1.5; color: #1b1b1b; background: #fafafa; }
   h1 { font-size: 1.5rem; margin-bottom: 0.5rem; }
   #status { font-weight: 600; padding: 0.5rem 0.75rem; border-radius: 4px; background: #e8eef7; }
-  #status[data-state="found"] { background: #e3f4e6; }
+  #status[data-state="found"], #status[data-state="screen"] { background: #e3f4e6; }
   #status[data-state="not-found"], #status[data-state="invalid"], #status[data-state="refused"],
   #status[data-state="error"] { background: #fbe7e7; }
   dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.25rem 1rem; }
   dt { font-weight: 600; }
   dd { margin: 0; font-family: ui-monospace, monospace; }
   .note { border-left: 4px solid #b0b7c3; padding-left: 0.75rem; color: #444; }
+  body.with-screen { max-width: none; margin: 0.5rem; }
+  body.with-screen h1, body.with-screen #connection { display: none; }
+  #screen { width: 100%; height: 80vh; background: #222; }
 </style>
 </head>
 <body data-base="{{BASE_PATH}}">
@@ -1260,6 +1325,9 @@ CLIENT_PAGE = """<!DOCTYPE html>
       <dt>Protocol</dt><dd id="connection-protocol"></dd>
       <dt>Host</dt><dd id="connection-host"></dd>
     </dl>
+  </section>
+  <section id="screen-box" aria-label="Remote desktop" hidden>
+    <div id="screen"></div>
   </section>
   <p class="note" id="note">This is the lab's stand-in for Apache Guacamole. A real Guacamole would
   show the remote desktop of this connection here.</p>
@@ -1354,8 +1422,36 @@ CLIENT_PAGE = """<!DOCTYPE html>
         setField("connection-host", info.hostname + ":" + info.port);
         section.hidden = false;
         show("found", "Connection found: " + info.name);
+        if (info.screen && authToken) { startScreen(id, info); }
       })
       .catch(function () { show("error", "Could not reach the lab stand-in."); });
+  }
+
+  // The lab VM's real screen (lab/screens.py) by noVNC, through the stand-in's relay, which checks
+  // this session's token (unexpired) before it opens the VNC connection.
+  var rfb = null;
+  function startScreen(id, info) {
+    if (rfb) { return; }
+    document.getElementById("screen-box").hidden = false;
+    document.body.classList.add("with-screen");
+    document.getElementById("note").textContent = "The lab's stand-in for Apache Guacamole, showing the lab VM's " +
+      "screen (a real X display over VNC) with noVNC.";
+    import(base + "/_lab/novnc/core/rfb.js").then(function (module) {
+      var RFB = module.default;
+      var url = (window.location.protocol === "https:" ? "wss://" : "ws://") + window.location.host + base +
+        "/_lab/vnc/" + encodeURIComponent(id) + "?token=" + encodeURIComponent(authToken);
+      rfb = new RFB(document.getElementById("screen"), url);
+      rfb.scaleViewport = true;
+      rfb.focusOnClick = true;
+      rfb.addEventListener("connect", function () {
+        show("screen", "Connected to the screen of " + info.name);
+        rfb.focus();
+      });
+      rfb.addEventListener("disconnect", function (event) {
+        show("error", event.detail && event.detail.clean ? "The desktop's screen closed." : "The desktop's screen disconnected.");
+        rfb = null;
+      });
+    }).catch(function () { show("error", "noVNC could not be loaded."); });
   }
 
   window.addEventListener("hashchange", render);

@@ -74,6 +74,8 @@ def run_lab(workers: int = 2) -> int:
         # /connect answers expiring auth-json links, which the stand-in checks as Guacamole does
         guacamole_json_secret=_env("CONTROLPLANE_GUACAMOLE_JSON_SECRET", "")
         or _secret(directory, "guacamole-json-secret", lambda: secrets.token_hex(16)),
+        # a real screen per running VM when the machine has Xvfb, x11vnc, xterm and noVNC (lab/screens.py)
+        screens=_env("CONTROLPLANE_LAB_SCREENS", "true").lower() not in ("0", "false", "no", "off"),
     )
     for name, host, port in (("API", api_host, api_port), ("Proxmox stand-in", config.proxmox_host, config.proxmox_port),
                              ("Guacamole stand-in", config.guacamole_host, config.guacamole_port),
@@ -157,7 +159,7 @@ def run_lab(workers: int = 2) -> int:
                                 "controlplane:create_app()"], env=child_env, cwd=REPO_ROOT)
         children.extend([api, *worker_procs.values()])
         _wait_for_api(api_url, api)
-        _banner(endpoints, directory, workers, private_redis is not None)
+        _banner(endpoints, directory, workers, private_redis is not None, _screens_line(config, services))
 
         while not stopping:
             time.sleep(0.5)
@@ -203,7 +205,17 @@ def _wait_for_api(url: str, proc: subprocess.Popen, timeout: float = 60) -> None
     raise RuntimeError("the API did not answer within a minute")
 
 
-def _banner(endpoints: dict, directory: Path, workers: int, own_redis: bool) -> None:
+def _screens_line(config, services) -> str:
+    from .screens import missing
+    if services.screens is not None:
+        return "real: each running VM has an X display (Xvfb) with a terminal, shown by noVNC on \"Open\""
+    if not config.screens:
+        return "off (CONTROLPLANE_LAB_SCREENS=false): \"Open\" shows the stand-in's plain page"
+    return (f"plain stand-in page: this machine lacks {', '.join(missing())} "
+            "(Debian: apt-get install xvfb x11vnc xterm novnc; make lab installs them as root)")
+
+
+def _banner(endpoints: dict, directory: Path, workers: int, own_redis: bool, screens: str = "") -> None:
     api = endpoints["api"]
     rel = os.path.relpath(directory, Path.cwd())
     if rel.startswith(".."):
@@ -220,6 +232,7 @@ Cloud Desktop Service lab is running (Ctrl-C stops it; state is kept in {rel}/)
   LLM (lab echo)   {endpoints['llm']['url']}   key {endpoints['llm']['apiKey']}   (answers openai/<model> chats)
   Redis            {endpoints['redis']}{'  (private to the lab)' if own_redis else ''}
   Workers          {workers}
+  VM screens       {screens}
   Endpoints file   {rel}/endpoints.json
 
 Or from the command line: get a token and create a desktop:

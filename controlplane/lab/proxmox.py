@@ -485,6 +485,7 @@ class LabProxmox:
         self.pve = LabPve(user=user, password=password, host=host, port=port)
         self.pve.time_scale = time_scale
         self.agents = GuestAgents(self.pve, agent_delay)
+        self.screens = None  # lab/screens.py: a real screen per running VM, when the machine has them
         self._tasks: list[asyncio.Task] = []
         self._saved = None
 
@@ -538,6 +539,8 @@ class LabProxmox:
         while True:
             try:
                 self.agents.tick()
+                if self.screens is not None:
+                    self.screens.tick(self.pve.vms)
                 if time.monotonic() - last_save > 1.0:
                     self.save()
                     last_save = time.monotonic()
@@ -548,5 +551,7 @@ class LabProxmox:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self.screens is not None:
+            self.screens.stop()
         self.save()
         await self.pve.stop()

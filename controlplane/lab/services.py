@@ -33,6 +33,7 @@ class LabConfig:
     guacamole_password: str = "guacadmin"
     guacamole_data_source: str = "postgresql"
     guacamole_json_secret: str = ""  # the stand-in takes auth-json logins signed with it (32 hex digits)
+    screens: bool = False  # a real screen (Xvfb + x11vnc) per running VM, shown by noVNC (lab/screens.py)
     llm_host: str = "127.0.0.1"
     llm_port: int = 8091
     llm_api_key: str = "lab-llm-key"
@@ -52,6 +53,16 @@ class LabServices:
                                           state_file=str(config.state_dir / "guacamole.json"),
                                           json_secret=config.guacamole_json_secret)
         self.llm = LabLlm(host=config.llm_host, port=config.llm_port, api_key=config.llm_api_key)
+        self.screens = None
+        if config.screens:
+            from .screens import LabScreens, missing
+            lacks = missing()
+            if lacks:
+                log.warning("lab: no real screens for the VMs (this machine lacks %s); the Guacamole stand-in "
+                            "shows its plain page", ", ".join(lacks))
+            else:
+                self.screens = LabScreens(config.state_dir / "screens")
+                self.proxmox.screens = self.guacamole.screens = self.screens
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="lab-services", daemon=True)
 

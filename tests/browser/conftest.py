@@ -1,5 +1,5 @@
 """The portal in a real browser: Playwright drives Debian's headless Chromium (installed by
-scripts/ensure-chromium.sh from `make test`; CONTROLPLANE_TEST_CHROMIUM names another binary) against
+scripts/ensure-debian-packages.sh from `make test`; CONTROLPLANE_TEST_CHROMIUM names another binary) against
 the lab of tests/conftest.py (fakepve, the Guacamole stand-in, real workers, the API over HTTP).
 
 Screenshots of every step are saved under var/test-artifacts/browser/<test>/ (CONTROLPLANE_TEST_ARTIFACTS
@@ -40,7 +40,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def playwright_instance():
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"No Chromium at {CHROMIUM}: `make test` installs Debian's chromium (scripts/ensure-chromium.sh), "
+        pytest.fail(f"No Chromium at {CHROMIUM}: `make test` installs Debian's chromium (scripts/ensure-debian-packages.sh), "
                     "or set CONTROLPLANE_TEST_CHROMIUM", pytrace=False)
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:

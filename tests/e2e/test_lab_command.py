@@ -90,7 +90,11 @@ def test_lab_runs_everything_stops_cleanly_and_keeps_state(tmp_path):
         assert created.status_code == 201, created.text
         desktop_id = created.json()["data"]["id"]
         assert api.wait_settled(desktop_id, timeout=120)["status"] == "RUNNING"
-        connection_url = api.connect(desktop_id).json()["data"]["connectionUrl"]
+        link = api.connect(desktop_id).json()["data"]
+        # The lab's /connect answers an expiring auth-json link (the lab makes the secret).
+        assert link["connectionUrl"].startswith(endpoints["guacamole"]["url"] + "/?data=") and link["expiresAt"]
+        assert "VM screens" in banner
+        connection_url = api.get(desktop_id).json()["data"]["connectionUrl"]  # the registered connection's
         assert connection_url.startswith(endpoints["guacamole"]["url"] + "/#/client/")
 
         # The Proxmox stand-in answers the real API with the lab's credentials.
