@@ -384,6 +384,20 @@ function progress(status) {
   h("span", { class: "progress-label" }, label));
 }
 
+// A row of buttons whose actions show their errors below it; a button is disabled while it works.
+function actionBar() {
+  const actions = h("div", { class: "actions" });
+  const actionSlot = h("div");
+  const add = (label, fn, cls) => actions.append(h("button", { type: "button", class: cls, onclick: async (event) => {
+    const button = event.currentTarget;
+    button.disabled = true;
+    actionSlot.replaceChildren();
+    try { await fn(); } catch (err) { showError(actionSlot, err); }
+    button.disabled = false;
+  } }, label));
+  return { actions, actionSlot, add };
+}
+
 function dialog(title, body, confirmText, { danger = false } = {}) {
   return new Promise((resolve) => {
     const titleId = uid("dialog");
@@ -469,15 +483,7 @@ async function desktopView() {
 
   function desktopCard() {
     const d = desktop;
-    const actions = h("div", { class: "actions" });
-    const actionSlot = h("div");
-    const add = (label, fn, cls) => actions.append(h("button", { type: "button", class: cls, onclick: async (event) => {
-      const button = event.currentTarget;
-      button.disabled = true;
-      actionSlot.replaceChildren();
-      try { await fn(); } catch (err) { showError(actionSlot, err); }
-      button.disabled = false;
-    } }, label));
+    const { actions, actionSlot, add } = actionBar();
     if (d.status === "RUNNING") add("Open", openDesktop, "primary");
     if (d.status === "STOPPED") add("Start", () => act("POST", `/api/v1/desktops/${d.id}/start`));
     if (d.status === "RUNNING") add("Stop…", stopDesktop);
@@ -579,13 +585,9 @@ async function projectsView() {
     try {
       const [mine, invites] = await Promise.all([api("GET", "/api/projects"), api("GET", "/api/invitations")]);
       drawInvitations(invites.invitations.filter((i) => i.status === "sent"));  // open ones
-      list.replaceChildren(mine.projects.length ? h("table", { class: "table" },
-        h("caption", {}, "Your projects"),
-        h("thead", {}, h("tr", {}, ["Name", "Status", "VM address", "Created"].map((t) => h("th", { scope: "col" }, t)))),
-        h("tbody", {}, mine.projects.map((p) => h("tr", {},
-          h("td", {}, h("a", { href: `#/projects/${encodeURIComponent(p.id)}` }, p.name)),
-          h("td", {}, badge(p.status)), h("td", {}, p.vm_ip || "—"), h("td", {}, when(p.created_at))))))
-        : h("p", { class: "muted" }, "No projects yet: create one below."));
+      list.replaceChildren(dataTable("Your projects", ["Name", "Status", "VM address", "Created"], mine.projects,
+        (p) => [h("a", { href: `#/projects/${encodeURIComponent(p.id)}` }, p.name), badge(p.status), p.vm_ip || "—",
+          when(p.created_at)], "No projects yet: create one below."));
     } catch (err) { showError(slot, err); }
   }
 
@@ -668,16 +670,8 @@ async function projectView(projectId) {
 
   function drawHead() {
     const p = project;
-    const actions = h("div", { class: "actions" });
-    const actionSlot = h("div");
+    const { actions, actionSlot, add } = actionBar();
     const canRun = myRole === "owner" || myRole === "editor" || myRole === "admin";
-    const add = (label, fn, cls) => actions.append(h("button", { type: "button", class: cls, onclick: async (event) => {
-      const button = event.currentTarget;
-      button.disabled = true;
-      actionSlot.replaceChildren();
-      try { await fn(); } catch (err) { showError(actionSlot, err); }
-      button.disabled = false;
-    } }, label));
     if (canRun && p.status === "stopped") add("Start", () => projectAct("start"));
     if (canRun && p.status === "running") add("Stop", () => projectAct("stop"));
     if (myRole === "owner" || myRole === "admin") add("Delete…", deleteProject, "danger");
@@ -847,93 +841,85 @@ function filterForm(fields, onSubmit) {
   return form;
 }
 
+// A table of rows, each drawn by `cells` (a list of cell contents), or `empty` when there are none.
+function dataTable(caption, headers, rows, cells, empty = "Nothing to show.", rowAttrs = () => ({})) {
+  if (!rows.length) return h("p", { class: "muted" }, empty);
+  return h("table", { class: "table" },
+    h("caption", { class: "sr-only" }, caption),
+    h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, rows.map((row) => h("tr", rowAttrs(row), cells(row).map((cell) => h("td", {}, cell))))));
+}
+
+// One admin card: a title, an error slot, the content `load` draws (again on each filter).
+function adminCard(id, title, filters, load) {
+  const box = h("section", { class: "card", "aria-labelledby": id }, h("h2", { id }, title));
+  const slot = h("div");
+  const content = h("div");
+  const reload = async (values = {}) => {
+    slot.replaceChildren();
+    try { content.replaceChildren(await load(values, reload, slot)); } catch (err) { showError(slot, err); }
+  };
+  box.append(filters ? filterForm(filters, reload) : "", slot, content);
+  return { box, reload };
+}
+
 function query(params) {
   const q = new URLSearchParams(Object.entries(params).filter(([, v]) => v));
   return q.toString() ? `?${q}` : "";
 }
 
 async function adminDesktops() {
-  const box = h("section", { class: "card", "aria-labelledby": "ad-title" }, h("h2", { id: "ad-title" }, "All desktops"));
-  const slot = h("div");
-  const table = h("div");
   const statuses = ["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP", "CONFIGURING", "RUNNING", "STOPPING", "STOPPED", "DELETING", "DELETED", "FAILED"];
-  async function load(filters = {}) {
-    slot.replaceChildren();
-    try {
-      const rows = (await api("GET", `/api/v1/desktops${query(filters)}`)).data.desktops;
-      table.replaceChildren(rows.length ? h("table", { class: "table" },
-        h("caption", { class: "sr-only" }, "Desktops"),
-        h("thead", {}, h("tr", {}, ["ID", "User", "Name", "Plan", "Status", "IP address", "Updated"].map((t) => h("th", { scope: "col" }, t)))),
-        h("tbody", {}, rows.map((d) => h("tr", { dataset: { status: d.status } },
-          h("td", {}, d.id), h("td", {}, d.userId), h("td", {}, d.name), h("td", {}, d.plan),
-          h("td", {}, badge(d.status), d.status === "FAILED" ? h("div", { class: "muted" }, d.statusMessage) : null),
-          h("td", {}, d.ipAddress || "—"), h("td", {}, when(d.updatedAt))))))
-        : h("p", { class: "muted" }, "No desktops match."));
-    } catch (err) { showError(slot, err); }
-  }
-  box.append(filterForm([{ name: "userId", label: "User", placeholder: "user_12345" }, { name: "status", label: "Status", options: statuses }], load), slot, table);
-  await load();
+  const { box, reload } = adminCard("ad-title", "All desktops",
+    [{ name: "userId", label: "User", placeholder: "user_12345" }, { name: "status", label: "Status", options: statuses }],
+    async (filters) => dataTable("Desktops", ["ID", "User", "Name", "Plan", "Status", "IP address", "Updated"],
+      (await api("GET", `/api/v1/desktops${query(filters)}`)).data.desktops,
+      (d) => [d.id, d.userId, d.name, d.plan,
+        [badge(d.status), d.status === "FAILED" ? h("div", { class: "muted" }, d.statusMessage) : null],
+        d.ipAddress || "—", when(d.updatedAt)],
+      "No desktops match.", (d) => ({ dataset: { status: d.status } })));
+  await reload();
   return box;
 }
 
-async function adminPools() {
-  const box = h("section", { class: "card", "aria-labelledby": "ap-title" }, h("h2", { id: "ap-title" }, "Warm pool"));
-  const slot = h("div");
-  const table = h("div");
-  async function load() {
+function poolForm(p, reload, slot) {
+  const sizeId = uid("size");
+  const powerId = uid("power");
+  const form = h("form", { class: "inline", "aria-label": `Pool of ${p.plan}` },
+    h("label", { for: sizeId, class: "sr-only" }, `Size of the ${p.plan} pool`),
+    h("input", { id: sizeId, name: "size", type: "number", min: 0, value: p.size, class: "small" }),
+    h("label", { for: powerId, class: "sr-only" }, `Power of the ${p.plan} pool`),
+    h("select", { id: powerId, name: "power" }, ["running", "stopped"].map((o) => h("option", { value: o, selected: o === p.power }, o))),
+    h("button", { type: "submit" }, "Set"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    slot.replaceChildren();
     try {
-      const pools = (await api("GET", "/api/v1/admin/pools")).data.pools;
-      table.replaceChildren(h("table", { class: "table" },
-        h("caption", { class: "sr-only" }, "Pools per plan"),
-        h("thead", {}, h("tr", {}, ["Plan", "Size", "Power", "Ready", "Filling", "Failed", "Set by", "Change"].map((t) => h("th", { scope: "col" }, t)))),
-        h("tbody", {}, pools.map((p) => {
-          const sizeId = uid("size");
-          const powerId = uid("power");
-          const form = h("form", { class: "inline", "aria-label": `Pool of ${p.plan}` },
-            h("label", { for: sizeId, class: "sr-only" }, `Size of the ${p.plan} pool`),
-            h("input", { id: sizeId, name: "size", type: "number", min: 0, value: p.size, class: "small" }),
-            h("label", { for: powerId, class: "sr-only" }, `Power of the ${p.plan} pool`),
-            h("select", { id: powerId, name: "power" }, ["running", "stopped"].map((o) => h("option", { value: o, selected: o === p.power }, o))),
-            h("button", { type: "submit" }, "Set"));
-          form.addEventListener("submit", async (event) => {
-            event.preventDefault();
-            slot.replaceChildren();
-            try {
-              await api("PUT", `/api/v1/admin/pools/${encodeURIComponent(p.plan)}`, { size: Number(form.size.value), power: form.power.value });
-              notice(`The ${p.plan} pool is being resized to ${form.size.value}.`);
-              await load();
-            } catch (err) { showError(slot, err, form); }
-          });
-          return h("tr", {}, h("td", {}, p.plan), h("td", {}, p.size), h("td", {}, p.power), h("td", {}, p.ready),
-            h("td", {}, p.filling), h("td", {}, p.failed, p.lastFailure ? h("div", { class: "muted" }, p.lastFailure) : null),
-            h("td", {}, p.source), h("td", {}, form));
-        }))));
-    } catch (err) { showError(slot, err); }
-  }
-  box.append(slot, table);
-  await load();
+      await api("PUT", `/api/v1/admin/pools/${encodeURIComponent(p.plan)}`, { size: Number(form.size.value), power: form.power.value });
+      notice(`The ${p.plan} pool is being resized to ${form.size.value}.`);
+      await reload();
+    } catch (err) { showError(slot, err, form); }
+  });
+  return form;
+}
+
+async function adminPools() {
+  const { box, reload } = adminCard("ap-title", "Warm pool", null, async (_filters, again, slot) => dataTable(
+    "Pools per plan", ["Plan", "Size", "Power", "Ready", "Filling", "Failed", "Set by", "Change"],
+    (await api("GET", "/api/v1/admin/pools")).data.pools,
+    (p) => [p.plan, p.size, p.power, p.ready, p.filling,
+      [p.failed, p.lastFailure ? h("div", { class: "muted" }, p.lastFailure) : null], p.source, poolForm(p, again, slot)]));
+  await reload();
   return box;
 }
 
 async function adminAudit() {
-  const box = h("section", { class: "card", "aria-labelledby": "aa-title" }, h("h2", { id: "aa-title" }, "Audit log"));
-  const slot = h("div");
-  const table = h("div");
-  async function load(filters = {}) {
-    slot.replaceChildren();
-    try {
-      const entries = (await api("GET", `/api/v1/admin/audit${query({ limit: 50, ...filters })}`)).data.entries;
-      table.replaceChildren(entries.length ? h("table", { class: "table" },
-        h("caption", { class: "sr-only" }, "Latest requests"),
-        h("thead", {}, h("tr", {}, ["When", "User", "Request", "Target", "Result"].map((t) => h("th", { scope: "col" }, t)))),
-        h("tbody", {}, entries.map((e) => h("tr", {},
-          h("td", {}, when(e.at)), h("td", {}, e.userId || "—", e.admin ? " (admin)" : ""),
-          h("td", {}, `${e.method} ${e.path}`), h("td", {}, e.target || "—"), h("td", {}, `${e.status} ${e.result}`)))))
-        : h("p", { class: "muted" }, "No entries."));
-    } catch (err) { showError(slot, err); }
-  }
-  box.append(filterForm([{ name: "userId", label: "User", placeholder: "user_12345" }], load), slot, table);
-  await load();
+  const { box, reload } = adminCard("aa-title", "Audit log", [{ name: "userId", label: "User", placeholder: "user_12345" }],
+    async (filters) => dataTable("Latest requests", ["When", "User", "Request", "Target", "Result"],
+      (await api("GET", `/api/v1/admin/audit${query({ limit: 50, ...filters })}`)).data.entries,
+      (e) => [when(e.at), [e.userId || "—", e.admin ? " (admin)" : ""], `${e.method} ${e.path}`, e.target || "—",
+        `${e.status} ${e.result}`], "No entries."));
+  await reload();
   return box;
 }
 
