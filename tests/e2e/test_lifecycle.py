@@ -59,8 +59,19 @@ def test_full_lifecycle_with_the_contract_client(lab, fresh_user):
     assert got["status"] == "RUNNING" and got["ipAddress"] == row.ip_address
     assert got["ipAddress"].startswith("10.66.")
 
-    # Connect: the URL opens the stand-in's client page for exactly this desktop's connection.
-    url = client.get_connection_url(desktop_id)
+    # Connect: the lab answers an auth-json link (its Guacamole secret is set), which logs into the
+    # stand-in once and resolves to exactly this desktop's address.
+    link = client.get_connection_url(desktop_id)
+    assert link.startswith(lab.guacamole.url + "/?data=")
+    data = requests.utils.unquote(link.split("?data=", 1)[1].split("#", 1)[0])
+    login = requests.post(f"{lab.guacamole.url}/api/tokens", data={"data": data}, timeout=5)
+    assert login.status_code == 200 and login.json()["dataSource"] == "json"
+    by_link = requests.get(f"{lab.guacamole.url}/_lab/client/{link.split('#/client/', 1)[1]}", timeout=5,
+                           headers={"Guacamole-Token": login.json()["authToken"]}).json()
+    assert (by_link["name"], by_link["hostname"]) == (f"cds-desktop-{desktop_id}", got["ipAddress"])
+    assert requests.post(f"{lab.guacamole.url}/api/tokens", data={"data": data}, timeout=5).status_code == 403
+    # The registered connection (the desktop object's URL) is this desktop's too.
+    url = api.get(desktop_id).json()["data"]["connectionUrl"]
     assert url.startswith(lab.guacamole.url + "/#/client/")
     decoded = base64.urlsafe_b64decode(client_id_of(url) + "==").decode()
     identifier, kind, source = decoded.split("\0")
@@ -89,7 +100,7 @@ def test_full_lifecycle_with_the_contract_client(lab, fresh_user):
     assert api.wait_settled(desktop_id, refresh=True)["status"] == "RUNNING"
     after = api.get(desktop_id).json()["data"]
     assert after["ipAddress"] != old_ip, "the lab's agents hand out a new address on every boot"
-    assert resolve(lab, api.connect(desktop_id).json()["data"]["connectionUrl"])["hostname"] == after["ipAddress"]
+    assert resolve(lab, after["connectionUrl"])["hostname"] == after["ipAddress"]  # the registered one, re-pointed
     assert len([c for c in lab.connections().values() if c["name"] == f"cds-desktop-{desktop_id}"]) == 1
 
     # Delete: DELETING → DELETED; the VM and the connection are gone.
