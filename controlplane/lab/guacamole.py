@@ -748,6 +748,11 @@ class GuacamoleStandIn:
         log.info("Guacamole stand-in: user %r logged in", username)
         return _json(self._auth_response(token, username))
 
+    @staticmethod
+    def _json_refused(reason: str) -> GuacamoleError:
+        log.info("Guacamole stand-in: auth-json data refused (%s)", reason)
+        return GuacamoleError(403, "INVALID_CREDENTIALS", "Invalid login.", expected=copy.deepcopy(USERNAME_PASSWORD_FIELDS))
+
     def _json_login(self, data: str) -> web.Response:
         """guacamole-auth-json: decrypt, check the signature, refuse expired or reused data. A refusal
         is the same 403 as a bad password (the json provider declines; no other provider accepts)."""
@@ -755,9 +760,7 @@ class GuacamoleStandIn:
         try:
             payload = guacamole_json.decrypt(self.json_secret, data)
         except guacamole_json.InvalidData as exc:
-            log.info("Guacamole stand-in: auth-json data refused (%s)", exc)
-            raise GuacamoleError(403, "INVALID_CREDENTIALS", "Invalid login.",
-                                 expected=copy.deepcopy(USERNAME_PASSWORD_FIELDS)) from None
+            raise self._json_refused(str(exc)) from None
         expires = payload.get("expires")
         now_ms = _now_ms()
         reason = None
@@ -775,9 +778,7 @@ class GuacamoleStandIn:
             else:
                 self._json_used[digest] = expires / 1000
         if reason is not None:
-            log.info("Guacamole stand-in: auth-json data refused (%s)", reason)
-            raise GuacamoleError(403, "INVALID_CREDENTIALS", "Invalid login.",
-                                 expected=copy.deepcopy(USERNAME_PASSWORD_FIELDS))
+            raise self._json_refused(reason)
         token = secrets.token_hex(32).upper()
         self.tokens[token] = {"username": payload["username"], "last_access": time.monotonic(),
                               "json": {"expires": expires if expires is not None else 2**62,
@@ -1200,6 +1201,14 @@ class GuacamoleStandIn:
         return web.Response(text=page, content_type="text/html", charset="utf-8",
                             headers={"Cache-Control": "no-store"})
 
+    def _json_connection(self, token: str | None, identifier: str) -> tuple[str, dict | None] | None:
+        """(user, connection or None) of a live auth-json session's token; None: no such session."""
+        user = self._token_user(token)
+        session = self.tokens.get(token) if user else None
+        if session is None or "json" not in session:
+            return None
+        return user, session["json"]["connections"].get(identifier)
+
     def _screen_port(self, hostname: str) -> int | None:
         return self.screens.port_for(hostname) if self.screens is not None and hostname else None
 
@@ -1218,12 +1227,10 @@ class GuacamoleStandIn:
         """The WebSocket noVNC speaks RFB over, relayed to the VM's loopback VNC server. Only for a
         live auth-json session (`?token=`, checked for expiry now) that holds the connection."""
         parsed = parse_client_identifier(request.match_info["client_id"])
-        token = request.query.get("token")
-        user = self._token_user(token)
-        session = self.tokens.get(token) if user else None
-        if parsed is None or session is None or "json" not in session or parsed[2] != "json":
+        found = self._json_connection(request.query.get("token"), parsed[0]) if parsed and parsed[2] == "json" else None
+        if found is None:
             return _json({"message": "Permission Denied."}, status=403)
-        conn = session["json"]["connections"].get(parsed[0])
+        user, conn = found
         hostname = ((conn or {}).get("parameters") or {}).get("hostname", "")
         port = self._screen_port(hostname)
         if conn is None or port is None:
@@ -1263,12 +1270,11 @@ class GuacamoleStandIn:
             return _json({"message": "Invalid connection link"}, status=400)
         identifier, _, data_source = parsed
         if data_source == "json":  # a connection of an auth-json session: the page's token says whose
-            token = request.headers.get("Guacamole-Token") or request.query.get("token")
-            user = self._token_user(token)
-            session = self.tokens.get(token) if user else None
-            if session is None or "json" not in session:
+            found = self._json_connection(request.headers.get("Guacamole-Token") or request.query.get("token"),
+                                          identifier)
+            if found is None:
                 return _json({"message": "Permission Denied."}, status=403)
-            conn = session["json"]["connections"].get(identifier)
+            user, conn = found
             if conn is None:
                 return _json({"message": "Connection not found"}, status=404)
             params = conn.get("parameters") or {}

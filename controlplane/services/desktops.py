@@ -5,7 +5,6 @@ it records the request in the database, then enqueues a job.
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -101,9 +100,9 @@ def connection_url(settings: Settings, desktop: Desktop) -> str | None:
     """Guacamole's client URL for the desktop's connection, only while it is RUNNING."""
     if desktop.status != Status.RUNNING.value or not desktop.guacamole_connection_id:
         return None
-    raw = f"{desktop.guacamole_connection_id}\0c\0{settings.guacamole_data_source}".encode()
-    token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
-    return f"{settings.effective_guacamole_public_url}/#/client/{token}"
+    from .guacamole_json import client_id
+    return (f"{settings.effective_guacamole_public_url}/#/client/"
+            f"{client_id(desktop.guacamole_connection_id, settings.guacamole_data_source)}")
 
 
 def connection_link(settings: Settings, desktop: Desktop, now: dt.datetime | None = None) -> tuple[str | None, dt.datetime | None]:

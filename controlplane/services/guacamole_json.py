@@ -78,8 +78,9 @@ def decrypt(secret_hex: str, data: str) -> dict:
     return value
 
 
-def client_id(name: str) -> str:
-    raw = f"{name}\0c\0{DATA_SOURCE}".encode()
+def client_id(identifier: str, data_source: str = DATA_SOURCE) -> str:
+    """Guacamole's client URL id of a connection: base64url(identifier NUL "c" NUL data source), unpadded."""
+    raw = f"{identifier}\0c\0{data_source}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
