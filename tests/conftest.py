@@ -27,6 +27,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "/tests/e2e/" in str(item.path):
             item.add_marker(pytest.mark.e2e)
+    # The tests that need no lab run first. The lab (a session fixture) shares the database, and once
+    # started its workers' reapers and policies run until the session ends: a test that plants a stuck
+    # desktop for its own reap() would race them.
+    items.sort(key=lambda item: "lab" in getattr(item, "fixturenames", ()))
 
 
 def pytest_report_header(config):

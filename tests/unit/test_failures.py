@@ -37,6 +37,20 @@ CASES = [
                "Request failed: <urlopen error [Errno 111] Connection refused>", True, INFRA),
     ("delete", "Delete the connection cds-desktop-7: Status code was 500 and not [204]: HTTP Error 500: "
                "Internal Server Error", False, INFRA),
+    # ... as the role's module (library/guacamole_connection.py) words them
+    ("create", "Create failed at 'Register the desktop in Guacamole as cds-desktop-7': Guacamole login as guacadmin "
+               "at http://guac/guacamole failed (HTTP 503): Service Unavailable", True, INFRA),
+    ("create", "Create failed at 'Register the desktop in Guacamole as cds-desktop-7': Guacamole login as guacadmin "
+               "at http://guac/guacamole failed (HTTP 403): Invalid login.", True, PERM),
+    ("create", "Create failed at 'Register the desktop in Guacamole as cds-desktop-7': Guacamole at "
+               "http://guac/guacamole did not answer the connection list: Request failed: <urlopen error "
+               "[Errno 111] Connection refused>", True, INFRA),
+    ("create", "Create failed at 'Register the desktop in Guacamole as cds-desktop-7': Guacamole refused granting "
+               "READ on cds-desktop-7 to user_1 (HTTP 500): Unexpected internal error.", True, INFRA),
+    ("create", "Create failed at 'Register the desktop in Guacamole as cds-desktop-7': Guacamole has no data "
+               "source 'postgresql' for guacadmin; available: mysql", True, PERM),
+    ("delete", "Delete the connection cds-desktop-7: Guacamole refused deleting the connection cds-desktop-7 "
+               "(HTTP 500): Internal Server Error", False, INFRA),
     # A create step failed otherwise: the whole create runs again (its rescue cleaned up)
     ("create", "Create failed at 'Clone the VM from its template': Unable to clone vm: 500 Internal Server "
                "Error: lab fault: storage pool is exhausted", True, PROV),
