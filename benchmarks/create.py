@@ -495,6 +495,9 @@ def main() -> int:
     parser.add_argument("--sequential", type=int, default=10, help="desktops created one after another")
     parser.add_argument("--concurrency", default="10,50", help="comma-separated counts of simultaneous creates")
     parser.add_argument("--agent-delay", type=float, default=0.2, help="seconds from VM start to its guest agent")
+    parser.add_argument("--proxmox-auth", choices=("token", "password"), default="token",
+                        help="how the control plane signs in to Proxmox: an API token (production's way) or "
+                             "user and password (a ticket login before each guest-agent read)")
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=480, help="seconds to wait for a batch to settle")
@@ -519,12 +522,15 @@ def main() -> int:
     try:
         lab = LabConfig(state_dir=work / "lab", proxmox_host="127.0.0.7", proxmox_port=free_port("127.0.0.7"),
                         time_scale=0.0, agent_delay=args.agent_delay, guacamole_port=free_port(),
-                        llm_port=free_port(), guacamole_password="guac-" + secrets.token_hex(8))
+                        llm_port=free_port(), guacamole_password="guac-" + secrets.token_hex(8),
+                        proxmox_token_name="bench" if args.proxmox_auth == "token" else "",
+                        proxmox_token_secret=str(uuid.uuid4()) if args.proxmox_auth == "token" else "")
         services = LabServices(lab).start()
         settings = Settings(var_dir=work, database_url=database.url, redis_url=redis_server.url,
                             jwt_secret=secrets.token_urlsafe(48), proxmox_host=lab.proxmox_host,
                             proxmox_port=lab.proxmox_port, proxmox_user=lab.proxmox_user,
-                            proxmox_password=lab.proxmox_password, proxmox_timeout=30, ip_wait_retries=30,
+                            proxmox_password=lab.proxmox_password, proxmox_token_id=lab.proxmox_token_name,
+                            proxmox_token_secret=lab.proxmox_token_secret, proxmox_timeout=30, ip_wait_retries=30,
                             ip_wait_delay=1, guacamole_url=services.guacamole.url,
                             guacamole_username=lab.guacamole_username, guacamole_password=lab.guacamole_password,
                             policy_interval=0, lab=True)
@@ -583,7 +589,7 @@ def main() -> int:
                "platform": platform.platform(), "python": platform.python_version(),
                "loadavg_at_start": loadavg_start, "loadavg_at_end": _loadavg()}
     report.update({"database": args.database, "workers": args.workers, "agent_delay_s": args.agent_delay,
-                   "fakepve_time_scale": 0, "api_workers": args.api_workers, "api_threads": args.api_threads,
+                   "fakepve_time_scale": 0, "proxmox_auth": args.proxmox_auth, "api_workers": args.api_workers, "api_threads": args.api_threads,
                    "machine": machine, "passed": seq_ok and conc_ok and pool_ok,
                    "targets": {"sequential_overhead_p95_s": 10, "concurrent_failures": 0, "pool_p95_s": 3},
                    "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -593,7 +599,8 @@ def main() -> int:
 
     f = lambda s: "-" if s is None else f"{s:.2f}"  # noqa: E731
     print()
-    print(f"Create on {args.database}: {args.workers} workers, fakepve time scale 0, agent delay {args.agent_delay:g} s; "
+    print(f"Create on {args.database}: {args.workers} workers, fakepve time scale 0, agent delay {args.agent_delay:g} s, "
+          f"Proxmox {args.proxmox_auth}; "
           f"{machine['cpus']} CPUs ({machine['processor']}), {machine['memory_gb']} GB")
     print(f"{'sequential (s), ' + str(seq['count']) + ' creates':<44}{'p50':>8}{'p95':>8}{'max':>8}")
     rows = [("create → RUNNING", seq["wall_s"]), ("overhead (minus agent delay)", seq["overhead_s"]),

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from ..config import REPO_ROOT
@@ -71,6 +72,9 @@ def run_lab(workers: int = 2) -> int:
         agent_delay=float(_env("CONTROLPLANE_LAB_AGENT_DELAY", "3")),
         guacamole_port=int(_env("CONTROLPLANE_LAB_GUACAMOLE_PORT", "8090")),
         llm_port=int(_env("CONTROLPLANE_LAB_LLM_PORT", "8091")),
+        # the control plane signs in to the Proxmox stand-in with an API token, as production should
+        proxmox_token_name="controlplane",
+        proxmox_token_secret=_secret(directory, "proxmox-token-secret", lambda: str(uuid.uuid4())),
         # /connect answers expiring auth-json links, which the stand-in checks as Guacamole does
         guacamole_json_secret=_env("CONTROLPLANE_GUACAMOLE_JSON_SECRET", "")
         or _secret(directory, "guacamole-json-secret", lambda: secrets.token_hex(16)),
@@ -117,6 +121,8 @@ def run_lab(workers: int = 2) -> int:
             "CONTROLPLANE_PROXMOX_PORT": str(config.proxmox_port),
             "CONTROLPLANE_PROXMOX_USER": config.proxmox_user,
             "CONTROLPLANE_PROXMOX_PASSWORD": config.proxmox_password,
+            "CONTROLPLANE_PROXMOX_TOKEN_ID": config.proxmox_token_name,
+            "CONTROLPLANE_PROXMOX_TOKEN_SECRET": config.proxmox_token_secret,
             "CONTROLPLANE_PROXMOX_VERIFY_SSL": "false",
             "CONTROLPLANE_PROXMOX_NODE": "pve1",
             "CONTROLPLANE_PROXMOX_STORAGE": "local-lvm",
@@ -139,7 +145,9 @@ def run_lab(workers: int = 2) -> int:
         api_url = f"http://{api_host}:{api_port}"
         endpoints = {
             "api": api_url,
-            "proxmox": {"url": services.proxmox.url, "user": config.proxmox_user, "password": config.proxmox_password},
+            "proxmox": {"url": services.proxmox.url, "user": config.proxmox_user, "password": config.proxmox_password,
+                        "tokenId": f"{config.proxmox_user}!{config.proxmox_token_name}",
+                        "tokenSecret": config.proxmox_token_secret},
             "guacamole": {"url": guacamole_url, "dataSource": config.guacamole_data_source,
                           "username": config.guacamole_username, "password": config.guacamole_password},
             "redis": redis_url,

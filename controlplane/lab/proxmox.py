@@ -479,10 +479,12 @@ class GuestAgents:
 class LabProxmox:
     def __init__(self, state_file: Path, cert_dir: Path, host: str = "127.0.0.2", port: int = 8006,
                  user: str = "root@pam", password: str = "secret", time_scale: float = 0.05,
-                 agent_delay: float = 3.0):
+                 agent_delay: float = 3.0, token_name: str = "", token_secret: str = ""):
         self.state_file = Path(state_file)
         self.cert_dir = Path(cert_dir)
         self.pve = LabPve(user=user, password=password, host=host, port=port)
+        if token_name and token_secret:  # an API token of that user (PVE: user@realm!name), as production uses
+            self.pve.apitokens[f"{user}!{token_name}"] = token_secret
         self.pve.time_scale = time_scale
         self.agents = GuestAgents(self.pve, agent_delay)
         self.screens = None  # lab/screens.py: a real screen per running VM, when the machine has them

@@ -25,6 +25,9 @@ class LabConfig:
     proxmox_port: int = 8006
     proxmox_user: str = "root@pam"
     proxmox_password: str = "secret"
+    # An API token of proxmox_user (its bare name, as CONTROLPLANE_PROXMOX_TOKEN_ID takes it); empty: none.
+    proxmox_token_name: str = ""
+    proxmox_token_secret: str = ""
     time_scale: float = 0.05
     agent_delay: float = 3.0
     guacamole_host: str = "127.0.0.1"
@@ -46,7 +49,8 @@ class LabServices:
         self.proxmox = LabProxmox(config.state_dir / "proxmox.json", config.state_dir / "certs",
                                   host=config.proxmox_host, port=config.proxmox_port, user=config.proxmox_user,
                                   password=config.proxmox_password, time_scale=config.time_scale,
-                                  agent_delay=config.agent_delay)
+                                  agent_delay=config.agent_delay, token_name=config.proxmox_token_name,
+                                  token_secret=config.proxmox_token_secret)
         self.guacamole = GuacamoleStandIn(host=config.guacamole_host, port=config.guacamole_port,
                                           username=config.guacamole_username, password=config.guacamole_password,
                                           data_source=config.guacamole_data_source,

@@ -28,6 +28,8 @@ MISSING = "missing"
 def _client(host, port, user, password, token_id, token_secret, verify_ssl, timeout):
     kwargs = dict(host=host, port=port, user=user, verify_ssl=verify_ssl, timeout=timeout)
     if token_id:
+        if "!" in token_id:  # given as user@realm!name (the playbooks take both forms too)
+            kwargs["user"], token_id = token_id.split("!", 1)
         kwargs.update(token_name=token_id, token_value=token_secret)
     else:
         kwargs.update(password=password)

@@ -74,7 +74,7 @@ def test_lab_runs_everything_stops_cleanly_and_keeps_state(tmp_path):
         endpoints = wait_healthy(lab_dir, proc, log_path)
         assert set(endpoints) == {"api", "proxmox", "guacamole", "redis", "llm"}
         assert set(endpoints["llm"]) == {"url", "apiKey"} and endpoints["llm"]["url"].endswith("/v1")
-        assert set(endpoints["proxmox"]) == {"url", "user", "password"}
+        assert set(endpoints["proxmox"]) == {"url", "user", "password", "tokenId", "tokenSecret"}
         assert set(endpoints["guacamole"]) == {"url", "dataSource", "username", "password"}
         assert endpoints["redis"].startswith("unix://" + str(lab_dir))  # its own Redis: none was configured
         assert oct((lab_dir / "endpoints.json").stat().st_mode & 0o777) == "0o600"
@@ -102,6 +102,15 @@ def test_lab_runs_everything_stops_cleanly_and_keeps_state(tmp_path):
                               data={"username": endpoints["proxmox"]["user"],
                                     "password": endpoints["proxmox"]["password"]})
         assert login.status_code == 200 and login.json()["data"]["ticket"]
+        # ... and the control plane's API token, which the lab's workers and API use.
+        lab_env = (lab_dir / "lab.env").read_text()
+        assert "CONTROLPLANE_PROXMOX_TOKEN_ID=controlplane\n" in lab_env
+        assert endpoints["proxmox"]["tokenId"] == endpoints["proxmox"]["user"] + "!controlplane"
+        auth = f"PVEAPIToken={endpoints['proxmox']['tokenId']}={endpoints['proxmox']['tokenSecret']}"
+        for header, code in ((auth, 200), (auth + "x", 401)):
+            version = requests.get(endpoints["proxmox"]["url"] + "/api2/json/version", verify=False, timeout=5,
+                                   headers={"Authorization": header})
+            assert version.status_code == code, version.text
 
         admin = Api(endpoints["api"], token(env, "ops", "--admin"))
         assert admin.session.get(admin.base, timeout=5).json()["data"]["total"] == 1
