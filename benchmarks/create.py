@@ -234,13 +234,13 @@ class Bench:
             return None, f"HTTP {r.status_code}: {r.text[:300]}", sent, answered
         return r.json()["data"]["id"], "", sent, answered
 
-    def wait_settled(self, ids: list[int]) -> tuple[dict[int, str], dict[int, float]]:
+    def wait_settled(self, ids: list[int], timeout: float | None = None) -> tuple[dict[int, str], dict[int, float]]:
         """Poll the database every 0.1 s until every desktop is RUNNING or FAILED (or the timeout):
         (id → status, id → when it was first seen settled). The database's own timestamps are whole
         seconds, hence this clock."""
         from controlplane.extensions import db
         from controlplane.models import Desktop
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (timeout or self.timeout)
         statuses: dict[int, str] = {}
         settled: dict[int, float] = {}
         while time.monotonic() < deadline:
@@ -329,7 +329,10 @@ class Bench:
             t.join(60)
         ids = [v[0] for v in posted.values() if v[0] is not None]
         post_errors = [f"{u}: {v[1]}" for u, v in posted.items() if v[0] is None]
-        statuses, settled = self.wait_settled(ids)
+        # Each worker runs one create at a time: more creates than workers wait their turn, so the
+        # batch gets --timeout for each round of creates the workers go through.
+        rounds = -(-len(ids) // max(1, len(self.workers.procs) if self.workers else 1))
+        statuses, settled = self.wait_settled(ids, timeout=self.timeout * max(1, rounds))
         desktops = [self.measure(v[0], v[2], v[3], settled.get(v[0])) for v in posted.values() if v[0] is not None]
         ends = [settled[i] for i in ids if statuses.get(i) == "RUNNING" and i in settled]
         return {"users": users, "ids": ids, "post_errors": post_errors, "statuses": statuses, "desktops": desktops,
@@ -500,7 +503,8 @@ def main() -> int:
                              "user and password (a ticket login before each guest-agent read)")
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--api-threads", type=int, default=8)
-    parser.add_argument("--timeout", type=float, default=480, help="seconds to wait for a batch to settle")
+    parser.add_argument("--timeout", type=float, default=480, help="seconds to wait for a batch to settle, per round of creates the workers go through "
+                             "(50 creates on 10 workers: 5 rounds)")
     parser.add_argument("--pool", type=int, default=0, help="also time creates from a warm pool of this size")
     parser.add_argument("--pool-wait", type=float, default=180, help="seconds to wait for the pool to fill")
     parser.add_argument("--out", type=Path, default=None)
