@@ -16,7 +16,7 @@ import requests
 from ..conftest import REPO, free_port
 from .helpers import Api
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.playbooks, pytest.mark.timeout(300)]  # `make lab` itself, on its own SQLite
 
 
 def start_lab(env: dict, log_path) -> subprocess.Popen:

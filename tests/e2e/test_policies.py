@@ -12,10 +12,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from .helpers import Api, desktop_row, events
 from .test_failures import assert_nothing_left, connections_named, guacamole_down, lease_holder, wait_failed
+
+# The policies' database side (their queries, the admin API) is tested on both databases in tests/api.
+pytestmark = pytest.mark.playbooks
 
 REPO = Path(__file__).resolve().parents[2]
 SHORT_PLANS = """

@@ -18,7 +18,7 @@ from controlplane.config import Settings
 from controlplane.lab.services import LabConfig, LabServices
 from controlplane.runner.ansible import PlaybookResult, run_playbook
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.filterwarnings("ignore:Unverified HTTPS request")]
+pytestmark = [pytest.mark.playbooks, pytest.mark.timeout(240), pytest.mark.filterwarnings("ignore:Unverified HTTPS request")]
 
 ZONE = "cdsproj"
 WRITES = ("POST", "PUT", "DELETE")

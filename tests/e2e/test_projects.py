@@ -11,7 +11,7 @@ from controlplane.extensions import db
 from controlplane.models import (ChatMessage, Invitation, NetworkLease, Project, ProjectEvent, ProjectMember,
                                  VmidLease)
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.playbooks, pytest.mark.timeout(300)]  # the API side: tests/api, both databases
 
 
 class Client:
