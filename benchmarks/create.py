@@ -331,8 +331,9 @@ class Bench:
         post_errors = [f"{u}: {v[1]}" for u, v in posted.items() if v[0] is None]
         # Each worker runs one create at a time: more creates than workers wait their turn, so the
         # batch gets --timeout for each round of creates the workers go through.
-        rounds = -(-len(ids) // max(1, len(self.workers.procs) if self.workers else 1))
-        statuses, settled = self.wait_settled(ids, timeout=self.timeout * max(1, rounds))
+        workers = len(self.workers.procs) if self.workers else 1
+        rounds = max(1, -(-len(ids) // workers))  # ceil
+        statuses, settled = self.wait_settled(ids, timeout=self.timeout * rounds)
         desktops = [self.measure(v[0], v[2], v[3], settled.get(v[0])) for v in posted.values() if v[0] is not None]
         ends = [settled[i] for i in ids if statuses.get(i) == "RUNNING" and i in settled]
         return {"users": users, "ids": ids, "post_errors": post_errors, "statuses": statuses, "desktops": desktops,

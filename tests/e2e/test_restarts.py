@@ -16,6 +16,8 @@ import uuid
 import pytest
 import requests
 
+from tests.conftest import database_kind
+
 from .helpers import TRANSITIONAL, Api, desktop_row, events
 from .test_failures import (assert_nothing_left, connections_named, create, delete_and_check, lease_holder,
                             vms_named)
@@ -106,7 +108,6 @@ class ApiProcess:
 def test_api_killed_during_a_burst_of_creates_loses_nothing(lab, tmp_path):
     from tests.conftest import free_port
     api_proc = ApiProcess(lab, free_port(), tmp_path / "api.log").start()
-    from tests.conftest import database_kind
     # 10 creates on SQLite; 6 on PostgreSQL, whose pass must also fit in CI's time (the commit-then-
     # enqueue path under test is the same code on both)
     users = [f"user_{uuid.uuid4().hex[:10]}" for _ in range(10 if database_kind() == "sqlite" else 6)]

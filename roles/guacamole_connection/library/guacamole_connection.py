@@ -67,8 +67,9 @@ class Guacamole:
         self.api = ""
 
     def call(self, method, path, body=None, form=None, expect=(200,), base=None, what=None):
-        """One REST call; returns (status, decoded JSON or None). Raises GuacamoleError on an
-        unexpected status, naming the call and quoting Guacamole's message."""
+        """One REST call; returns (status, decoded JSON or None). Raises GuacamoleError when
+        Guacamole did not answer, or answered a status not in `expect` (None: any answer will do),
+        naming the call and quoting Guacamole's message."""
         headers = {}
         data = None
         if form is not None:
@@ -90,10 +91,10 @@ class Guacamole:
                 payload = json.loads(raw)
             except ValueError:
                 payload = None
-        if status not in expect:
-            label = what or f"{method} {path}"
-            if status == -1:
-                raise GuacamoleError(f"Guacamole at {self.base} did not answer {label}: {info.get('msg', '')}")
+        label = what or f"{method} {path}"
+        if status == -1:
+            raise GuacamoleError(f"Guacamole at {self.base} did not answer {label}: {info.get('msg', '')}")
+        if expect is not None and status not in expect:
             message = payload.get("message") if isinstance(payload, dict) else info.get("msg", "")
             raise GuacamoleError(f"Guacamole refused {label} (HTTP {status}): {message}")
         return status, payload
@@ -102,7 +103,7 @@ class Guacamole:
         p = self.module.params
         status, answer = self.call("POST", "/api/tokens", form={"username": p["api_username"],
                                                                  "password": p["api_password"]},
-                                   expect=range(100, 600), base=self.base)
+                                   expect=None, base=self.base, what="the login")
         if status != 200 or not isinstance(answer, dict) or "authToken" not in answer:
             message = answer.get("message") if isinstance(answer, dict) else "no answer"
             raise GuacamoleError(f"Guacamole login as {p['api_username']} at {self.base} failed "
@@ -252,16 +253,16 @@ def main():
     if p["state"] == "present" and not p["hostname"]:
         module.fail_json(msg=f"hostname (the desktop's address) is required to register {p['name']}", **result)
     guac = Guacamole(module)
+    error = None
     try:
         guac.login()
-        if module.params["state"] == "present":
-            present(module, guac, result)
-        else:
-            absent(module, guac, result)
+        (present if p["state"] == "present" else absent)(module, guac, result)
     except GuacamoleError as exc:
+        error = str(exc)
+    finally:
         guac.logout()
-        module.fail_json(msg=str(exc), **result)
-    guac.logout()
+    if error:
+        module.fail_json(msg=error, **result)
     module.exit_json(**result)
 
 
