@@ -69,6 +69,8 @@ def test_a_new_user_goes_from_sign_in_to_an_open_desktop_by_clicking(lab, new_pa
     expect(card).to_contain_text(desktop["ipAddress"])
     expect(card).to_contain_text("STANDARD · 4 vCPU · 4 GB")
 
+    expect(card.locator(".last-opened")).to_have_text("—")
+
     # Open: /connect's one-time link (auth-json) in a frame, where the Guacamole stand-in logs in with it.
     page.get_by_role("button", name="Open").click()
     frame = page.frame_locator("iframe[title='Desktop Browser workspace']")
@@ -77,6 +79,10 @@ def test_a_new_user_goes_from_sign_in_to_an_open_desktop_by_clicking(lab, new_pa
     assert src.startswith(lab.settings.guacamole_url.rstrip("/") + "/?data=")
     assert f"cds-desktop-{desktop['id']}" in {c["name"] for c in lab.connections().values()}
     expect(page.get_by_role("region", name="Desktop viewer")).to_contain_text("one-time link")
+    # The card shows when it was last opened: the time /connect recorded, not the "—" of before.
+    opened_at = lab_desktop(lab, fresh_user)["lastAccessedAt"]
+    assert opened_at, "connect did not record lastAccessedAt"
+    expect(card.locator(".last-opened")).not_to_have_text("—")
     shots(page, "open")
     # A new tab gets a link of its own (the frame's is used up).
     with page.context.expect_page() as opened:

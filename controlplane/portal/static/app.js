@@ -496,7 +496,7 @@ async function desktopView() {
         h("dt", {}, "Plan"), h("dd", {}, `${d.plan} · ${d.cpuCores} vCPU · ${d.memoryMb / 1024} GB`),
         h("dt", {}, "IP address"), h("dd", {}, d.ipAddress || "—"),
         h("dt", {}, "Created"), h("dd", {}, when(d.createdAt)),
-        h("dt", {}, "Last opened"), h("dd", {}, when(d.lastAccessedAt))),
+        h("dt", {}, "Last opened"), h("dd", { class: "last-opened" }, when(d.lastAccessedAt))),
       actions, actionSlot, h("div", { id: "viewer" }));
   }
 
@@ -517,6 +517,18 @@ async function desktopView() {
         h("button", { type: "button", onclick: () => viewer.replaceChildren() }, "Close viewer")),
       h("iframe", { src: c.connectionUrl, title: `Desktop ${desktop.name}`, allow: "clipboard-read; clipboard-write; fullscreen" })));
     viewer.querySelector("iframe").focus();
+    refreshLastOpened();
+  }
+
+  // /connect moved lastAccessedAt: show the server's time without redrawing the card (and its frame).
+  async function refreshLastOpened() {
+    try {
+      desktop = (await api("GET", `/api/v1/desktops/${desktop.id}`)).data;
+      const cell = $(".last-opened", body);
+      if (cell) cell.textContent = when(desktop.lastAccessedAt);
+    } catch (err) {
+      // The card keeps its last value; the frame above already says whether the desktop opened.
+    }
   }
 
   // A link of /connect may be single-use (auth-json) and the frame used this one: a new tab gets its
