@@ -517,18 +517,20 @@ async function desktopView() {
         h("button", { type: "button", onclick: () => viewer.replaceChildren() }, "Close viewer")),
       h("iframe", { src: c.connectionUrl, title: `Desktop ${desktop.name}`, allow: "clipboard-read; clipboard-write; fullscreen" })));
     viewer.querySelector("iframe").focus();
-    refreshLastOpened();
+    // /connect moved lastAccessedAt: show the server's time in place (a redraw would close the frame).
+    const cell = $(".last-opened", body);
+    if (await reread() && cell) cell.textContent = when(desktop.lastAccessedAt);
   }
 
-  // /connect moved lastAccessedAt: show the server's time without redrawing the card (and its frame).
-  async function refreshLastOpened() {
-    try {
-      desktop = (await api("GET", `/api/v1/desktops/${desktop.id}`)).data;
-      const cell = $(".last-opened", body);
-      if (cell) cell.textContent = when(desktop.lastAccessedAt);
-    } catch (err) {
-      // The card keeps its last value; the frame above already says whether the desktop opened.
-    }
+  // The desktop as the API has it now (status changes and /connect move its address and times).
+  // False, keeping what the page had, when the read fails or the desktop went or was replaced meanwhile.
+  async function reread() {
+    const id = desktop.id;
+    let fresh;
+    try { fresh = (await api("GET", `/api/v1/desktops/${id}`)).data; } catch { return false; }
+    if (!desktop || desktop.id !== id) return false;
+    desktop = fresh;
+    return true;
   }
 
   // A link of /connect may be single-use (auth-json) and the frame used this one: a new tab gets its
@@ -574,7 +576,8 @@ async function desktopView() {
       return;
     }
     if (!TRANSITIONAL.has(event.status)) {  // settled: its address and times changed too
-      try { desktop = (await api("GET", `/api/v1/desktops/${desktop.id}`)).data; } catch { /* keep the event's */ }
+      await reread();
+      if (!desktop) return;  // deleted while it was read: the DELETED event drew the form
     }
     const viewerOpen = $("#viewer iframe", body) && desktop.status === "RUNNING";
     if (!viewerOpen) draw();
