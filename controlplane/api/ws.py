@@ -23,7 +23,7 @@ from ..errors import ApiError, Unauthorized
 from ..extensions import db, sock
 from ..services import projects
 from ..services.desktops import Identity
-from ..services.queue import EVENTS_CHANNEL_PREFIX, get_redis
+from ..services.queue import get_redis, project_channel, user_channel
 from .common import settings
 from .errors import project_error_body
 
@@ -58,7 +58,7 @@ class Session:
         self.identity = identity
         self.rooms: set[str] = set()
         self.pubsub = get_redis(settings().redis_url).pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(f"{EVENTS_CHANNEL_PREFIX}user:{identity.user_id}")
+        self.pubsub.subscribe(user_channel(identity.user_id))
         # Wait for Redis to confirm the subscription (the confirmation is read and dropped here):
         # an event published once the client has its auth_ok must reach it.
         self.pubsub.get_message(timeout=5)
@@ -90,7 +90,7 @@ class Session:
         with db.connection_context():
             project, role = projects.access(self.identity, project_id, projects.Action.READ)
         if project_id not in self.rooms:
-            self.pubsub.subscribe(f"{EVENTS_CHANNEL_PREFIX}project:{project_id}")
+            self.pubsub.subscribe(project_channel(project_id))
             self.rooms.add(project_id)
         _send(self.ws, {"type": "joined", "project_id": project_id, "role": role.value if role else None,
                         "status": project.status, "vm_ip": project.vm_ip})
@@ -100,7 +100,7 @@ class Session:
 
     def leave(self, project_id: str) -> None:
         if project_id in self.rooms:
-            self.pubsub.unsubscribe(f"{EVENTS_CHANNEL_PREFIX}project:{project_id}")
+            self.pubsub.unsubscribe(project_channel(project_id))
             self.rooms.discard(project_id)
         _send(self.ws, {"type": "left", "project_id": project_id})
 
@@ -113,7 +113,7 @@ class Session:
                 and (event.get("user") or {}).get("id") == self.identity.user_id):
             # Removed from the project: forward the news, then stop listening to its room.
             self.ws.send(payload)
-            self.pubsub.unsubscribe(f"{EVENTS_CHANNEL_PREFIX}project:{project_id}")
+            self.pubsub.unsubscribe(project_channel(project_id))
             self.rooms.discard(project_id)
             return
         if (event.get("type") == "collaborator_activity"

@@ -16,6 +16,7 @@ from typing import Callable
 from ..models import Desktop, DesktopEvent, NetworkLease, Project, ProjectEvent, VmidLease
 from . import project_states as ps
 from . import states as ds
+from .queue import project_channel, user_channel
 from .states import Operation
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Kind:
     extravars: Callable  # (settings, row, operation, force) -> dict; raises JobFailed
     result_fields: Callable  # (settings, operation, stats) -> dict; raises JobFailed
     release: Callable  # (row, settings) -> None: free what the record held once it is deleted
-    channel: Callable  # (row) -> list of pub/sub channel suffixes
+    channel: Callable  # (row) -> list of its pub/sub channels (queue.user_channel, queue.project_channel)
     event: Callable  # (row) -> dict published on status changes
     accepted: dict  # operation -> (status, message) when it is accepted
     allowed_from: dict  # operation -> statuses it may start from
@@ -128,7 +129,7 @@ DESKTOP = Kind(
     final=ds.FINAL_STATUS, failure_verb=ds.FAILURE_VERB, playbook=ds.PLAYBOOK, task_status=ds.TASK_FILE_STATUS,
     job_function="controlplane.tasks.desktops.run_desktop_job",
     extravars=_desktop_extravars, result_fields=_desktop_result, release=_desktop_release,
-    channel=lambda d: [f"user:{d.user_id}"], accepted=ds.ACCEPTED, allowed_from=ds.ALLOWED_FROM,
+    channel=lambda d: [user_channel(d.user_id)], accepted=ds.ACCEPTED, allowed_from=ds.ALLOWED_FROM,
     event=lambda d: {"type": "desktop_status", "desktop_id": d.id, "user_id": d.user_id, "status": d.status,
                      "statusMessage": d.status_message},
 )
@@ -173,7 +174,7 @@ def _project_release(project, settings):
 
 
 def _project_channels(project):
-    return [f"project:{project.public_id}"]
+    return [project_channel(project.public_id)]
 
 
 def _project_event(project):

@@ -51,14 +51,14 @@ def record_event(row, status, message: str, source: str) -> None:
 
 
 def publish(redis_url: str, row, extra: dict | None = None) -> None:
-    """Announce a record's state on its channels (`controlplane:events:<suffix>`)."""
-    from .queue import EVENTS_CHANNEL_PREFIX, get_redis
+    """Announce a record's state on its channels (queue.user_channel, queue.project_channel)."""
+    from .queue import get_redis
     kind = kinds.of(row)
     payload = kinds.dumps({**kind.event(row), **(extra or {})})
     try:
         conn = get_redis(redis_url)
-        for suffix in kind.channel(row):
-            conn.publish(f"{EVENTS_CHANNEL_PREFIX}{suffix}", payload)
+        for channel in kind.channel(row):
+            conn.publish(channel, payload)
     except Exception as exc:  # a missed live event must never fail a status write
         log.warning("could not publish status of %s %s: %s", kind.name, row.id, exc)
 

@@ -350,9 +350,9 @@ def remove_member(settings: Settings, identity: Identity, project_id: str, user_
 
 def lifecycle_notify(settings: Settings, project: Project, payload: dict) -> None:
     """Publish an event to the project's room (best effort)."""
-    from .queue import EVENTS_CHANNEL_PREFIX, get_redis
+    from .queue import get_redis, project_channel
     from .kinds import dumps
     try:
-        get_redis(settings.redis_url).publish(f"{EVENTS_CHANNEL_PREFIX}project:{project.public_id}", dumps(payload))
+        get_redis(settings.redis_url).publish(project_channel(project.public_id), dumps(payload))
     except Exception as exc:
         log.warning("could not publish to project %s: %s", project.public_id, exc)
