@@ -1,24 +1,42 @@
-"""Logging with secrets redacted: any configured secret value is replaced before a record is written."""
+"""Logging with secrets redacted and user text defused: any configured secret value is replaced before a
+record is written, and control characters in a message (a request path's %0a, an id's CR) are written as
+escapes, so nobody can forge a log line or a terminal sequence through text we log."""
 from __future__ import annotations
 
 import logging
+import re
 
 from .config import Settings
 
 REDACTED = "********"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def defuse(text: str) -> str:
+    """`text` with every control character (newlines included), line separator and lone surrogate
+    written as a \\xNN / \\uNNNN escape: one record stays one line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                        text)
+
+
 class RedactSecrets(logging.Filter):
+    """Redacts the configured secrets and defuses control characters in every record it passes."""
+
     def __init__(self, secrets: list[str]):
         super().__init__()
         self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
+        try:
             message = record.getMessage()
-            cleaned = redact(message, self.secrets)
-            if cleaned != message:
-                record.msg, record.args = cleaned, ()
+        except Exception:  # arguments that do not fit the format: logging reports it when it formats
+            return True
+        cleaned = defuse(redact(message, self.secrets) if self.secrets else message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        if self.secrets:
             if record.exc_info and not record.exc_text:
                 record.exc_text = _formatter.formatException(record.exc_info)
             if record.exc_text:

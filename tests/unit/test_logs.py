@@ -133,3 +133,14 @@ def test_configure_logging_replaces_its_filter_instead_of_stacking(root_stream):
     assert len(filters) == 1 and filters[0].secrets == [OTHER]
     plain = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
     assert plain == [handler]  # a stream handler existed: no second one added
+
+
+def test_user_text_cannot_forge_a_log_line_or_a_terminal_sequence():
+    filter_ = RedactSecrets([SECRET])
+    path = "/api/v1/desktops/x\r\n2026-12-04 INFO controlplane: admin logged in\x1b[2J\u2028\ud800"
+    text = formatted(filter_, record("unhandled error on %s %s", "GET", path))
+    assert "\n" not in text and "\r" not in text and "\x1b" not in text and "\u2028" not in text
+    assert "\\x0d\\x0a2026-12-04 INFO" in text and "\\x1b[2J" in text and "\\u2028\\ud800" in text
+    # still redacted, and a record without secrets configured is defused too
+    assert REDACTED in formatted(filter_, record("token %s\n", SECRET))
+    assert formatted(RedactSecrets([]), record("id %s", "a\nb")) == "id a\\x0ab"
