@@ -305,6 +305,7 @@ def lab(tmp_path_factory, database_url, redis_url, database):
                         guacamole_url=services.guacamole.url, guacamole_username=config.guacamole_username,
                         guacamole_password=config.guacamole_password, reaper_interval=2, abandoned_after=5,
                         guacamole_json_secret=config.guacamole_json_secret,  # /connect: auth-json links
+                        guacamole_vnc_password=config.vnc_password,  # the lab screens' VNC servers want it
                         policy_interval=0,  # policies run when a test says so (their own tests)
                         provisioning_retry_delay=1,  # the contract's 30 s; the backoff stays 1, 2, 4, 8 s
                         stop_timeout=5,  # a guest that ignores the shutdown request gives up sooner

@@ -1225,7 +1225,9 @@ class GuacamoleStandIn:
 
     async def _vnc_relay(self, request: web.Request) -> web.StreamResponse:
         """The WebSocket noVNC speaks RFB over, relayed to the VM's loopback VNC server. Only for a
-        live auth-json session (`?token=`, checked for expiry now) that holds the connection."""
+        live auth-json session (`?token=`, checked for expiry now) that holds the connection. As
+        guacd, it logs in to the VNC server with the connection's `password` parameter (VNC
+        authentication, lab/rfb.py) and offers noVNC security type None: the browser never has it."""
         parsed = parse_client_identifier(request.match_info["client_id"])
         found = self._json_connection(request.query.get("token"), parsed[0]) if parsed and parsed[2] == "json" else None
         if found is None:
@@ -1235,12 +1237,29 @@ class GuacamoleStandIn:
         port = self._screen_port(hostname)
         if conn is None or port is None:
             return _json({"message": "No screen for this connection"}, status=404)
+        from . import rfb
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
             return _json({"message": "The desktop's screen does not answer"}, status=502)
-        ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=0)
+        try:  # guacd's part: log in to the VNC server with the connection's `password` parameter
+            await rfb.authenticate(reader, writer, (conn.get("parameters") or {}).get("password"))
+        except (rfb.RfbError, OSError) as exc:
+            writer.close()
+            log.warning("Guacamole stand-in: the VNC server of %s refused the relay: %s", parsed[0], exc)
+            return _json({"message": "The desktop's screen refused the connection"}, status=502)
+        # noVNC's messages are key and pointer events, and clipboard text: 4 MiB is plenty
+        ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=4 * 1024 * 1024)
         await ws.prepare(request)
+        browser = rfb.MessageBytes(ws)
+        try:  # the browser is past the VNC server's security already: it is offered None
+            await rfb.offer_none(browser.read, ws.send_bytes)
+            writer.write(browser.rest())
+        except (rfb.RfbError, ConnectionError) as exc:
+            writer.close()
+            log.info("Guacamole stand-in: the browser's RFB handshake for %s failed: %s", parsed[0], exc)
+            await ws.close()
+            return ws
         log.info("Guacamole stand-in: %s watches %s's screen (VNC 127.0.0.1:%s)", user, parsed[0], port)
 
         async def browser_to_vnc():

@@ -80,6 +80,9 @@ def run_lab(workers: int = 2) -> int:
         or _secret(directory, "guacamole-json-secret", lambda: secrets.token_hex(16)),
         # a real screen per running VM when the machine has Xvfb, x11vnc, xterm and noVNC (lab/screens.py)
         screens=_env("CONTROLPLANE_LAB_SCREENS", "true").lower() not in ("0", "false", "no", "off"),
+        # their VNC servers' password, which /connect's connections carry (as a guest image's would)
+        vnc_password=_env("CONTROLPLANE_GUACAMOLE_VNC_PASSWORD", "")
+        or _secret(directory, "vnc-password", lambda: secrets.token_urlsafe(6)),
     )
     for name, host, port in (("API", api_host, api_port), ("Proxmox stand-in", config.proxmox_host, config.proxmox_port),
                              ("Guacamole stand-in", config.guacamole_host, config.guacamole_port),
@@ -131,6 +134,7 @@ def run_lab(workers: int = 2) -> int:
             "CONTROLPLANE_GUACAMOLE_PASSWORD": config.guacamole_password,
             "CONTROLPLANE_GUACAMOLE_DATA_SOURCE": config.guacamole_data_source,
             "CONTROLPLANE_GUACAMOLE_JSON_SECRET": config.guacamole_json_secret,
+            "CONTROLPLANE_GUACAMOLE_VNC_PASSWORD": config.vnc_password,
             "CONTROLPLANE_IP_WAIT_DELAY": _env("CONTROLPLANE_IP_WAIT_DELAY", "1"),
         }
         if not any(os.environ.get(k) for k in ("CONTROLPLANE_LLM_OPENAI_API_KEY", "CONTROLPLANE_LLM_OPENAI_BASE_URL")):

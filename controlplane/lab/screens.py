@@ -1,7 +1,10 @@
 """Real screens for the lab's VMs: while a fakepve VM runs, it has an X display of its own (Xvfb)
 with a terminal on it (xterm) and a VNC server on that display (x11vnc), listening on loopback
-only. The Guacamole stand-in's client page shows it with noVNC through a WebSocket relay that
-takes only a valid, unexpired session token (lab/guacamole.py).
+only and taking only VNC authentication with the lab's VNC password (the deployment's
+CONTROLPLANE_GUACAMOLE_VNC_PASSWORD, stored VNC's way in a file only the lab's user reads; never on a
+command line or in a log). The Guacamole stand-in's client page shows it with noVNC through a
+WebSocket relay that takes only a valid, unexpired session token and logs in to the VNC server with
+the connection's `password` parameter, as guacd does (lab/guacamole.py, lab/rfb.py).
 
 Needs Debian's xvfb, x11vnc and xterm (and novnc for the page); `available()` says what is
 missing, and the lab falls back to the plain stand-in page without them.
@@ -17,6 +20,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .rfb import write_password_file
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +65,11 @@ class Screen:
 
 
 class LabScreens:
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, password: str):
+        if not password:
+            raise ValueError("the lab's VNC servers need a password")
         self.log_dir = Path(log_dir)
+        self.password = password
         self.screens: dict[int, Screen] = {}
 
     def port_for(self, address: str) -> int | None:
@@ -96,7 +104,10 @@ class LabScreens:
     def _start(self, vmid: int) -> Screen:
         display, port = self._display(), _free_port()
         screen = Screen(vmid=vmid, display=display, port=port)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.log_dir, 0o700)
+        password_file = self.log_dir / "vnc-password"
+        write_password_file(password_file, self.password)
         out = open(self.log_dir / f"screen-{vmid}.log", "ab")
         env = {**os.environ, "DISPLAY": f":{display}"}
         spawn = dict(stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -109,8 +120,8 @@ class LabScreens:
              "-e", "sh", "-c", f"echo 'Lab desktop of VM {vmid}: a real X display (Xvfb), here over VNC.'; "
                                "echo 'What you type is echoed back (no shell).'; exec cat"], env=env, **spawn))
         screen.procs.append(subprocess.Popen(
-            ["x11vnc", "-display", f":{display}", "-rfbport", str(port), "-localhost", "-nopw", "-forever",
-             "-shared", "-quiet", "-noxdamage"], env=env, **spawn))
+            ["x11vnc", "-display", f":{display}", "-rfbport", str(port), "-localhost", "-rfbauth", str(password_file),
+             "-forever", "-shared", "-quiet", "-noxdamage"], env=env, **spawn))
         log.info("lab: VM %s has a screen on display :%s, VNC on 127.0.0.1:%s", vmid, display, port)
         return screen
 

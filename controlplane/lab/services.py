@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .guacamole import GuacamoleStandIn
@@ -37,6 +38,9 @@ class LabConfig:
     guacamole_data_source: str = "postgresql"
     guacamole_json_secret: str = ""  # the stand-in takes auth-json logins signed with it (32 hex digits)
     screens: bool = False  # a real screen (Xvfb + x11vnc) per running VM, shown by noVNC (lab/screens.py)
+    # The password of the screens' VNC servers, as a guest image's: the control plane's
+    # CONTROLPLANE_GUACAMOLE_VNC_PASSWORD must be it (the connection carries it; the relay logs in with it).
+    vnc_password: str = field(default_factory=lambda: secrets.token_urlsafe(6), repr=False)
     llm_host: str = "127.0.0.1"
     llm_port: int = 8091
     llm_api_key: str = "lab-llm-key"
@@ -65,7 +69,7 @@ class LabServices:
                 log.warning("lab: no real screens for the VMs (this machine lacks %s); the Guacamole stand-in "
                             "shows its plain page", ", ".join(lacks))
             else:
-                self.screens = LabScreens(config.state_dir / "screens")
+                self.screens = LabScreens(config.state_dir / "screens", config.vnc_password)
                 self.proxmox.screens = self.guacamole.screens = self.screens
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="lab-services", daemon=True)

@@ -17,9 +17,10 @@ log = logging.getLogger(__name__)
 
 
 def set_status(row, status, message: str, source: str, *, job_id: str | None = None,
-               publish_to: str | None = None, settings=None, **fields) -> bool:
+               expect: dict | None = None, publish_to: str | None = None, settings=None, **fields) -> bool:
     """Move `row` (a Desktop or a Project) to `status`. With `job_id`, only if the record's
-    current job is that job. Returns False (and changes nothing) when it has moved on.
+    current job is that job; with `expect` ({field: value read}, None for NULL), only if the
+    record's fields still have those values. Returns False (and changes nothing) when it has moved on.
     `settings` are needed to move a project to deleted (releasing it removes its shared folder)."""
     kind = kinds.of(row)
     model = kind.model
@@ -31,6 +32,9 @@ def set_status(row, status, message: str, source: str, *, job_id: str | None = N
         query = model.update(values).where(model.id == row.id)
         if job_id is not None:
             query = query.where(model.job_id == job_id)
+        for name, value in (expect or {}).items():
+            column = getattr(model, name)
+            query = query.where(column.is_null() if value is None else column == value)
         if query.execute() == 0:
             return False
         kind.event_model.create(**{kind.event_fk: row.id}, status=status.value, message=message, source=source,

@@ -184,12 +184,13 @@ def _audit(job, row, op: Operation, ok: bool) -> None:
 
 
 def _still_running(cfg: Settings, row) -> bool:
-    """Whether Proxmox says the record's VM is running (False when it cannot be asked)."""
+    """Whether Proxmox says the record's VM is running, wherever the cluster has it (False when it
+    cannot be asked)."""
     from ..services import proxmox
     if row.vmid is None:
         return False
     try:
-        return proxmox.vm_power_state(cfg, getattr(row, "node", None) or cfg.proxmox_node, row.vmid) == "running"
+        return proxmox.locate_vm(cfg, row.vmid, getattr(row, "node", None) or cfg.proxmox_node)[1] == "running"
     except Exception as exc:
         log.warning("could not read the state of VM %s after a failed stop: %s", row.vmid, exc)
         return False
