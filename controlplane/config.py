@@ -79,6 +79,9 @@ class Settings:
     shares_dir: str = ""  # one folder per project, served over WebDAV; default: <var_dir>/shares
     shares_public_url: str = ""  # what project VMs and users open; default: http://<host>:<port>/shares
     shares_secret: str = ""  # derives each project's share password (HMAC); default: jwt_secret; neither: no shares
+    shares_max_file_bytes: int = 100 * 1024 * 1024  # largest file one WebDAV PUT may write (413 beyond)
+    shares_quota_bytes: int = 1024 * 1024 * 1024  # bytes of files in one project's folder (507 beyond)
+    shares_lock_timeout_max: int = 3600  # seconds a WebDAV lock lives at most ("Infinite" included)
     vmid_min: int = 10000
     vmid_max: int = 99999
     # Ansible
@@ -367,6 +370,9 @@ class Settings:
             raise ConfigError("CONTROLPLANE_LLM_USER_KEYS_SECRET must be at least 32 characters")
         if self.shares_secret and len(self.shares_secret) < 32:
             raise ConfigError("CONTROLPLANE_SHARES_SECRET must be at least 32 characters")
+        for name in ("shares_max_file_bytes", "shares_quota_bytes", "shares_lock_timeout_max"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"CONTROLPLANE_{name.upper()} must be positive")
         if self.shares_public_url and not self.shares_public_url.startswith(("http://", "https://")):
             raise ConfigError("CONTROLPLANE_SHARES_PUBLIC_URL must be an http:// or https:// URL, "
                               f"not {self.shares_public_url!r}")

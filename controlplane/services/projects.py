@@ -264,6 +264,8 @@ def forget_contents(settings: Settings, project: Project) -> None:
     Invitation.delete().where(Invitation.project == project.id).execute()
     ProjectMember.delete().where(ProjectMember.project == project.id).execute()
     shares.remove_folder(settings, project.public_id)
+    from . import share_locks
+    share_locks.drop(settings, project.public_id)
 
 
 # ---- collaborators ---------------------------------------------------------------------------------------
@@ -338,11 +340,16 @@ def remove_member(settings: Settings, identity: Identity, project_id: str, user_
                        details={"project_id": project_id, "user_id": user_id})
     if member.role == Role.OWNER.value:
         raise ValidationFailed("The project's owner cannot be removed", details={"user_id": user_id})
+    had_password = allowed(Role(member.role), Action.WRITE_SHARE)
     with db.atomic():
         member.delete_instance()
-        if allowed(Role(member.role), Action.WRITE_SHARE):
+        if had_password:
             # They were given the share's password: a new one from now on.
             Project.update(share_generation=Project.share_generation + 1).where(Project.id == project.id).execute()
+    # Their WebDAV locks go: those taken with their own token, and, when they had the password,
+    # those taken with it (the password's holders are one principal: any of them may be theirs).
+    from . import share_locks
+    share_locks.drop(settings, project.public_id, {user_id, project.public_id} if had_password else {user_id})
     lifecycle_notify(settings, project, {"type": "collaborator_activity", "project_id": project.public_id,
                                          "user": {"id": user_id, "name": member.name},
                                          "activity": "left_project" if user_id == identity.user_id else "removed"})

@@ -20,8 +20,10 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,11 @@ log = logging.getLogger(__name__)
 PROJECT_ID = re.compile(r"proj_[0-9a-f]{1,32}")
 
 PASSWORD_LENGTH = 24  # characters of url-safe base64: 144 bits
+#: Where uploads are written before they replace their file (services.shares.partial_file): a
+#: folder of shares_dir that is not a project's (never served), on the same file system.
+UPLOADS = ".uploads"
+#: An upload's file not written to for this long belongs to a process that died: removed.
+STALE_UPLOAD_SECONDS = 3600
 _CONTEXT = b"controlplane project share v1\0"
 
 
@@ -116,6 +123,65 @@ def create_folder(settings: Settings, project_id: str) -> bool:
         return False
 
 
+def uploads_dir(settings: Settings) -> Path:
+    return settings.effective_shares_dir / UPLOADS
+
+
+def partial_file(settings: Settings, project_id: str) -> tuple[int, Path]:
+    """A new, empty file (an open descriptor and its path) for an upload into the project's
+    folder: written there, then renamed over its target once complete (an upload cut off or
+    refused leaves the previous content as it was)."""
+    import tempfile
+    if not is_project_id(project_id):
+        raise ValueError(f"not a project id: {project_id!r}")
+    directory = uploads_dir(settings)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=f"{project_id}.", dir=directory)
+    return fd, Path(path)
+
+
+def _partials(settings: Settings, project_id: str):
+    try:
+        with os.scandir(uploads_dir(settings)) as entries:
+            yield from (e for e in entries if e.name.startswith(project_id + ".")
+                        and e.is_file(follow_symlinks=False))
+    except FileNotFoundError:
+        return
+
+
+def usage(settings: Settings, project_id: str, exclude: Path | None = None) -> int:
+    """Bytes the project's folder holds: its files (symlinks not followed) and the uploads into it
+    still being written (but `exclude`). Stale uploads (a dead process's) are removed instead."""
+    total = 0
+    pending = [folder(settings, project_id)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:  # gone meanwhile
+                        continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    now = time.time()
+    for entry in _partials(settings, project_id):
+        if exclude is not None and entry.path == str(exclude):
+            continue
+        try:
+            stat = entry.stat(follow_symlinks=False)
+            if now - stat.st_mtime > STALE_UPLOAD_SECONDS:
+                os.unlink(entry.path)
+            else:
+                total += stat.st_size
+        except OSError:
+            continue
+    return total
+
+
 def remove_folder(settings: Settings, project_id: str) -> bool:
     """Remove the project's folder and everything in it, only ever inside shares_dir.
 
@@ -126,6 +192,11 @@ def remove_folder(settings: Settings, project_id: str) -> bool:
     except ValueError:
         log.error("refusing to remove a shared folder for %r: not a project id", project_id)
         return False
+    for partial in _partials(settings, project_id):  # uploads into it cut off by a dead process
+        try:
+            os.unlink(partial.path)
+        except OSError:
+            pass
     try:
         if path.is_symlink():  # never follow it out of shares_dir
             path.unlink()

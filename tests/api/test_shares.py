@@ -267,7 +267,9 @@ def test_copy_and_move_cannot_leave_the_projects_folder(shares_env, people):
                             f"{server.url}/shares/{mine}/../{theirs}/a.txt", f"{server.url}/shares/a.txt",
                             f"{server.url}/elsewhere/a.txt"):
             response = dav(method, url + "a.txt", auth=auth, headers={"Destination": destination})
-            assert response.status_code == 403, (method, destination, response.status_code)
+            # A Destination with a dot segment is refused before WsgiDAV (400), the others by the gate.
+            expected = 400 if "/../" in destination else 403
+            assert response.status_code == expected, (method, destination, response.status_code)
     assert not (settings.effective_shares_dir / theirs / "a.txt").exists()
     assert not (settings.effective_shares_dir / "a.txt").exists()
     assert dav("COPY", url + "a.txt", auth=auth, headers={"Destination": url + "b.txt"}).status_code == 201
