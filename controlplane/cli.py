@@ -43,9 +43,6 @@ def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
     import time
 
     from .services.queue import get_redis
-    from .services.pool import refill
-    from .services.reaper import reap
-    from .tasks.maintenance import enqueue_if_due
     conn = get_redis(settings.redis_url)
     next_pass = time.monotonic() + settings.reaper_interval
     while True:
@@ -56,19 +53,29 @@ def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
             continue
         next_pass = time.monotonic() + settings.reaper_interval
         try:
-            # One reaper at a time across all workers.
-            if conn.set("controlplane:reaper:lock", os.getpid(), nx=True, ex=max(settings.reaper_interval - 1, 1)):
-                outcome = reap(settings)
-                if outcome:
-                    log.warning("reaper: %s", outcome)
-                # The warm pool: make up deficits, remove surplus and broken pool VMs.
-                filled = refill(settings)
-                if filled.get("filling") or filled.get("removing"):
-                    log.info("pool: %s", filled)
-            # The lifecycle policies, as a job, every settings.policy_interval (one enqueue for all).
-            enqueue_if_due(settings, conn)
+            _reaper_pass(settings, conn)
         except Exception:
             log.exception("reaper pass failed")
+
+
+def _reaper_pass(settings: Settings, conn) -> None:
+    """One pass of the reaper process beside a worker."""
+    from .services.pool import refill
+    from .services.reaper import reap, remove_leftover_runs
+    from .tasks.maintenance import enqueue_if_due
+    # The folders of playbook runs killed with their worker: every reaper, each host has its own.
+    remove_leftover_runs(settings)
+    # One reaper at a time across all workers.
+    if conn.set("controlplane:reaper:lock", os.getpid(), nx=True, ex=max(settings.reaper_interval - 1, 1)):
+        outcome = reap(settings)
+        if outcome:
+            log.warning("reaper: %s", outcome)
+        # The warm pool: make up deficits, remove surplus and broken pool VMs.
+        filled = refill(settings)
+        if filled.get("filling") or filled.get("removing"):
+            log.info("pool: %s", filled)
+    # The lifecycle policies, as a job, every settings.policy_interval (one enqueue for all).
+    enqueue_if_due(settings, conn)
 
 
 def _wait_for_redis(conn) -> bool:
@@ -100,11 +107,13 @@ def cmd_worker(args) -> int:
 
     from .logs import configure_logging
     from .services.queue import POOL_QUEUE_NAME, QUEUE_NAME, get_redis
+    from .services.reaper import remove_leftover_runs
     from .tasks import engine as tasks
     settings = Settings.from_env()
     settings.require_redis()
     configure_logging(settings)
     tasks.configure(settings)
+    remove_leftover_runs(settings)  # what playbook runs killed with a worker left on this host
     # The reaper runs in a process of its own, never as a thread of this one: RQ forks a work horse
     # per job, and a fork taken while another thread holds a lock (the database's, say) leaves the
     # child waiting on it forever.
@@ -147,7 +156,7 @@ def cmd_worker(args) -> int:
 
 def cmd_reap(args) -> int:
     from .models import init_db
-    from .services.reaper import reap
+    from .services.reaper import reap, remove_leftover_runs
     settings = Settings.from_env()
     settings.require_redis()
     if args.loop:
@@ -163,6 +172,7 @@ def cmd_reap(args) -> int:
             pass
         return 0
     init_db(settings.effective_database_url)
+    remove_leftover_runs(settings)
     print(reap(settings))
     return 0
 

@@ -50,6 +50,11 @@ SECRET_FIELDS = ("jwt_secret", "proxmox_password", "proxmox_token_secret", "guac
                  "guacamole_vnc_password", "llm_openai_api_key", "llm_anthropic_api_key", "llm_openrouter_api_key",
                  "llm_compat_api_key", "llm_user_keys_secret", "shares_secret", "guacamole_json_secret")
 
+# The playbooks the worker runs that talk to Guacamole (roles/guacamole_connection): only they are
+# given its passwords (Settings.playbook_env); tests/unit/test_runner_secrets.py checks the list.
+GUACAMOLE_PLAYBOOKS = frozenset({"desktop_create.yml", "desktop_start.yml", "desktop_delete.yml",
+                                 "remove_orphans.yml"})
+
 # AI chat providers: model ids are "<provider>/<model>" (controlplane/services/chat.py).
 LLM_PROVIDERS = ("openai", "anthropic", "openrouter", "compat")
 
@@ -241,9 +246,13 @@ class Settings:
         """The configured secret values (non-empty), for redaction."""
         return [v for v in (getattr(self, f) for f in SECRET_FIELDS) if v]
 
-    def playbook_env(self) -> dict[str, str]:
-        """Environment the playbooks read their connection settings from (inventory group_vars)."""
-        return {
+    def playbook_env(self, playbook: str) -> dict[str, str]:
+        """Environment the playbook `playbook` (a file name in playbooks/) reads its connection
+        settings from (inventory group_vars): every setting, and of the secrets only those it uses:
+        the Proxmox credential in use (the token's secret with a token id, else the password), and
+        Guacamole's passwords only for GUACAMOLE_PLAYBOOKS. The worker's other secrets never reach a
+        playbook (runner/ansible.py gives it only this and an allow-list of its environment)."""
+        env = {
             "CONTROLPLANE_PROXMOX_HOST": self.proxmox_host,
             "CONTROLPLANE_PROXMOX_PORT": str(self.proxmox_port),
             "CONTROLPLANE_PROXMOX_USER": self.proxmox_user,
@@ -267,6 +276,11 @@ class Settings:
             "CONTROLPLANE_GUACAMOLE_PORT": str(self.effective_guacamole_port),
             "CONTROLPLANE_GUACAMOLE_VNC_PASSWORD": self.guacamole_vnc_password,
         }
+        env.pop("CONTROLPLANE_PROXMOX_PASSWORD" if self.proxmox_token_id else "CONTROLPLANE_PROXMOX_TOKEN_SECRET")
+        if playbook not in GUACAMOLE_PLAYBOOKS:
+            env.pop("CONTROLPLANE_GUACAMOLE_PASSWORD")
+            env.pop("CONTROLPLANE_GUACAMOLE_VNC_PASSWORD")
+        return env
 
     def to_env(self) -> dict[str, str]:
         """These settings as CONTROLPLANE_* variables (for a worker or API child process)."""

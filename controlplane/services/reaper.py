@@ -2,7 +2,8 @@
 commit and enqueue, Redis lost the job) are found here and resumed or failed.
 
 Policy: an abandoned operation is enqueued again up to `max_resumes` times (the playbooks are
-idempotent); after that the record is FAILED with the reason, and can be deleted.
+idempotent); after that the record is FAILED with the reason, and can be deleted. The private
+folders such a killed job's playbook run left on this host are removed (remove_leftover_runs).
 """
 from __future__ import annotations
 
@@ -109,6 +110,18 @@ def resolve_abandoned(settings: Settings, row, reason: str) -> str:
                        request_id=meta.get("request_id") or row.job_id)
     log.warning("%s %s: %s", kind.name, row.id, message)
     return "failed"
+
+
+def remove_leftover_runs(settings: Settings) -> list[str]:
+    """Delete the private folders of playbook runs killed with their worker, on this host (they may
+    hold a run's extra vars and output); a live run's folder is kept (runner/ansible.py). Called at
+    worker start and on every pass of the reaper process. A folder of an older version (unlocked)
+    goes once unchanged for longer than any job may run."""
+    from ..runner.ansible import remove_leftover_runs as remove
+    removed = remove(unlocked_after=settings.job_timeout + 300)
+    if removed:
+        log.warning("removed the folders of %d playbook run(s) killed with their worker", len(removed))
+    return removed
 
 
 def reap(settings: Settings) -> dict[str, int]:

@@ -135,7 +135,8 @@ def _run_with_retries(cfg: Settings, kind: kinds.Kind, row, op: Operation, extra
     first_status, _ = kind.accepted[op]
     while True:
         log.info("running %s for %s %s (VM %s), run %d", kind.playbook[op], kind.name, row.id, row.vmid, plan.runs)
-        result = run_playbook(cfg.ansible_dir, kind.playbook[op], cfg.inventory_path, extravars, cfg.playbook_env(),
+        result = run_playbook(cfg.ansible_dir, kind.playbook[op], cfg.inventory_path, extravars,
+                              cfg.playbook_env(kind.playbook[op]),
                               timeout=max(1, int(deadline - time.monotonic())), secrets=cfg.secrets(),
                               on_task=on_task)
         if result.ok:

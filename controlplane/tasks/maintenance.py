@@ -52,7 +52,8 @@ def remove_orphans(vms: list[dict], connections: list[str]) -> dict:
     extravars = {"orphan_vms": [{"vmid": int(vm["vmid"]), "name": str(vm["name"]), "node": str(vm["node"])}
                                 for vm in vms],
                  "orphan_connections": [str(name) for name in connections]}
-    result = run_playbook(cfg.ansible_dir, "remove_orphans.yml", cfg.inventory_path, extravars, cfg.playbook_env(),
+    result = run_playbook(cfg.ansible_dir, "remove_orphans.yml", cfg.inventory_path, extravars,
+                          cfg.playbook_env("remove_orphans.yml"),
                           timeout=cfg.job_timeout, secrets=cfg.secrets())
     if not result.ok:
         log.error("removing orphans failed: %s", result.reason())

@@ -39,7 +39,8 @@ def fill(pool_vm_id: int) -> dict:
             return {"id": pool_vm_id, "skipped": "stale job"}
         extravars = {"pool_vm_id": vm.id, "pool_vm_vmid": vm.vmid, "pool_vm_plan": vm.plan, "pool_vm_power": vm.power,
                      "pool_vm_node": vm.node, "desktop_plans_file": str(cfg.plans_file)}
-        result = run_playbook(cfg.ansible_dir, "pool_vm_create.yml", cfg.inventory_path, extravars, cfg.playbook_env(),
+        result = run_playbook(cfg.ansible_dir, "pool_vm_create.yml", cfg.inventory_path, extravars,
+                              cfg.playbook_env("pool_vm_create.yml"),
                               timeout=cfg.job_timeout, secrets=cfg.secrets())
         owned = (PoolVm.id == vm.id) & (PoolVm.state == PoolVmState.FILLING.value) & (PoolVm.job_id == vm.job_id)
         if result.ok:
@@ -67,7 +68,7 @@ def remove(pool_vm_id: int) -> dict:
         if vm is None:
             return {"id": pool_vm_id, "skipped": "stale job"}
         result = run_playbook(cfg.ansible_dir, "pool_vm_delete.yml", cfg.inventory_path,
-                              {"pool_vm_id": vm.id, "pool_vm_vmid": vm.vmid}, cfg.playbook_env(),
+                              {"pool_vm_id": vm.id, "pool_vm_vmid": vm.vmid}, cfg.playbook_env("pool_vm_delete.yml"),
                               timeout=cfg.job_timeout, secrets=cfg.secrets())
         if not result.ok:
             PoolVm.update(message=f"Removal failed: {result.reason()}", updated_at=utcnow()).where(

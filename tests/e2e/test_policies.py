@@ -214,7 +214,7 @@ def test_reconcile_removes_orphans_and_fails_records_whose_vm_vanished(lab, fres
     orphan_id, orphan_vmid = random.randint(900000, 999999), random.randint(5000, 5999)
     made = run_playbook(s.ansible_dir, "desktop_create.yml", s.inventory_path,
                         {"desktop_id": orphan_id, "desktop_vmid": orphan_vmid, "desktop_user": "user_by_hand",
-                         "desktop_plan": "BASIC"}, s.playbook_env(), timeout=180, secrets=s.secrets())
+                         "desktop_plan": "BASIC"}, s.playbook_env("desktop_create.yml"), timeout=180, secrets=s.secrets())
     assert made.ok, made.reason()
     orphan_name = f"cds-desktop-{orphan_id}"
     assert lab.vm(orphan_vmid) is not None and connections_named(lab, orphan_id)

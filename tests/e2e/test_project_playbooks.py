@@ -32,7 +32,7 @@ def free_port() -> int:
 
 def run(project_lab, playbook: str, **extravars) -> PlaybookResult:
     s = project_lab.settings
-    return run_playbook(s.ansible_dir, playbook, s.inventory_path, extravars, s.playbook_env(), timeout=180,
+    return run_playbook(s.ansible_dir, playbook, s.inventory_path, extravars, s.playbook_env(playbook), timeout=180,
                         secrets=s.secrets())
 
 

@@ -141,8 +141,8 @@ def test_the_pool_playbooks_make_a_vm_on_the_given_node_and_remove_it(settings, 
             return proxmox.pve.vm(vmid)
         return loop.run(find())
 
-    run = dict(ansible_dir=settings.ansible_dir, inventory=settings.inventory_path, env=settings.playbook_env(),
-               timeout=300, secrets=settings.secrets())
+    run = dict(ansible_dir=settings.ansible_dir, inventory=settings.inventory_path,
+               env=settings.playbook_env("pool_vm_create.yml"), timeout=300, secrets=settings.secrets())
     made = run_playbook(playbook="pool_vm_create.yml", extravars={
         "pool_vm_id": 41, "pool_vm_vmid": 20141, "pool_vm_plan": "STANDARD", "pool_vm_power": "stopped",
         "pool_vm_node": "pve2"}, **run)

@@ -192,7 +192,7 @@ def test_every_password_secret_or_api_key_field_is_a_secret():
 
 def test_playbook_env_is_all_strings_and_carries_the_connection_settings():
     s = Settings(proxmox_password="pw", guacamole_protocol="rdp", proxmox_verify_ssl=True)
-    penv = s.playbook_env()
+    penv = s.playbook_env("desktop_create.yml")
     assert all(isinstance(v, str) for v in penv.values())
     assert penv["CONTROLPLANE_PROXMOX_PASSWORD"] == "pw"
     assert penv["CONTROLPLANE_PROXMOX_VERIFY_SSL"] == "true"

@@ -1,10 +1,13 @@
 """run_playbook (controlplane/runner/ansible.py) on tiny throw-away playbooks against localhost."""
 from __future__ import annotations
 
+import hashlib
 import os
+import pwd
 import stat
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -154,17 +157,127 @@ def test_private_data_dir_is_removed_after_a_failure(project):
 
 
 def test_private_data_dir_is_removed_when_the_runner_itself_raises(project, monkeypatch):
-    import ansible_runner
+    from ansible_runner.runner import Runner
 
-    def explode(**kwargs):
-        assert Path(kwargs["private_data_dir"]).is_dir()
+    def explode(self):
+        assert Path(self.config.private_data_dir).is_dir()
         raise RuntimeError("runner broke")
 
-    monkeypatch.setattr(ansible_runner, "run", explode)
+    monkeypatch.setattr(Runner, "run", explode)  # run_playbook prepares the run, then runs it
     project.playbook("ok.yml", "- debug: {msg: hi}")
     with pytest.raises(RuntimeError, match="runner broke"):
-        project.run("ok.yml")
+        project.run("ok.yml", env={"CP_TEST_PASSWORD": SECRET}, secrets=[SECRET])
     assert private_dirs(project.runs) == []
+
+
+# ---- secrets: only the ones a playbook needs, never on disk ---------------------------------------------------
+
+# What a worker's environment holds besides what a playbook needs (Settings.to_env puts every setting there).
+WORKER_SECRETS = {
+    "CONTROLPLANE_JWT_SECRET": "jwt-" + "j" * 40,
+    "CONTROLPLANE_SHARES_SECRET": "shares-" + "s" * 40,
+    "CONTROLPLANE_GUACAMOLE_JSON_SECRET": "0123456789abcdef0123456789abcdef",
+    "CONTROLPLANE_LLM_OPENAI_API_KEY": "sk-model-key-4f1e9a",
+    "CONTROLPLANE_DATABASE_URL": "postgresql://cp:Db-Pa55-91c2@db.internal/cp",
+    "CONTROLPLANE_PROXMOX_PASSWORD": SECRET,
+}
+PLAYBOOK_ENV = {"CONTROLPLANE_PROXMOX_PASSWORD": SECRET, "CONTROLPLANE_PROXMOX_HOST": "pve.example"}
+SECRET_SHA1 = hashlib.sha1(SECRET.encode()).hexdigest()
+USES_THE_PASSWORD = textwrap.dedent(f"""
+    - name: Use the Proxmox password
+      assert:
+        that: lookup('env', 'CONTROLPLANE_PROXMOX_PASSWORD') | hash('sha1') == '{SECRET_SHA1}'
+        quiet: true
+      no_log: true
+""")
+
+
+@pytest.fixture
+def worker_env(monkeypatch):
+    for key, value in WORKER_SECRETS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SOME_OTHER_VARIABLE", "not-for-playbooks")
+    return list(WORKER_SECRETS.values())
+
+
+def test_no_secret_is_written_under_the_private_folder_during_or_after_a_run(project, worker_env):
+    needles = [s.encode() for s in worker_env]
+    seen: set[str] = set()
+    leaks: list[str] = []
+    scans = [0]
+    # Where ansible puts a module with its arguments when modules are not pipelined (`echo ~user`).
+    modules_tmp = Path(pwd.getpwuid(os.getuid()).pw_dir, ".ansible", "tmp")
+
+    def scan() -> None:
+        for private in [*private_dirs(project.runs), modules_tmp]:
+            for folder, _, files in os.walk(private):  # what vanishes meanwhile is skipped
+                for file in files:
+                    path = Path(folder, file)
+                    try:
+                        if not stat.S_ISREG(path.lstat().st_mode):  # never open the pipe
+                            continue
+                        data = path.read_bytes()
+                    except OSError:  # removed meanwhile (event files come and go)
+                        continue
+                    seen.add("partial event" if file.endswith("-partial.json") else file)
+                    leaks.extend(f"{path.relative_to(private)}: {n.decode()[:8]}..." for n in needles if n in data)
+        scans[0] += 1
+
+    done = threading.Event()
+
+    def keep_scanning() -> None:  # between the task events too
+        while not done.is_set():
+            scan()
+
+    scanner = threading.Thread(target=keep_scanning, daemon=True)
+    project.playbook("secret.yml", USES_THE_PASSWORD + textwrap.dedent("""
+        - name: A module given the password as an argument, for a while
+          wait_for: {timeout: 1, msg: "{{ lookup('env', 'CONTROLPLANE_PROXMOX_PASSWORD') }}"}
+          no_log: true
+        - name: After the password was used
+          debug: {msg: next}
+        - name: Last
+          debug: {msg: last}
+    """))
+    scanner.start()
+    try:
+        result = project.run("secret.yml", {"desktop_id": 7}, env=PLAYBOOK_ENV, secrets=worker_env,
+                             on_task=lambda *a: scan())
+    finally:
+        done.set()
+        scanner.join(10)
+    assert result.ok, result.reason()  # the playbook had its password
+    assert scans[0] >= 3
+    assert "command" in seen and "extravars" in seen, seen  # the scans saw what ansible-runner writes
+    assert not leaks, leaks
+    assert private_dirs(project.runs) == []
+
+
+def test_a_playbook_gets_only_the_environment_it_needs(project, worker_env):
+    project.playbook("env.yml", USES_THE_PASSWORD + textwrap.dedent("""
+        - name: List the environment's names
+          command: "{{ ansible_playbook_python }} -c 'import json, os; print(json.dumps(sorted(os.environ)))'"
+          register: names
+        - set_stats:
+            data: {names: "{{ names.stdout | from_json }}"}
+    """))
+    result = project.run("env.yml", env=PLAYBOOK_ENV, secrets=worker_env)
+    assert result.ok, result.reason()
+    names = set(result.stats["names"])
+    assert {"CONTROLPLANE_PROXMOX_PASSWORD", "CONTROLPLANE_PROXMOX_HOST", "PATH", "HOME"} <= names
+    unneeded = (set(WORKER_SECRETS) - set(PLAYBOOK_ENV)) | {"SOME_OTHER_VARIABLE"}
+    assert not names & unneeded, names & unneeded
+
+
+def test_a_secret_the_playbook_never_got_is_not_in_its_environment_even_inside_another_variable(project,
+                                                                                                   monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy-user:" + SECRET + "@proxy.example:3128")
+    project.playbook("proxy.yml", """
+        - set_stats:
+            data: {proxy: "{{ lookup('env', 'HTTPS_PROXY') }}"}
+    """)
+    result = project.run("proxy.yml", secrets=[SECRET])
+    assert result.ok and result.stats == {"proxy": ""}
 
 
 # ---- failures -----------------------------------------------------------------------------------------------
