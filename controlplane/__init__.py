@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False  # keep the contract's field order ("success" first)
     app.config.update(
-        MAX_CONTENT_LENGTH=64 * 1024,
+        MAX_CONTENT_LENGTH=settings.max_request_body,  # and chunked bodies too: api/bodies.py
         API_TITLE="Cloud Desktop Service",
         API_VERSION="v1",
         OPENAPI_VERSION="3.0.3",
@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_limits(app, settings)
     from .portal import init_portal
     init_portal(app, settings)
+    from .api.bodies import init_bodies
+    init_bodies(app, settings.max_request_body)  # before the shares' dispatcher: not over /shares
 
     from .services import shares
     if shares.enabled(settings):

@@ -159,6 +159,13 @@ class Settings:
     rate_limit_desktop_create: str = "5/hour"  # desktops created, per user
     rate_limit_project_create: str = "5/hour"  # projects created, per user
     rate_limit_chat: str = "20/minute"  # chat messages, per project
+    # Bounds on what clients send (api/wsserver.py, api/ws.py, api/bodies.py; /shares has its own)
+    max_request_body: int = 64 * 1024  # bytes of an HTTP request body of either API (413 beyond)
+    ws_max_message: int = 16 * 1024  # bytes of one WebSocket message, refused (1009) from its frame headers
+    ws_auth_timeout: float = 5.0  # seconds a WebSocket may stay open before its auth message is verified
+    ws_message_rate: str = "120/minute"  # messages one signed-in socket may send ("N/period", a burst of N)
+    ws_max_sockets_per_user: int = 8  # WebSockets one user may have open, across API processes; 0: no cap
+    ws_send_timeout: float = 30.0  # seconds a send to a client that stopped reading may wait; then it is cut
     # The web portal at / (controlplane/portal): Keycloak sign-in by OpenID Connect (authorization code
     # with PKCE, a public client); empty issuer: jwt_issuer; empty client: jwt_client_id
     portal: bool = True
@@ -390,7 +397,18 @@ class Settings:
         if self.shares_public_url and not self.shares_public_url.startswith(("http://", "https://")):
             raise ConfigError("CONTROLPLANE_SHARES_PUBLIC_URL must be an http:// or https:// URL, "
                               f"not {self.shares_public_url!r}")
-        for name in ("rate_limit_api", "rate_limit_desktop_create", "rate_limit_project_create", "rate_limit_chat"):
+        if not 1024 <= self.max_request_body:
+            raise ConfigError("CONTROLPLANE_MAX_REQUEST_BODY must be at least 1024 bytes")
+        if not 1024 <= self.ws_max_message <= 16 * 1024 * 1024:
+            raise ConfigError("CONTROLPLANE_WS_MAX_MESSAGE must be between 1024 and 16777216 bytes")
+        if not 0 < self.ws_auth_timeout <= 300:
+            raise ConfigError("CONTROLPLANE_WS_AUTH_TIMEOUT must be more than 0 and at most 300 seconds")
+        if self.ws_send_timeout <= 0:
+            raise ConfigError("CONTROLPLANE_WS_SEND_TIMEOUT must be positive")
+        if self.ws_max_sockets_per_user < 0:
+            raise ConfigError("CONTROLPLANE_WS_MAX_SOCKETS_PER_USER must not be negative")
+        for name in ("rate_limit_api", "rate_limit_desktop_create", "rate_limit_project_create", "rate_limit_chat",
+                     "ws_message_rate"):
             try:
                 from limits import parse
                 parse(getattr(self, name))

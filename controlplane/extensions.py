@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from flask_jwt_extended import JWTManager
 from flask_smorest import Api, Blueprint
-from flask_sock import Sock
 from peewee import DatabaseProxy
 
 
@@ -24,5 +23,4 @@ Blueprint.ARGUMENTS_PARSER.DEFAULT_VALIDATION_STATUS = 400
 
 api = _Api()
 jwt = JWTManager()
-sock = Sock()
 db = DatabaseProxy()

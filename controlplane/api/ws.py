@@ -1,7 +1,7 @@
-"""The WebSocket `/ws` of the projects contract (flask-sock).
+"""The WebSocket `/ws` of the projects contract (over simple-websocket: api/wsserver.py).
 
 Protocol: the client's first message is {"type": "auth", "token": "<access token>"} (within
-AUTH_TIMEOUT seconds, or the socket is closed with a reason); then {"type": "join", "project_id"}
+`ws_auth_timeout` seconds, or the socket is closed with a reason); then {"type": "join", "project_id"}
 for each project room (members only, by the same permission table as REST) and
 {"type": "leave", "project_id"}; {"type": "ping"} is answered with {"type": "pong"}.
 
@@ -9,32 +9,42 @@ Events come from Redis pub/sub, so every API process delivers what any process o
 published: `chat_message`, `project_status` and `collaborator_activity` for joined projects, and
 `desktop_status` for the user's own desktops. Errors are sent as
 {"type": "error", "error": {"code", "message", "details"?}} (the projects API's envelope).
+
+Limits (settings ws_*): a message is at most `ws_max_message` bytes, refused from its frame headers
+before anything is buffered (close 1009); before the auth message is verified a socket may send
+only a few frames (close 1008 beyond); once signed in, `ws_message_rate` messages per socket
+(RATE_LIMIT_EXCEEDED errors beyond, the message dropped) and `ws_max_sockets_per_user` sockets per
+user across API processes (the next one gets RATE_LIMIT_EXCEEDED and close 1008).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+import uuid
 
-from flask import current_app
+from flask import current_app, request
 from simple_websocket import ConnectionClosed
 
 from ..errors import ApiError, Unauthorized
-from ..extensions import db, sock
+from ..extensions import db
 from ..services import projects
 from ..services.desktops import Identity
 from ..services.queue import get_redis, project_channel, user_channel
 from .common import settings
 from .errors import project_error_body
+from .limits import RateLimited
+from .wsserver import FrameGuard, serve
 
 log = logging.getLogger(__name__)
 
-AUTH_TIMEOUT = 5.0
 POLL = 0.1
-MAX_MESSAGE = 16 * 1024
-# Close codes (4000-4999 are the application's): 4401 unauthenticated, 4400 protocol error.
+# Close codes (4000-4999 are the application's): 4401 unauthenticated, 4400 protocol error; 1008 (policy
+# violation) for a user over their number of sockets; wsserver closes with 1009 and 1008 for its limits.
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_PROTOCOL = 4400
+CLOSE_POLICY = 1008
 
 
 def _identity(token: str) -> Identity:
@@ -131,8 +141,6 @@ def _receive_json(ws, timeout: float) -> dict | None:
     raw = ws.receive(timeout=timeout)
     if raw is None:
         return None
-    if len(raw) > MAX_MESSAGE:
-        raise _invalid("Message too large")
     try:
         message = json.loads(raw)
     except (TypeError, ValueError):
@@ -143,56 +151,154 @@ def _receive_json(ws, timeout: float) -> dict | None:
 
 
 def init_ws(app) -> None:
-    sock.init_app(app)
+    def websocket():
+        config = settings()
+        guard = FrameGuard(config.ws_max_message)
+        return serve(request.environ, guard, config.ws_send_timeout, lambda ws: _converse(ws, guard, config))
 
-    @sock.route("/ws")
-    def websocket(ws):
-        if not db.is_closed():
-            db.close()  # a session lasts long: it takes a database connection only when it needs one
-        deadline = time.monotonic() + AUTH_TIMEOUT
-        identity = None
-        while identity is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                _error(ws, Unauthorized("No auth message within %g seconds" % AUTH_TIMEOUT))
-                ws.close(CLOSE_UNAUTHORIZED, "authentication timeout")
-                return
-            try:
-                message = _receive_json(ws, remaining)
-            except ApiError as exc:
-                _error(ws, exc)
-                ws.close(CLOSE_PROTOCOL, "protocol error")
-                return
-            if message is None:
-                continue
-            if message.get("type") != "auth" or not isinstance(message.get("token"), str):
-                _error(ws, Unauthorized("The first message must be {\"type\": \"auth\", \"token\": ...}"))
-                ws.close(CLOSE_UNAUTHORIZED, "authentication required")
-                return
-            try:
-                identity = _identity(message["token"])
-            except ApiError as exc:
-                _error(ws, exc)
-                ws.close(CLOSE_UNAUTHORIZED, "invalid token")
-                return
+    app.add_url_rule("/ws", "websocket", websocket, websocket=True)
+
+
+def _converse(ws, guard: FrameGuard, config) -> None:
+    if not db.is_closed():
+        db.close()  # a session lasts long: it takes a database connection only when it needs one
+    deadline = time.monotonic() + config.ws_auth_timeout
+    identity = None
+    while identity is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _error(ws, Unauthorized("No auth message within %g seconds" % config.ws_auth_timeout))
+            ws.close(CLOSE_UNAUTHORIZED, "authentication timeout")
+            return
+        try:
+            message = _receive_json(ws, remaining)
+        except ApiError as exc:
+            _error(ws, exc)
+            ws.close(CLOSE_PROTOCOL, "protocol error")
+            return
+        if message is None:
+            continue
+        if message.get("type") != "auth" or not isinstance(message.get("token"), str):
+            _error(ws, Unauthorized("The first message must be {\"type\": \"auth\", \"token\": ...}"))
+            ws.close(CLOSE_UNAUTHORIZED, "authentication required")
+            return
+        try:
+            identity = _identity(message["token"])
+        except ApiError as exc:
+            _error(ws, exc)
+            ws.close(CLOSE_UNAUTHORIZED, "invalid token")
+            return
+    guard.signed_in = True
+    slot = session = None
+    try:
+        slot = SocketSlot.claim(config, identity.user_id)
+        if slot is None:
+            _error(ws, RateLimited(f"Too many open WebSockets: at most {config.ws_max_sockets_per_user} per user",
+                                   {"limit": str(config.ws_max_sockets_per_user)}))
+            ws.close(CLOSE_POLICY, "too many sockets")
+            return
         session = Session(ws, identity)  # subscribed before the client hears it is signed in
         _send(ws, {"type": "auth_ok", "user_id": identity.user_id})
-        try:
-            while True:
-                try:
-                    message = _receive_json(ws, POLL)
-                    if message is not None:
-                        session.handle(message)
-                except ApiError as exc:
-                    _error(ws, exc)
-                event = session.pubsub.get_message(timeout=POLL)
-                while event is not None:
-                    if event.get("type") == "message":
-                        session.forward(event["data"])
-                    event = session.pubsub.get_message(timeout=0)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            current_app.logger.exception("websocket session of %s failed", identity.user_id)
-        finally:
+        allowance = Allowance(config.ws_message_rate)
+        while True:
+            message = None
+            try:
+                message = _receive_json(ws, POLL)
+                if message is not None:
+                    if not allowance.take():
+                        raise RateLimited(f"Too many messages: at most {config.ws_message_rate} per socket",
+                                          {"limit": config.ws_message_rate})
+                    session.handle(message)
+            except ApiError as exc:
+                _error(ws, exc)
+            # After a message, the next one (if queued) is read at once; else this waits for events.
+            event = session.pubsub.get_message(timeout=0 if message is not None else POLL)
+            while event is not None:
+                if event.get("type") == "message":
+                    session.forward(event["data"])
+                event = session.pubsub.get_message(timeout=0)
+            slot.renew()
+    except ConnectionClosed:
+        pass
+    except Exception:
+        current_app.logger.exception("websocket session of %s failed", identity.user_id)
+    finally:
+        if session is not None:
             session.close()
+        if slot is not None:
+            slot.release()
+
+
+class Allowance:
+    """The messages a signed-in socket may send, as a token bucket: `rate` ("120/minute") at once,
+    refilled evenly over its period."""
+
+    def __init__(self, rate: str):
+        from limits import parse
+        item = parse(rate)
+        self.capacity = float(item.amount)
+        self.per_second = item.amount / item.get_expiry()
+        self.tokens, self.at = self.capacity, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.per_second)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+# Open sockets per user, across API processes: a sorted set per user (its id as a digest) of socket ids
+# scored by when their lease ends. A socket renews its lease every LEASE / 3 seconds and removes itself
+# when it ends; a process that died leaves leases that simply run out.
+SOCKETS_KEY = "controlplane:ws:sockets:"
+LEASE = 60.0
+_CLAIM = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
+class SocketSlot:
+    def __init__(self, redis, key: str, member: str):
+        self.redis, self.key, self.member = redis, key, member
+        self.renew_at = time.monotonic() + LEASE / 3
+
+    @classmethod
+    def claim(cls, config, user_id: str) -> "SocketSlot | _NoSlot | None":
+        """A slot for one more socket of this user, or None when the user has all theirs open."""
+        if config.ws_max_sockets_per_user <= 0:
+            return _NoSlot()
+        redis = get_redis(config.redis_url)
+        key = SOCKETS_KEY + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()
+        member, now = uuid.uuid4().hex, time.time()
+        if not redis.eval(_CLAIM, 1, key, now, now + LEASE, member, config.ws_max_sockets_per_user, int(LEASE * 2)):
+            return None
+        return cls(redis, key, member)
+
+    def renew(self) -> None:
+        if time.monotonic() >= self.renew_at:
+            self.redis.zadd(self.key, {self.member: time.time() + LEASE}, xx=True)
+            self.redis.expire(self.key, int(LEASE * 2))
+            self.renew_at = time.monotonic() + LEASE / 3
+
+    def release(self) -> None:
+        try:
+            self.redis.zrem(self.key, self.member)
+        except Exception:  # the lease runs out on its own
+            log.warning("could not release a websocket slot", exc_info=True)
+
+
+class _NoSlot:
+    """No cap configured: nothing to claim, renew or release."""
+
+    def renew(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass

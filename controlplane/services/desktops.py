@@ -28,9 +28,8 @@ log = logging.getLogger(__name__)
 class Identity:
     user_id: str
     is_admin: bool = False
-    email: str | None = None  # verified (the token's email_verified is true), else None: it proves who the caller is
+    email: str | None = None
     name: str | None = None
-    email_unverified: bool = False  # the token carried an email its identity provider had not verified
 
 
 # ---- reading ------------------------------------------------------------------------------

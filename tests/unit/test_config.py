@@ -92,6 +92,9 @@ def test_durations_and_the_port_must_be_positive(name, raw):
     ("ip_wait_retries", "-1"), ("ip_wait_delay", "-1"), ("max_resumes", "-1"), ("guacamole_port", "-1"),
     ("port", "65536"), ("proxmox_port", "0"), ("proxmox_port", "70000"), ("guacamole_port", "65536"),
     ("proxmox_api_timeout", "0"), ("proxmox_api_timeout", "-1"),
+    ("max_request_body", "100"), ("ws_max_message", "100"), ("ws_max_message", "99999999"),
+    ("ws_auth_timeout", "0"), ("ws_auth_timeout", "301"), ("ws_send_timeout", "0"),
+    ("ws_max_sockets_per_user", "-1"), ("ws_message_rate", "often"),
 ])
 def test_counts_ports_and_timeouts_out_of_range(name, raw):
     with pytest.raises(ConfigError, match=f"CONTROLPLANE_{name.upper()}"):
@@ -157,6 +160,7 @@ def test_round_trip_of_every_field_changed(tmp_path):
                    rate_limit_desktop_create="3/day", rate_limit_project_create="2/day", rate_limit_chat="9/hour",
                    shares_secret="h" * 32, shares_public_url="https://files.example/shares", retry_backoff="2,3",
                    guacamole_json_secret="ab" * 16, connect_mode="json", oidc_issuer="https://sso.example/realms/r")
+    changed["ws_message_rate"] = "9/second"  # a rate, as the rate limits
     s = Settings(**changed)
     s.validate()
     assert all(getattr(s, k) != getattr(Settings(), k) for k in changed if k not in ("jwt_jwks_url", "jwt_public_key"))
