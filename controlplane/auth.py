@@ -142,7 +142,7 @@ def verified_claims() -> dict:
 
 def current_identity(settings: Settings) -> Identity:
     """Verify the request's bearer token and return who it is for. The claims are kept in
-    `g.verified_claims` for the rate limiter's key function (one verification per request)."""
+    `g.verified_claims` (one verification per request)."""
     from flask import g
     claims = g.get("verified_claims")
     if not claims:
@@ -151,7 +151,7 @@ def current_identity(settings: Settings) -> Identity:
     if not isinstance(user_id, str) or not user_id:
         raise Unauthorized("Token has no user identity")
     return Identity(user_id=user_id, is_admin=settings.jwt_admin_role in roles_of(claims, settings.jwt_client_id),
-                    email=claims.get("email"), name=claims.get("name"))
+                    name=claims.get("name"), **_email_of(claims))
 
 
 def identity_from_token(settings: Settings, token: str) -> Identity:
@@ -168,7 +168,16 @@ def identity_from_token(settings: Settings, token: str) -> Identity:
     if not isinstance(user_id, str) or not user_id:
         raise Unauthorized("Token has no user identity")
     return Identity(user_id=user_id, is_admin=settings.jwt_admin_role in roles_of(claims, settings.jwt_client_id),
-                    email=claims.get("email"), name=claims.get("name"))
+                    name=claims.get("name"), **_email_of(claims))
+
+
+def _email_of(claims: dict) -> dict:
+    """The email proves who the caller is (invitations are answered by it) only when the identity
+    provider says it verified it: `email_verified` is JSON true. Keycloak always sends the claim;
+    a token without it, or with anything else in it, carries an unverified email, which is never used."""
+    email = claims.get("email")
+    unverified = bool(email) and claims.get("email_verified") is not True
+    return {"email": None if unverified else email, "email_unverified": unverified}
 
 
 def roles_of(claims: dict, client_id: str = "") -> set[str]:
@@ -180,8 +189,10 @@ def roles_of(claims: dict, client_id: str = "") -> set[str]:
 
 
 def mint_lab_token(settings: Settings, user_id: str, admin: bool = False, email: str | None = None,
-                   name: str | None = None, ttl: dt.timedelta = dt.timedelta(hours=12)) -> str:
-    """An HS256 access token shaped like Keycloak's, signed with the lab's secret."""
+                   name: str | None = None, ttl: dt.timedelta = dt.timedelta(hours=12),
+                   email_verified: bool = True) -> str:
+    """An HS256 access token shaped like Keycloak's, signed with the lab's secret. The lab is its own
+    identity provider: its emails are verified (`email_verified`, as Keycloak sends it) unless asked."""
     if not settings.jwt_secret:
         raise RuntimeError("No CONTROLPLANE_JWT_SECRET: lab tokens can only be minted for an HS256 setup")
     now = dt.datetime.now(dt.timezone.utc)
@@ -189,7 +200,7 @@ def mint_lab_token(settings: Settings, user_id: str, admin: bool = False, email:
         "jti": uuid.uuid4().hex, "iat": now, "nbf": now, "exp": now + ttl,
         "iss": settings.jwt_issuer or LAB_ISSUER, "typ": "Bearer",
         settings.jwt_user_claim: user_id, "preferred_username": user_id,
-        "email": email or f"{user_id}@lab.invalid", "name": name or user_id,
+        "email": email or f"{user_id}@lab.invalid", "email_verified": email_verified, "name": name or user_id,
         "realm_access": {"roles": [settings.jwt_admin_role] if admin else []},
     }
     if settings.jwt_user_claim != "sub":

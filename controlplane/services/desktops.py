@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 class Identity:
     user_id: str
     is_admin: bool = False
-    email: str | None = None
+    email: str | None = None  # verified (the token's email_verified is true), else None: it proves who the caller is
     name: str | None = None
+    email_unverified: bool = False  # the token carried an email its identity provider had not verified
 
 
 # ---- reading ------------------------------------------------------------------------------

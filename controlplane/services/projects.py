@@ -293,6 +293,8 @@ def invite(settings: Settings, identity: Identity, project_id: str, email: str, 
 
 
 def invitations_for(identity: Identity) -> list[Invitation]:
+    """Open invitations to the caller's verified email (none without one: an unverified email is
+    anybody's claim, and would show them who invited that person to what)."""
     if not identity.email:
         return []
     return list(Invitation.select(Invitation, Project).join(Project)
@@ -302,9 +304,17 @@ def invitations_for(identity: Identity) -> list[Invitation]:
 
 
 def respond(settings: Settings, identity: Identity, invitation_id: str, accept: bool) -> Invitation:
+    """Accept or decline an invitation to the caller's email. Only a verified email answers one
+    (Identity.email): with an unverified one, or none, the caller is refused (403) before any
+    invitation is looked up, and the invitation stays open for its real addressee."""
+    if not identity.email:
+        why = "is not verified by your identity provider" if identity.email_unverified else "is not in your token"
+        raise Forbidden(f"Invitations are answered with a verified email address, and yours {why}: "
+                        "verify it with your identity provider, then sign in again",
+                        details={"email": "not verified" if identity.email_unverified else "missing"})
     invitation = (Invitation.select(Invitation, Project).join(Project)
                   .where(Invitation.public_id == invitation_id).first())
-    mine = invitation is not None and identity.email and invitation.email == identity.email.strip().lower()
+    mine = invitation is not None and invitation.email == identity.email.strip().lower()
     if not mine or invitation.project.status == ProjectStatus.DELETED.value:
         raise NotFound(f"Invitation {invitation_id} not found", details={"invitation_id": invitation_id})
     if invitation.status != "sent":

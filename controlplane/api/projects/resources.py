@@ -187,7 +187,7 @@ class Invitations(MethodView):
     @blp.response(200, schemas.InvitationList)
     @with_errors(401)
     def get(self):
-        """Open invitations for the caller's email address."""
+        """Open invitations for the caller's email address, if the identity provider verified it."""
         return {"invitations": [invitation_data(i) for i in service.invitations_for(g.identity)]}
 
 
@@ -195,9 +195,10 @@ class Invitations(MethodView):
 class InvitationAccept(MethodView):
     @blp.arguments(schemas.ProjectEmptyBody, required=False)
     @blp.response(200, schemas.InvitationAnswer)
-    @with_errors(400, 401, 404)
+    @with_errors(400, 401, 403, 404)
     def post(self, _body, invitation_id):
-        """Accept an invitation: the caller joins the project with the invited role."""
+        """Accept an invitation: the caller joins the project with the invited role. Needs a token whose
+        email is the invited one and verified (`email_verified`); else 403."""
         invitation = service.respond(settings(), g.identity, invitation_id, accept=True)
         return {"success": True, "invitation_id": invitation.public_id, "status": invitation.status,
                 "project_id": invitation.project.public_id}
@@ -207,9 +208,9 @@ class InvitationAccept(MethodView):
 class InvitationDecline(MethodView):
     @blp.arguments(schemas.ProjectEmptyBody, required=False)
     @blp.response(200, schemas.InvitationAnswer)
-    @with_errors(400, 401, 404)
+    @with_errors(400, 401, 403, 404)
     def post(self, _body, invitation_id):
-        """Decline an invitation."""
+        """Decline an invitation (with the invited email, verified; else 403)."""
         invitation = service.respond(settings(), g.identity, invitation_id, accept=False)
         return {"success": True, "invitation_id": invitation.public_id, "status": invitation.status,
                 "project_id": invitation.project.public_id}
