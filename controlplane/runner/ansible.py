@@ -56,6 +56,7 @@ _RUNNER_SETS = frozenset({"AWX_ISOLATED_DATA_DIR", "RUNNER_OMIT_EVENTS", "RUNNER
                           "ORIGINAL_STDOUT_CALLBACK"})
 # An env entry with such a name is passed as a secret even when `secrets` does not list its value.
 _SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"://[^/\s@]*:[^/\s@]*@")  # scheme://user:password@host
 _LAUNCHER = str(Path(__file__).with_name("launch.py"))
 
 RUN_PREFIX = "controlplane-run-"  # a run's private data directory, in tempfile.gettempdir()
@@ -151,12 +152,22 @@ def _split_env(env: dict[str, str], secrets: list[str]) -> tuple[dict[str, str],
     return plain, secret
 
 
-def _child_env(prepared: dict[str, str], given: dict[str, str], secrets: list[str]) -> dict[str, str]:
+def _child_env(prepared: dict[str, str], given: dict[str, str],
+               secrets: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     """ansible-runner's environment for the child (the worker's whole environment, updated) cut down
-    to the allow-list, the caller's entries and what ansible-runner sets; no value holding a secret."""
-    return {k: v for k, v in prepared.items()
-            if (k in given or k in _INHERITED or k in _RUNNER_SETS or k.startswith(_INHERITED_PREFIXES))
-            and not any(s and s in str(v) for s in secrets)}
+    to the allow-list, the caller's entries and what ansible-runner sets; no value holding a secret.
+    (plain, secret): what it inherits that looks like a credential (by its name, or a URL with a
+    password, such as a proxy's) is secret."""
+    plain, secret = {}, {}
+    for key, value in prepared.items():
+        value = str(value)
+        allowed = key in given or key in _INHERITED or key in _RUNNER_SETS or key.startswith(_INHERITED_PREFIXES)
+        if not allowed or any(s and s in value for s in secrets):
+            continue
+        inherited = key not in given and os.environ.get(key) == value
+        credential = inherited and (_SECRET_NAME.search(key) or _URL_CREDENTIALS.search(value))
+        (secret if credential else plain)[key] = value
+    return plain, secret
 
 
 def _send_secrets(private: str, values: dict[str, str]) -> tuple[str, int]:
@@ -336,7 +347,8 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
         # ansible-runner seeds the child's environment with the worker's whole environment, and
         # writes it to artifacts/<id>/command: keep only the allow-list, and start ansible-playbook
         # through launch.py, which adds the secrets from a pipe.
-        runner.config.env = _child_env(runner.config.env, given, secrets)
+        runner.config.env, inherited_secrets = _child_env(runner.config.env, given, secrets)
+        secret_env = {**inherited_secrets, **secret_env}
         # No artifacts/<id>/stdout and stderr (a task's output may hold anything). Set here: prepare()
         # resets the option from env/settings, which is not written.
         runner.config.suppress_output_file = True

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import stat
@@ -278,6 +279,28 @@ def test_a_secret_the_playbook_never_got_is_not_in_its_environment_even_inside_a
     """)
     result = project.run("proxy.yml", secrets=[SECRET])
     assert result.ok and result.stats == {"proxy": ""}
+
+
+def test_a_proxy_password_reaches_the_playbook_but_not_the_disk(project, monkeypatch):
+    proxy = "http://proxy-user:Proxy-Pa55-0c1d@proxy.example:3128"
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")  # not a credential: stays in the environment
+    written = []
+
+    def look(*_):
+        (private,) = private_dirs(project.runs)
+        command = next(private.glob("artifacts/*/command"))
+        written.append(json.loads(command.read_text()))
+
+    project.playbook("proxy.yml", """
+        - name: Read the proxy settings
+          set_stats:
+            data: {proxy: "{{ lookup('env', 'HTTPS_PROXY') }}", no_proxy: "{{ lookup('env', 'NO_PROXY') }}"}
+    """)
+    result = project.run("proxy.yml", on_task=look)
+    assert result.ok and result.stats == {"proxy": proxy, "no_proxy": "localhost,127.0.0.1"}
+    (command,) = written
+    assert "Proxy-Pa55-0c1d" not in json.dumps(command) and command["env"]["NO_PROXY"] == "localhost,127.0.0.1"
 
 
 # ---- failures -----------------------------------------------------------------------------------------------
