@@ -9,12 +9,14 @@
   environment (its JWT, share and auth-json secrets, model keys, database URL ...).
 - ansible-runner writes the child's environment to `artifacts/<id>/command`, so the secrets a
   playbook needs (the caller's `env` entries whose value holds one of `secrets`, or whose name
-  says PASSWORD, SECRET, TOKEN or KEY) are not in it: they go through a named pipe that launch.py
-  reads and removes before it becomes ansible-playbook. Modules are pipelined (no module file
-  with its arguments in ~/.ansible/tmp). No secret is written to disk by the run itself.
+  says PASSWORD, SECRET, TOKEN or KEY; inherited ones named so, or URLs with a password, such as
+  a proxy's) are not in it: they go through a named pipe that launch.py reads and removes before
+  it becomes ansible-playbook. Modules are pipelined (no module file with its arguments in
+  ~/.ansible/tmp). No secret is written to disk by the run itself.
 - Extra vars from API input are data: every string is tagged `!unsafe`, so Jinja never runs on it.
 - The event handler stays cheap: it maps a task-start event to (role, task file) for the caller
-  and remembers the last failure; it returns False so runner keeps no event files.
+  and remembers the last failure and the last lines of output; it returns False so runner keeps
+  no event files (only its callback's short-lived `-partial.json` ones, read and removed at once).
 - Each task's time is kept (`PlaybookResult.timings`): from its task-start event to the next one
   (or to the play's stats), by the events' own timestamps; `startup` is ansible-playbook's time
   before its first task (interpreter, inventory, playbook parsing). benchmarks/create.py reads them.
