@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .api.desktops.resources import blp as desktops_blp
     from .api.errors import init_error_handlers
     from .api.health.resources import blp as health_blp
+    from .api.jsonbody import JsonProvider, JsonRequest
     from .api.projects.resources import blp as projects_blp
     from .auth import init_auth
     from .extensions import api, db
@@ -32,6 +33,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings)
 
     app = Flask(__name__)
+    app.request_class = JsonRequest  # one strict JSON parse of every body (api/jsonbody.py)
+    app.json = JsonProvider(app)
     app.json.sort_keys = False  # keep the contract's field order ("success" first)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_body,  # and chunked bodies too: api/bodies.py

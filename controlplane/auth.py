@@ -8,6 +8,8 @@ secret (`controlplane token`). Admins carry the configured role in `realm_access
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import re
 import threading
 import time
 import uuid
@@ -24,10 +26,16 @@ from .services.desktops import Identity
 
 LAB_ISSUER = "controlplane-lab"
 JWKS_KEY = "controlplane.jwks"
+# Text no column, Redis key or log line can hold: NUL, and UTF-16 surrogates (a JSON "\ud800"
+# decodes to a str that cannot be encoded as UTF-8).
+UNUSABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+log = logging.getLogger(__name__)
 
 
 def init_auth(app: Flask, settings: Settings) -> None:
     settings.require_auth()
+    warn_unchecked_claims(settings)
     app.extensions["controlplane.verified_tokens"] = _VerifiedTokens()
     app.config["JWT_TOKEN_LOCATION"] = ["headers"]
     app.config["JWT_IDENTITY_CLAIM"] = settings.jwt_user_claim
@@ -63,9 +71,8 @@ def init_auth(app: Flask, settings: Settings) -> None:
             raise pyjwt.InvalidTokenError(f"no signing key: {exc}") from None
 
     @jwt.token_verification_loader
-    def _is_access_token(header, payload):
-        # Keycloak marks ID and refresh tokens with another typ; only access tokens are accepted.
-        return payload.get("typ", "Bearer") == "Bearer"
+    def _is_usable(header, payload):
+        return refusal(payload) is None
 
     def _reject(message):
         from .api.errors import render_error
@@ -74,7 +81,36 @@ def init_auth(app: Flask, settings: Settings) -> None:
     jwt.unauthorized_loader(lambda reason: _reject("Missing bearer token"))
     jwt.invalid_token_loader(lambda reason: _reject("Invalid token"))
     jwt.expired_token_loader(lambda header, payload: _reject("Token has expired"))
-    jwt.token_verification_failed_loader(lambda header, payload: _reject("Not an access token"))
+    jwt.token_verification_failed_loader(lambda header, payload: _reject(refusal(payload) or "Not an access token"))
+
+
+def warn_unchecked_claims(settings: Settings) -> None:
+    """Outside the lab, say loudly at start that tokens' issuer or audience go unchecked: then any
+    token the configured key verifies is accepted, whichever client of the identity provider (or,
+    with a shared key, whichever realm) it was issued to."""
+    if settings.lab:
+        return
+    unset = [name for name, value in (("CONTROLPLANE_JWT_ISSUER", settings.jwt_issuer),
+                                      ("CONTROLPLANE_JWT_AUDIENCE", settings.jwt_audience)) if not value]
+    if unset:
+        log.warning("SECURITY: %s not set: bearer tokens are accepted without checking their %s; any token "
+                    "signed by the configured key is honoured, including tokens the identity provider issued "
+                    "to other clients. Set %s to the identity provider's values.", " and ".join(unset),
+                    " and ".join({"CONTROLPLANE_JWT_ISSUER": "issuer (iss)",
+                                  "CONTROLPLANE_JWT_AUDIENCE": "audience (aud)"}[name] for name in unset),
+                    " and ".join(unset))
+
+
+def refusal(claims: dict) -> str | None:
+    """Why a token whose signature, expiry, issuer and audience checked out is still refused, or None.
+    Keycloak marks ID and refresh tokens with another typ: only access tokens are accepted. A token
+    without a numeric `exp` would be valid forever (PyJWT checks exp only when it is present)."""
+    if claims.get("typ", "Bearer") != "Bearer":
+        return "Not an access token"
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        return "Token has no expiry"
+    return None
 
 
 class _VerifiedTokens:
@@ -102,7 +138,9 @@ class _VerifiedTokens:
     def put(self, token: str, claims: dict) -> None:
         now = time.time()
         exp = claims.get("exp")
-        until = min(now + self.ttl, float(exp)) if isinstance(exp, (int, float)) else now + self.ttl
+        if refusal(claims) is not None:  # only usable tokens, which all expire
+            return
+        until = min(now + self.ttl, exp)  # no float(exp): an exp of 400 digits does not fit in one
         if until <= now:
             return
         with self._lock:
@@ -133,7 +171,11 @@ def verified_claims() -> dict:
         claims = cache.get(token)
         if claims is not None:
             return claims
-    verify_jwt_in_request()
+    try:
+        verify_jwt_in_request()
+    except (OverflowError, TypeError, RecursionError) as exc:
+        # PyJWT lets these out for claims of absurd shapes (exp: 1e999 is OverflowError in int()).
+        raise Unauthorized("Invalid token") from exc
     claims = get_jwt()
     if token and cache is not None and claims:
         cache.put(token, claims)
@@ -147,11 +189,7 @@ def current_identity(settings: Settings) -> Identity:
     claims = g.get("verified_claims")
     if not claims:
         claims = g.verified_claims = verified_claims()
-    user_id = claims.get(settings.jwt_user_claim)
-    if not isinstance(user_id, str) or not user_id:
-        raise Unauthorized("Token has no user identity")
-    return Identity(user_id=user_id, is_admin=settings.jwt_admin_role in roles_of(claims, settings.jwt_client_id),
-                    name=claims.get("name"), **_email_of(claims))
+    return identity_of(settings, claims)
 
 
 def identity_from_token(settings: Settings, token: str) -> Identity:
@@ -162,11 +200,26 @@ def identity_from_token(settings: Settings, token: str) -> Identity:
         claims = decode_token(token)
     except Exception:  # expired, bad signature, wrong audience, not a JWT
         raise Unauthorized("Invalid or expired token") from None
-    if claims.get("typ", "Bearer") != "Bearer":
-        raise Unauthorized("Not an access token")
+    problem = refusal(claims)
+    if problem:
+        raise Unauthorized(problem)
+    return identity_of(settings, claims)
+
+
+def identity_of(settings: Settings, claims: dict) -> Identity:
+    """Who verified claims are for. A claim the control plane reads that has the wrong shape makes
+    the token unusable (401), whatever signed it: never a 500 further on."""
     user_id = claims.get(settings.jwt_user_claim)
     if not isinstance(user_id, str) or not user_id:
         raise Unauthorized("Token has no user identity")
+    if UNUSABLE_TEXT.search(user_id):
+        raise Unauthorized(f"Token claim {settings.jwt_user_claim} holds unusable characters")
+    for claim in ("email", "name"):
+        value = claims.get(claim)
+        if value is not None and not isinstance(value, str):
+            raise Unauthorized(f"Token claim {claim} must be a string")
+        if value and UNUSABLE_TEXT.search(value):
+            raise Unauthorized(f"Token claim {claim} holds unusable characters")
     return Identity(user_id=user_id, is_admin=settings.jwt_admin_role in roles_of(claims, settings.jwt_client_id),
                     name=claims.get("name"), **_email_of(claims))
 
@@ -181,10 +234,29 @@ def _email_of(claims: dict) -> dict:
 
 
 def roles_of(claims: dict, client_id: str = "") -> set[str]:
-    roles = set(claims.get("roles") or [])
-    roles.update((claims.get("realm_access") or {}).get("roles") or [])
+    """The token's roles, from Keycloak's shapes: `roles` [str], `realm_access` {"roles": [str]},
+    and with a client id `resource_access` {client: {"roles": [str]}}. A claim that is absent or null
+    holds none; any other shape raises Unauthorized."""
+    def role_list(value, where: str) -> list:
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(role, str) for role in value):
+            raise Unauthorized(f"Token claim {where} must be a list of strings")
+        return value
+
+    def mapping(value, where: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise Unauthorized(f"Token claim {where} must be an object")
+        return value
+
+    roles = set(role_list(claims.get("roles"), "roles"))
+    roles.update(role_list(mapping(claims.get("realm_access"), "realm_access").get("roles"), "realm_access.roles"))
     if client_id:
-        roles.update(((claims.get("resource_access") or {}).get(client_id) or {}).get("roles") or [])
+        client = mapping(mapping(claims.get("resource_access"), "resource_access").get(client_id),
+                         f"resource_access.{client_id}")
+        roles.update(role_list(client.get("roles"), f"resource_access.{client_id}.roles"))
     return roles
 
 

@@ -25,6 +25,20 @@ def load_lab_env(environ: dict) -> dict:
     return merged
 
 
+MAX_TOKEN_HOURS = 8760.0  # a year: the cron playbooks' admin token (README) is the longest-lived one
+
+
+def _ttl_hours(text: str) -> float:
+    """--ttl-hours: tokens without an expiry are refused, so none is minted; nor one for more than a year."""
+    try:
+        hours = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
+    if not 0 < hours <= MAX_TOKEN_HOURS:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TOKEN_HOURS:g} hours, not {text}")
+    return hours
+
+
 def cmd_token(args) -> int:
     from .auth import mint_lab_token
     settings = Settings.from_env(load_lab_env(os.environ))
@@ -200,7 +214,8 @@ def main(argv=None) -> int:
     p.add_argument("--admin", action="store_true", help="give the token the admin role")
     p.add_argument("--email")
     p.add_argument("--name")
-    p.add_argument("--ttl-hours", type=float, default=12.0)
+    p.add_argument("--ttl-hours", type=_ttl_hours, default=12.0,
+                   help=f"lifetime of the token (every token expires): more than 0, at most {MAX_TOKEN_HOURS:g}")
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("worker", help="run an RQ worker for desktop jobs (and the reaper)")

@@ -42,8 +42,11 @@ class JsonBoolean(fields.Boolean):
         return value
 
 
-def refuse_nul_characters() -> None:
-    """A NUL (0x00) in a path parameter, the query or the JSON body is a validation error: PostgreSQL
+def refuse_unusable_input() -> None:
+    """The API blueprints' input check, once the caller is authenticated. A JSON body is parsed here
+    (the one parse, api/jsonbody.py: no deep nesting, no huge integers, no unpaired surrogates),
+    so a body the views cannot use is a validation error before any view or limit reads it.
+    A NUL (0x00) in a path parameter, the query or the JSON body is a validation error: PostgreSQL
     text cannot hold one (psycopg2 raises ValueError), and SQLite would store it."""
     def has_nul(value) -> bool:
         if isinstance(value, str):
@@ -54,7 +57,8 @@ def refuse_nul_characters() -> None:
             return any(has_nul(v) for v in value)
         return False
 
-    body = request.get_json(silent=True) if request.is_json else None
+    # Not silent: a body that is not JSON, or that jsonbody refuses, is a 400 naming why.
+    body = request.get_json() if request.is_json and request.get_data(cache=True) else None
     found = [name for name, value in (request.view_args or {}).items() if has_nul(value)]
     found += [name for name, value in request.args.items(multi=True) if has_nul(name) or has_nul(value)]
     if isinstance(body, dict):

@@ -32,6 +32,7 @@ from ..extensions import db
 from ..services import projects
 from ..services.desktops import Identity
 from ..services.queue import get_redis, project_channel, user_channel
+from . import jsonbody
 from .common import settings
 from .errors import project_error_body
 from .limits import RateLimited
@@ -87,6 +88,9 @@ class Session:
             project_id = message.get("project_id")
             if not isinstance(project_id, str) or not project_id:
                 raise _invalid("project_id is required", {"project_id": "required"})
+            if "\x00" in project_id:  # PostgreSQL text cannot hold it
+                raise _invalid("project_id must not contain NUL (0x00) characters",
+                               {"project_id": "Must not contain NUL (0x00) characters"})
             if kind == "join":
                 self.join(project_id)
             else:
@@ -142,9 +146,11 @@ def _receive_json(ws, timeout: float) -> dict | None:
     if raw is None:
         return None
     try:
-        message = json.loads(raw)
-    except (TypeError, ValueError):
-        raise _invalid("Messages must be JSON objects") from None
+        message = jsonbody.loads(raw)  # the APIs' one parse: no deep nesting, huge integers or lone surrogates
+    except jsonbody.InvalidJson as exc:
+        if exc.message == jsonbody.NOT_JSON:
+            raise _invalid("Messages must be JSON objects") from None
+        raise _invalid(exc.message, {exc.field or "message": exc.message}) from None
     if not isinstance(message, dict):
         raise _invalid("Messages must be JSON objects")
     return message

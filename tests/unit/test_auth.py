@@ -7,6 +7,8 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
+import re
 import socket
 import threading
 import uuid
@@ -489,3 +491,164 @@ def test_the_verified_tokens_cache_is_bounded_and_expires():
     assert cache.get("old") is None
     time.sleep(0.25)
     assert cache.get("t24") is None
+
+
+# ---- tokens that never expire (issue 17, item 11) --------------------------------------------------------------
+
+def shares_path() -> str:
+    return "/shares/proj_0123abcd/"  # a well-formed project id: the token is checked before the project
+
+
+@pytest.mark.parametrize("exp", [None, "9999999999", [1], {"at": 1}], ids=["absent", "string", "list", "object"])
+def test_a_token_without_a_numeric_exp_is_refused(client, base_settings, exp):
+    """PyJWT checks exp only when it is present (and takes "9999999999" as a number): a correctly signed
+    token without one was accepted forever, on every path that verifies tokens."""
+    from controlplane.auth import identity_from_token
+    from controlplane.errors import Unauthorized
+    tok = pyjwt.encode(claims(exp=exp), base_settings.jwt_secret, algorithm="HS256")
+    if exp in ([1], {"at": 1}):  # PyJWT refuses these itself
+        assert_unauthorized(client.get(LIST, headers=bearer(tok)), "Invalid token")
+    else:
+        assert_unauthorized(client.get(LIST, headers=bearer(tok)), "Token has no expiry")
+        body = client.get("/api/projects", headers=bearer(tok)).get_json()
+        assert body == {"error": {"code": "UNAUTHORIZED", "message": "Token has no expiry"}}
+    with client.application.app_context(), pytest.raises(Unauthorized):  # the WebSocket's and WebDAV's check
+        identity_from_token(base_settings, tok)
+    assert client.open(shares_path(), method="PROPFIND", headers={**bearer(tok), "Depth": "0"}).status_code == 401
+
+
+def test_a_token_without_exp_is_refused_by_the_rs256_app_too(pem, rsa_keys):
+    assert_unauthorized(pem.get(LIST, headers=bearer(rsa_keys.sign(kc_claims(exp=None)))), "Token has no expiry")
+
+
+def test_the_verified_tokens_cache_keeps_no_token_without_exp():
+    from controlplane.auth import _VerifiedTokens
+    cache = _VerifiedTokens()
+    cache.put("t", {"sub": "x", "typ": "Bearer"})
+    cache.put("u", {"sub": "x", "exp": "9999999999"})
+    assert cache.get("t") is None and cache.get("u") is None
+
+
+def test_an_exp_too_large_for_a_float_is_not_a_500(client, base_settings):
+    """The cache computed float(exp): OverflowError for an exp of 400 digits."""
+    payload = json.dumps({"sub": "user_12345", "typ": "Bearer", "exp": int("9" * 400)})
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    signing_input = f"{header}.{b64(payload.encode())}"
+    signature = hmac.new(base_settings.jwt_secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    assert client.get(LIST, headers=bearer(f"{signing_input}.{b64(signature)}")).status_code == 200
+
+
+def test_lab_and_cli_tokens_always_expire(base_settings):
+    import subprocess
+    import sys
+    tok = mint_lab_token(base_settings, "user_7")
+    assert isinstance(pyjwt.decode(tok, base_settings.jwt_secret, algorithms=["HS256"])["exp"], int)
+    # `controlplane token --ttl-hours` takes a positive, finite number of hours of at most a year.
+    env = {"PATH": "/usr/bin:/bin", "CONTROLPLANE_JWT_SECRET": base_settings.jwt_secret,
+           "CONTROLPLANE_VAR_DIR": str(base_settings.var_dir)}
+    for bad in ("0", "-1", "inf", "nan", "8761"):
+        done = subprocess.run([sys.executable, "-m", "controlplane.cli", "token", "ops", "--admin", "--ttl-hours", bad],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "--ttl-hours" in done.stderr, (bad, done.stdout, done.stderr)
+    done = subprocess.run([sys.executable, "-m", "controlplane.cli", "token", "ops", "--admin", "--ttl-hours", "8760"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    decoded = pyjwt.decode(done.stdout.strip(), base_settings.jwt_secret, algorithms=["HS256"])
+    assert decoded["exp"] - decoded["iat"] == 8760 * 3600
+
+
+# ---- claims of the wrong shape are a 401, never a 500 (issue 17, item 8) ----------------------------------------
+
+WRONG_SHAPES = [
+    ({"roles": 5}, "Token claim roles must be a list of strings"),
+    ({"roles": "admin"}, "Token claim roles must be a list of strings"),
+    ({"roles": [["admin"]]}, "Token claim roles must be a list of strings"),
+    ({"roles": {"admin": True}}, "Token claim roles must be a list of strings"),
+    ({"realm_access": ["admin"]}, "Token claim realm_access must be an object"),
+    ({"realm_access": "admin"}, "Token claim realm_access must be an object"),
+    ({"realm_access": {"roles": 5}}, "Token claim realm_access.roles must be a list of strings"),
+    ({"realm_access": {"roles": [None]}}, "Token claim realm_access.roles must be a list of strings"),
+    ({"email": 5}, "Token claim email must be a string"),
+    ({"email": ["a@example.com"]}, "Token claim email must be a string"),
+    ({"name": {"first": "A"}}, "Token claim name must be a string"),
+    ({"sub": "user_\ud800"}, "Token claim sub holds unusable characters"),
+    ({"sub": "user_\x00"}, "Token claim sub holds unusable characters"),
+    ({"email": "\udfff@example.com"}, "Token claim email holds unusable characters"),
+    ({"name": "A\x00"}, "Token claim name holds unusable characters"),
+]
+
+
+def raw_hs256(payload: dict, secret: str) -> str:
+    """HS256 over json.dumps' own text: lone surrogates go out as \\ud800 escapes, as an IdP could send."""
+    def enc(obj):
+        return b64(json.dumps(obj, default=lambda d: int(d.timestamp())).encode())
+    signing_input = f"{enc({'alg': 'HS256', 'typ': 'JWT'})}.{enc(payload)}"
+    return f"{signing_input}.{b64(hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest())}"
+
+
+@pytest.mark.parametrize("extra,message", WRONG_SHAPES, ids=[str(extra) for extra, _ in WRONG_SHAPES])
+def test_a_signed_token_with_a_claim_of_the_wrong_shape_is_a_401_not_a_500(client, base_settings, extra, message):
+    """`roles: 5` or `realm_access: [...]` raised TypeError (500) in roles_of; a non-string email
+    or name, or a user id the database cannot hold, failed further on."""
+    from controlplane.auth import identity_from_token
+    from controlplane.errors import Unauthorized
+    tok = raw_hs256(claims(**extra), base_settings.jwt_secret)
+    assert_unauthorized(client.get(LIST, headers=bearer(tok)), message)
+    for path in ("/api/projects", "/api/user/settings", "/api/invitations"):
+        response = client.get(path, headers=bearer(tok))
+        assert response.status_code == 401 and response.get_json() == {
+            "error": {"code": "UNAUTHORIZED", "message": message}}, (path, response.get_data(as_text=True))
+    with client.application.app_context(), pytest.raises(Unauthorized, match=re.escape(message)):
+        identity_from_token(base_settings, tok)  # the WebSocket's auth message and WebDAV's bearer tokens
+    assert client.open(shares_path(), method="PROPFIND", headers={**bearer(tok), "Depth": "0"}).status_code == 401
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"resource_access": [CLIENT]}, "Token claim resource_access must be an object"),
+    ({"resource_access": {CLIENT: ["desktop-admin"]}}, f"Token claim resource_access.{CLIENT} must be an object"),
+    ({"resource_access": {CLIENT: {"roles": ADMIN_ROLE}}},
+     f"Token claim resource_access.{CLIENT}.roles must be a list of strings"),
+], ids=["list", "client-list", "roles-string"])
+def test_resource_access_of_the_wrong_shape_is_a_401_not_a_500(pem, rsa_keys, extra, message):
+    assert_unauthorized(pem.get(LIST, headers=bearer(rsa_keys.sign(kc_claims(**extra)))), message)
+
+
+def test_roles_of_refuses_what_keycloak_never_sends():
+    from controlplane.errors import Unauthorized
+    for token_claims in ({"roles": 5}, {"realm_access": []}, {"realm_access": {"roles": "admin"}},
+                         {"resource_access": {"portal": {"roles": [1]}}}):
+        with pytest.raises(Unauthorized):
+            roles_of(token_claims, "portal")
+    # Another client's entry is not read, whatever its shape.
+    assert roles_of({"resource_access": {"other": 5, "portal": {"roles": ["c"]}}}, "portal") == {"c"}
+
+
+# ---- unchecked issuer and audience are said loudly at start (issue 17, item 11) ---------------------------------
+
+@pytest.mark.parametrize("changes,unset", [
+    ({}, ["CONTROLPLANE_JWT_ISSUER", "CONTROLPLANE_JWT_AUDIENCE"]),
+    ({"jwt_issuer": ISSUER}, ["CONTROLPLANE_JWT_AUDIENCE"]),
+    ({"jwt_audience": AUDIENCE}, ["CONTROLPLANE_JWT_ISSUER"]),
+    ({"jwt_issuer": ISSUER, "jwt_audience": AUDIENCE}, []),
+])
+def test_an_unchecked_issuer_or_audience_is_a_warning_at_start_outside_the_lab(base_settings, database, caplog,
+                                                                                restore_logging, changes, unset):
+    from controlplane import create_app
+    caplog.set_level(logging.WARNING, logger="controlplane.auth")
+    create_app(base_settings.replace(lab=False, **changes))
+    warnings = [r for r in caplog.records if r.name == "controlplane.auth" and r.levelno == logging.WARNING]
+    if not unset:
+        assert warnings == []
+        return
+    assert len(warnings) == 1
+    text = warnings[0].getMessage()
+    assert text.startswith("SECURITY: ") and all(name in text for name in unset)
+    assert ("issuer (iss)" in text) == ("CONTROLPLANE_JWT_ISSUER" in unset)
+    assert ("audience (aud)" in text) == ("CONTROLPLANE_JWT_AUDIENCE" in unset)
+
+
+def test_the_lab_says_nothing_about_issuer_and_audience(base_settings, database, caplog, restore_logging):
+    from controlplane import create_app
+    caplog.set_level(logging.WARNING, logger="controlplane.auth")
+    create_app(base_settings)  # lab=True, no issuer, no audience
+    assert not [r for r in caplog.records if r.name == "controlplane.auth"]

@@ -15,7 +15,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 from ...auth import current_identity
 from ...errors import Forbidden, ValidationFailed
 from ...services import policies
-from ..common import JsonBoolean, refuse_nul_characters, settings
+from ..common import JsonBoolean, refuse_unusable_input, settings
 from ..desktops.resources import envelope
 from ..desktops.schemas import DesktopError, Envelope
 
@@ -30,7 +30,7 @@ def _admin_only():
     g.identity = current_identity(settings())
     if not g.identity.is_admin:
         raise Forbidden("This operation needs an admin token")
-    refuse_nul_characters()
+    refuse_unusable_input()
 
 
 class PolicyRunBody(Schema):

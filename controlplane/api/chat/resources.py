@@ -8,7 +8,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from ...auth import current_identity
 from ...services import conversations as service
-from ..common import NOT_BLANK, refuse_nul_characters, settings
+from ..common import NOT_BLANK, refuse_unusable_input, settings
 from ..projects.resources import with_errors
 from ..projects.schemas import ProjectError  # noqa: F401  (documented error shape)
 
@@ -20,7 +20,7 @@ def _authenticate():
     if request.method == "OPTIONS":  # Flask answers it (Allow); no token, as flask-jwt-extended exempts it
         return
     g.identity = current_identity(settings())
-    refuse_nul_characters()
+    refuse_unusable_input()
 
 
 class Strict(Schema):

@@ -15,7 +15,7 @@ from ...services import desktops as service
 from ...services import proxmox
 from ...services.states import Operation, Status
 from ..audit import caller_request_id
-from ..common import iso, now_iso, refuse_nul_characters, settings
+from ..common import iso, now_iso, refuse_unusable_input, settings
 from . import schemas
 
 blp = Blueprint("desktops", __name__, url_prefix="/api/v1/desktops",
@@ -35,12 +35,14 @@ def _authenticate():
     if request.method == "OPTIONS":  # Flask answers it (Allow); no token, as flask-jwt-extended exempts it
         return
     g.identity = current_identity(settings())
-    refuse_nul_characters()
+    refuse_unusable_input()
 
 
 def _desktop_id(raw: str) -> int:
     if not (raw.isascii() and raw.isdigit()) or raw.startswith("0") and raw != "0":  # not "²" nor "١"
         raise ValidationFailed(details={"id": "Desktop ID must be a positive integer"})
+    if len(raw) > len(str(MAX_ID)):  # no such desktop; int() of 5000 digits raises ValueError
+        raise DesktopNotFound(raw if len(raw) <= 24 else raw[:24] + "…")
     value = int(raw)
     if value == 0 or value > MAX_ID:
         raise DesktopNotFound(raw)

@@ -16,7 +16,7 @@ from ...models import Invitation, Project, ProjectMember
 from ...services import projects as service
 from ...services import shares
 from ...services.states import Operation
-from ..common import refuse_nul_characters, settings
+from ..common import refuse_unusable_input, settings
 from . import schemas
 
 blp = Blueprint("projects", __name__, url_prefix="/api",
@@ -31,7 +31,7 @@ def _authenticate():
     if request.method == "OPTIONS":  # Flask answers it (Allow); no token, as flask-jwt-extended exempts it
         return
     g.identity = current_identity(settings())
-    refuse_nul_characters()
+    refuse_unusable_input()
 
 
 def utc(value: dt.datetime | None) -> str | None:
