@@ -19,6 +19,7 @@ from flask import Flask, current_app
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_jwt_extended.default_callbacks import default_decode_key_callback
 
+from . import user_ids
 from .config import Settings
 from .errors import Unauthorized
 from .extensions import jwt
@@ -214,6 +215,10 @@ def identity_of(settings: Settings, claims: dict) -> Identity:
         raise Unauthorized("Token has no user identity")
     if UNUSABLE_TEXT.search(user_id):
         raise Unauthorized(f"Token claim {settings.jwt_user_claim} holds unusable characters")
+    why = user_ids.problem(user_id)  # too long, control characters...: no name outside could be made of it
+    if why:
+        raise Unauthorized(f"Token claim {settings.jwt_user_claim} is not a usable user id: {why}",
+                           details={"userId": why})
     for claim in ("email", "name"):
         value = claims.get(claim)
         if value is not None and not isinstance(value, str):

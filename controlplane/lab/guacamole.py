@@ -16,6 +16,14 @@ guacamole-client's ``rest`` and ``auth-jdbc`` sources):
   ``activeConnections``.
 * Errors carry Guacamole's body: ``{"message", "translatableMessage",
   "statusCode", "expected", "patches", "type"}``.
+* guacamole-auth-json logins (``data``, with ``json_secret``): as with the
+  JDBC extension beside it, the session is also the enabled database user of
+  the same name in the database's data source, with all its permissions (a
+  ``guacadmin`` there administers Guacamole), or a skeleton user with none.
+  Names compare case-sensitively (PostgreSQL's default), or ignoring case
+  with ``case_sensitive_usernames=False`` (MySQL's). A user name over 128
+  characters cannot be stored (500), and an encoded ``/`` in a path is
+  refused with 400, as Tomcat does.
 
 Lab-only extras, not in a real Guacamole:
 
@@ -101,6 +109,10 @@ USER_ATTRIBUTES = (
 #: ConnectionService.CONNECTION_PARAMETER_VALUE_LIMIT (1.6).
 PARAMETER_VALUE_LIMIT = 4096
 
+#: guacamole_entity.name is varchar(128) in the PostgreSQL and MySQL schemas: a longer name makes
+#: the INSERT fail, which Guacamole answers as an internal error.
+USERNAME_LIMIT = 128
+
 OBJECT_PERMISSIONS = ("READ", "UPDATE", "DELETE", "ADMINISTER")
 SYSTEM_PERMISSIONS = (
     "CREATE_CONNECTION",
@@ -140,6 +152,10 @@ PBKDF2_ITERATIONS = 50_000
 STATE_VERSION = 1
 
 UNTRANSLATED_KEY = "APP.TEXT_UNTRANSLATED"
+
+#: How an auth-json session without a database user of its name is known inside the stand-in (NUL:
+#: no database user can be named so): a skeleton user, holding no permission.
+SKELETON_PREFIX = "\0skeleton:"
 
 
 # --------------------------------------------------------------------------
@@ -350,8 +366,10 @@ class GuacamoleStandIn:
     def __init__(self, host: str = "127.0.0.1", port: int = 8090, username: str = "guacadmin",
                  password: str = "guacadmin", data_source: str = "postgresql",
                  state_file: str | os.PathLike | None = None, base_path: str = "/guacamole",
-                 json_secret: str = ""):
+                 json_secret: str = "", case_sensitive_usernames: bool = True):
         self.host = host
+        # postgresql-case-sensitive-usernames (true by default; MySQL's default compares ignoring case).
+        self.case_sensitive_usernames = case_sensitive_usernames
         # guacamole-auth-json (data source "json"): data signed and encrypted with this key logs in.
         self.json_secret = json_secret
         # The lab's VM screens (lab/screens.py), when the machine has them: the page shows them by noVNC.
@@ -596,6 +614,10 @@ class GuacamoleStandIn:
             log.debug("%s %s -> 503 (down)", request.method, path)
             return _json(error_body("INTERNAL_ERROR", "Service unavailable (lab stand-in is down)."),
                          status=503)
+        if "%2f" in request.raw_path.split("?", 1)[0].lower():
+            # Tomcat (encodedSolidusHandling="reject", its default) refuses an encoded "/" in the path
+            # before Guacamole sees the request: e.g. /users/a%2Fb for a user named "a/b".
+            return web.Response(status=400, text="HTTP Status 400 - Bad Request", content_type="text/plain")
         fault = self._take_fault(request.method.upper(), rel)
         if fault is not None:
             status = fault["status"]
@@ -680,7 +702,9 @@ class GuacamoleStandIn:
                 del self.tokens[token]
                 return None
             session["last_access"] = now
-            return session["username"]
+            # In the database's data source it is the database user of that name, with all that user's
+            # permissions, or a skeleton user with none (see _json_login).
+            return session["db_user"] or SKELETON_PREFIX + session["username"]
         if now - session["last_access"] > self.token_timeout or session["username"] not in self.users:
             del self.tokens[token]
             return None
@@ -730,6 +754,8 @@ class GuacamoleStandIn:
         if isinstance(data, str) and data and self.json_secret:
             return self._json_login(data)
 
+        if isinstance(username, str) and not self.case_sensitive_usernames:
+            username = self._database_user(username) or username  # the account's own spelling
         ok = (isinstance(username, str) and username in self.users
               and isinstance(password, str)
               and _check_password(password, self._credentials.get(username))
@@ -780,12 +806,28 @@ class GuacamoleStandIn:
         if reason is not None:
             raise self._json_refused(reason)
         token = secrets.token_hex(32).upper()
-        self.tokens[token] = {"username": payload["username"], "last_access": time.monotonic(),
+        # As auth-jdbc's JDBCAuthenticationProviderService.getUserContext does for a user another
+        # extension authenticated: the database user of the same name (compared as the database
+        # compares names), unless disabled, gives the session its permissions in the database's data
+        # source; without one, the session has a skeleton user there, with no permissions.
+        db_user = self._database_user(payload["username"])
+        self.tokens[token] = {"username": payload["username"], "last_access": time.monotonic(), "db_user": db_user,
                               "json": {"expires": expires if expires is not None else 2**62,
                                        "connections": payload["connections"]}}
-        log.info("Guacamole stand-in: auth-json user %r logged in", payload["username"])
+        log.info("Guacamole stand-in: auth-json user %r logged in%s", payload["username"],
+                 f" as database user {db_user!r}" if db_user else "")
         return _json({"authToken": token, "username": payload["username"], "dataSource": "json",
-                      "availableDataSources": ["json"]})
+                      "availableDataSources": ["json", *self.available_data_sources]})
+
+    def _database_user(self, username: str) -> str | None:
+        """The enabled database user a name from another extension is (UserService.retrieveUser)."""
+        if self.case_sensitive_usernames:
+            found = username if username in self.users else None
+        else:
+            found = next((name for name in self.users if name.lower() == username.lower()), None)
+        if found is None or self.users[found]["attributes"].get("disabled") == "true":
+            return None
+        return found
 
     def _auth_response(self, token: str, username: str) -> dict:
         return {"authToken": token, "username": username, "dataSource": self.data_source,
@@ -1013,6 +1055,8 @@ class GuacamoleStandIn:
     # ---------------------------------------------------------------- users
 
     def _user_view(self, username: str) -> dict:
+        if username.startswith(SKELETON_PREFIX):  # an auth-json session's skeleton user: nothing stored
+            return {"username": username[len(SKELETON_PREFIX):], "attributes": normalize_user_attributes({})}
         return copy.deepcopy(self.users[username])
 
     def _find_user(self, user: str, username: str) -> str:
@@ -1037,8 +1081,13 @@ class GuacamoleStandIn:
         username = body.get("username")
         if not isinstance(username, str) or not username.strip():
             raise bad_request("The username must not be blank.")
-        if username in self.users:
+        if username in self.users or (not self.case_sensitive_usernames
+                                      and any(name.lower() == username.lower() for name in self.users)):
             raise bad_request(f"User \"{username}\" already exists.")
+        if len(username) > USERNAME_LIMIT:
+            log.warning("Guacamole stand-in: user name of %d characters refused (the database holds %d)",
+                        len(username), USERNAME_LIMIT)
+            raise internal_error()
         password = _coerce_value(body.get("password"), "password")
         attributes = _coerce_map(body.get("attributes"), "attributes")
         self.users[username] = {"username": username,
@@ -1207,7 +1256,7 @@ class GuacamoleStandIn:
         session = self.tokens.get(token) if user else None
         if session is None or "json" not in session:
             return None
-        return user, session["json"]["connections"].get(identifier)
+        return session["username"], session["json"]["connections"].get(identifier)
 
     def _screen_port(self, hostname: str) -> int | None:
         return self.screens.port_for(hostname) if self.screens is not None and hostname else None

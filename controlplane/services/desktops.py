@@ -111,13 +111,14 @@ def connection_link(settings: Settings, desktop: Desktop, now: dt.datetime | Non
     (CONTROLPLANE_CONNECT_TTL), fresh on every call, or the connection's plain URL (no expiry)."""
     if settings.effective_connect_mode != "json" or desktop.status != Status.RUNNING.value or not desktop.ip_address:
         return connection_url(settings, desktop), None
+    from ..user_ids import guacamole_username
     from . import guacamole_json
     expires_at = (now or utcnow()) + dt.timedelta(seconds=settings.connect_ttl)
     parameters = {"hostname": desktop.ip_address, "port": settings.effective_guacamole_port}
     if settings.guacamole_vnc_password and (desktop.protocol or settings.guacamole_protocol) == "vnc":
         parameters["password"] = settings.guacamole_vnc_password
     url = guacamole_json.link(settings.effective_guacamole_public_url, settings.guacamole_json_secret,
-                              username=desktop.user_id, connection=f"cds-desktop-{desktop.id}",
+                              username=guacamole_username(desktop.user_id), connection=f"cds-desktop-{desktop.id}",
                               protocol=desktop.protocol or settings.guacamole_protocol, parameters=parameters,
                               expires_at=expires_at, single_use=settings.connect_single_use)
     return url, expires_at
@@ -162,7 +163,7 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
     try:
         with db.atomic():
             desktop = Desktop.create(
-                user_id=user_id, name=name or f"Desktop-{user_id}", status=accepted.value, status_message=message,
+                user_id=user_id, name=name or f"Desktop-{user_id}"[:100], status=accepted.value, status_message=message,
                 plan=plan, cpu_cores=spec.cores, memory_mb=spec.memory_mb, node=settings.proxmox_node,
                 operation=Operation.CREATE.value, expires_at=expires_at)
             warm = pool.take(settings, desktop, spec.template)

@@ -41,7 +41,8 @@ def test_connect_answers_an_expiring_single_use_link(json_client, auth, base_set
     expires_at = dt.datetime.fromisoformat(data["expiresAt"])
     assert dt.timedelta(seconds=118) <= expires_at - before <= dt.timedelta(seconds=122)
     payload = _payload(url)
-    assert payload["username"] == "user_12345" and payload["singleUse"] is True
+    # The user's Guacamole name, in the control plane's namespace (tests/api/test_guacamole_identity.py)
+    assert payload["username"] == "cds-u-user_12345" and payload["singleUse"] is True
     assert abs(payload["expires"] / 1000 - expires_at.timestamp()) < 1
     assert payload["connections"][f"cds-desktop-{desktop_id}"].pop("id")
     assert payload["connections"] == {f"cds-desktop-{desktop_id}": {

@@ -17,6 +17,8 @@ import zlib
 import pytest
 import yaml
 
+from controlplane.user_ids import guacamole_username
+
 from .helpers import TRANSITIONAL, Api, desktop_row, events
 
 pytestmark = pytest.mark.timeout(600)
@@ -207,10 +209,12 @@ def test_guacamole_grant_fails_after_the_connection_was_made(lab, fresh_user):
         vmid = desktop_row(desktop_id).vmid
         message = wait_failed(api, desktop_id)
     assert message.startswith(f"Create failed at 'Register the desktop in Guacamole as {desktop_name(desktop_id)}': "
-                              f"Guacamole refused granting READ on {desktop_name(desktop_id)} to {fresh_user} "
-                              "(HTTP 500)"), message
+                              f"Guacamole refused granting READ on {desktop_name(desktop_id)} to "
+                              f"{guacamole_username(fresh_user)} (HTTP 500)"), message
     assert [s for s, _, _ in events(desktop_id)][-2:] == ["CONFIGURING", "FAILED"]
     assert_nothing_left(lab, desktop_id, vmid)
+    # Nor the Guacamole user each attempt made before its grant failed: the clean-up removed it.
+    assert guacamole_username(fresh_user) not in lab.services.call(lambda: list(lab.guacamole.users))
     delete_and_check(lab, api, desktop_id)
 
 

@@ -10,6 +10,8 @@ import threading
 import pytest
 import requests
 
+from controlplane.user_ids import guacamole_username
+
 from .contract_client import DesktopClient
 from .helpers import Api, desktop_row, events
 
@@ -80,9 +82,9 @@ def test_full_lifecycle_with_the_contract_client(lab, fresh_user):
     assert connection["name"] == f"cds-desktop-{desktop_id}"
     assert connection["hostname"] == got["ipAddress"]
     assert connection["protocol"] == "vnc" == api.connect(desktop_id).json()["data"]["protocol"]
-    # ... and the user was granted it in Guacamole.
+    # ... and the user was granted it in Guacamole, as the name of theirs /connect signs for.
     assert identifier in lab.services.call(
-        lambda: lab.guacamole.permissions.get(fresh_user, {}).get("connectionPermissions", {}))
+        lambda: lab.guacamole.permissions.get(guacamole_username(fresh_user), {}).get("connectionPermissions", {}))
     assert api.get(desktop_id).json()["data"]["lastAccessedAt"] is not None
 
     # Stop: STOPPING → STOPPED, the VM is off, no connection URL.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
 
+from ... import user_ids
 from ...services.plans import load_plans
 from ...services.states import Status
 from ..common import NOT_BLANK, JsonBoolean, settings
@@ -38,10 +39,9 @@ class DesktopCreate(Schema):
 
     @validates("userId")
     def _user(self, value, **_):
-        if not value.strip():
-            raise ValidationError("User ID is required")
-        if len(value) > 255:
-            raise ValidationError("User ID must be at most 255 characters")
+        why = user_ids.problem(value)  # blank, over 255 characters, control characters
+        if why:
+            raise ValidationError(why)
 
     @validates("name")
     def _name(self, value, **_):

@@ -33,8 +33,10 @@ options:
   port: {description: The desktop's port., type: str}
   password: {description: The VNC or RDP server's password (empty for none)., type: str, default: "", no_log: true}
   parameters: {description: Further connection parameters., type: dict, default: {}}
-  user: {description: The Guacamole user granted READ on the connection (empty for nobody)., type: str, default: ""}
-  manage_user: {description: Create the user (random password) when missing., type: bool, default: true}
+  user: {description: "The Guacamole user granted READ on the connection (empty for nobody); used as given, so never an
+         end user's raw id (the desktop playbooks pass its reserved-namespace name, cds-u-...).", type: str, default: ""}
+  manage_user: {description: "Create the user (random password, marked as made by this module) when missing; when absent,
+                remove the user if this module made it and it holds no other connection.", type: bool, default: true}
 """
 
 RETURN = r"""
@@ -43,6 +45,7 @@ created: {description: Whether the connection was created., type: bool, returned
 updated: {description: Whether the connection was re-pointed., type: bool, returned: always}
 deleted: {description: Whether the connection was deleted., type: bool, returned: always}
 user_created: {description: Whether the user was created., type: bool, returned: always}
+user_deleted: {description: Whether the user was removed (absent; only a user this module made)., type: bool, returned: always}
 granted: {description: Whether READ was granted., type: bool, returned: always}
 """
 
@@ -53,6 +56,11 @@ from urllib.parse import quote, urlencode
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import fetch_url
+
+
+# The attribute a user this module creates carries: only such a user is ever removed by it. One of
+# the attributes Guacamole's database extensions keep (auth-jdbc's ModeledUser), shown in its admin pages.
+MANAGED_ATTRIBUTE = ("guac-organization", "Managed by the guacamole_connection role")
 
 
 class GuacamoleError(Exception):
@@ -197,7 +205,7 @@ def grant(module, guac, result, fresh_connection):
             alphabet = string.ascii_letters + string.digits
             guac.call("POST", "/users", body={"username": p["user"],
                                               "password": "".join(secrets.choice(alphabet) for _ in range(32)),
-                                              "attributes": {}},
+                                              "attributes": {MANAGED_ATTRIBUTE[0]: MANAGED_ATTRIBUTE[1]}},
                       what=f"creating the user {p['user']}")
     ident = result["identifier"]
     held = []
@@ -215,14 +223,33 @@ def grant(module, guac, result, fresh_connection):
 
 def absent(module, guac, result):
     existing = guac.find()
-    if existing is None:
+    if existing is not None:
+        result["changed"] = result["deleted"] = True
+        result["diff"] = {"before": {"name": module.params["name"], "identifier": str(existing["identifier"])},
+                          "after": {}}
+        if not module.check_mode:
+            guac.call("DELETE", f"/connections/{quote(str(existing['identifier']), safe='')}", expect=(200, 204),
+                      what=f"deleting the connection {module.params['name']}")
+    if module.params["user"] and module.params["manage_user"]:
+        forget_user(module, guac, result, str(existing["identifier"]) if existing is not None else None)
+
+
+def forget_user(module, guac, result, gone):
+    """Remove the user once it holds no connection but `gone` (the one just deleted), and only when
+    this module made it (MANAGED_ATTRIBUTE): a user made by anyone else is never touched."""
+    p = module.params
+    user = quote(p["user"], safe="")
+    status, found = guac.call("GET", f"/users/{user}", expect=(200, 404), what=f"looking up the user {p['user']}")
+    if status != 200 or ((found or {}).get("attributes") or {}).get(MANAGED_ATTRIBUTE[0]) != MANAGED_ATTRIBUTE[1]:
         return
-    result["changed"] = result["deleted"] = True
-    result["diff"] = {"before": {"name": module.params["name"], "identifier": str(existing["identifier"])},
-                      "after": {}}
+    _, perms = guac.call("GET", f"/users/{user}/permissions", what=f"reading the permissions of {p['user']}")
+    held = {ident for ident, granted in ((perms or {}).get("connectionPermissions") or {}).items()
+            if granted and ident != gone}
+    if held:
+        return
+    result["changed"] = result["user_deleted"] = True
     if not module.check_mode:
-        guac.call("DELETE", f"/connections/{quote(str(existing['identifier']), safe='')}", expect=(200, 204),
-                  what=f"deleting the connection {module.params['name']}")
+        guac.call("DELETE", f"/users/{user}", expect=(200, 204, 404), what=f"removing the user {p['user']}")
 
 
 def main():
@@ -248,7 +275,7 @@ def main():
         supports_check_mode=True,
     )
     result = dict(changed=False, identifier="", created=False, updated=False, deleted=False,
-                  user_created=False, granted=False)
+                  user_created=False, granted=False, user_deleted=False)
     p = module.params
     if p["state"] == "present" and not p["hostname"]:
         module.fail_json(msg=f"hostname (the desktop's address) is required to register {p['name']}", **result)
