@@ -7,6 +7,7 @@ CONTROLPLANE_TEST_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -27,10 +28,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "/tests/e2e/" in str(item.path):
             item.add_marker(pytest.mark.e2e)
-    # The tests that need no lab run first. The lab (a session fixture) shares the database, and once
-    # started its workers' reapers and policies run until the session ends: a test that plants a stuck
-    # desktop for its own reap() would race them.
-    items.sort(key=lambda item: "lab" in getattr(item, "fixturenames", ()))
 
 
 def pytest_report_header(config):
@@ -54,7 +51,22 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory):
-    """A fresh, empty database for this test session."""
+    """A fresh, empty database for this test session's tests that run without the lab."""
+    with new_database(tmp_path_factory) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def lab_database_url(tmp_path_factory):
+    """The lab's own database: its workers' reapers, policies and pool refills run all session long and
+    see only the lab's desktops, never the rows another test plants for its own reap() or clears."""
+    with new_database(tmp_path_factory) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def new_database(tmp_path_factory):
+    """A fresh, empty database: a SQLite file, or a throw-away PostgreSQL database (dropped at the end)."""
     if database_kind() == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'controlplane.db'}"
         return
@@ -254,8 +266,9 @@ class Workers:
 class Lab:
     """Everything the end-to-end tests drive: the lab services, workers, the API over HTTP."""
 
-    def __init__(self, services, settings, workers, server):
+    def __init__(self, services, settings, workers, server, database):
         self.services = services
+        self.database = database
         self.settings = settings
         self.workers = workers
         self.server = server
@@ -284,9 +297,23 @@ class Lab:
         return self.services.call(lambda: {k: dict(v) for k, v in self.guacamole.connections.items()})
 
 
+@pytest.fixture
+def lab(lab_session):
+    """The lab, with this process's database bound to the lab's own for the test (and given back after:
+    the tests without the lab have theirs, see lab_database_url)."""
+    from controlplane.extensions import db
+    previous = db.obj
+    db.initialize(lab_session.database)
+    try:
+        yield lab_session
+    finally:
+        db.initialize(previous)
+
+
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory, database_url, redis_url, database):
-    """The lab's services (fakepve, guest agents, Guacamole stand-in), two real workers, the API."""
+def lab_session(tmp_path_factory, lab_database_url, redis_url):
+    """The lab's services (fakepve, guest agents, Guacamole stand-in), two real workers, the API: one
+    per test session (per xdist worker), on its own database; tests take it through `lab`."""
     from controlplane import create_app
     from controlplane.config import Settings
     from controlplane.lab.services import LabConfig, LabServices
@@ -298,7 +325,7 @@ def lab(tmp_path_factory, database_url, redis_url, database):
                        guacamole_password="guac-e2e-" + secrets.token_hex(6),
                        guacamole_json_secret=secrets.token_hex(16))
     services = LabServices(config).start()
-    settings = Settings(var_dir=state, database_url=database_url, redis_url=redis_url, jwt_secret=JWT_SECRET,
+    settings = Settings(var_dir=state, database_url=lab_database_url, redis_url=redis_url, jwt_secret=JWT_SECRET,
                         proxmox_host=config.proxmox_host, proxmox_port=config.proxmox_port,
                         proxmox_user=config.proxmox_user, proxmox_password=config.proxmox_password,
                         proxmox_timeout=30, ip_wait_retries=8, ip_wait_delay=1,
@@ -321,8 +348,13 @@ def lab(tmp_path_factory, database_url, redis_url, database):
         for _ in range(2):
             workers.spawn()
         workers.wait_registered(get_redis(redis_url), 2)
-        server = ServerThread(create_app(settings)).start()
-        yield Lab(services, settings, workers, server)
+        from controlplane.extensions import db
+        previous = db.obj
+        lab_app = create_app(settings)  # binds this process's database proxy to the lab's database ...
+        lab_database = db.obj
+        db.initialize(previous)  # ... which `lab` binds only for the tests that use the lab
+        server = ServerThread(lab_app).start()
+        yield Lab(services, settings, workers, server, lab_database)
     finally:
         if server:
             server.stop()

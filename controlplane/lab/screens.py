@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 PROGRAMS = ("Xvfb", "x11vnc", "xterm")
 NOVNC_DIRS = ("/usr/share/novnc",)  # Debian's novnc (core/rfb.js, an ES module)
 GEOMETRY = "1024x768x24"
-FIRST_DISPLAY = 40
 
 
 def novnc_dir() -> Path | None:
@@ -94,26 +94,45 @@ class LabScreens:
                 screen = self.screens[vmid] = self._start(vmid)
             screen.address = address
 
-    def _display(self) -> int:
-        used = {s.display for s in self.screens.values()}
-        display = FIRST_DISPLAY
-        while display in used or Path(f"/tmp/.X11-unix/X{display}").exists() or Path(f"/tmp/.X{display}-lock").exists():
-            display += 1
-        return display
+    def _xvfb(self, spawn: dict) -> tuple[subprocess.Popen, int]:
+        """A new Xvfb on a display it picks itself (-displayfd: the first free one, taken atomically by
+        its lock file, so labs and test workers started at once never collide), and that display's
+        number once it is ready."""
+        read_end, write_end = os.pipe()
+        try:
+            proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-screen", "0", GEOMETRY, "-nolisten", "tcp"],
+                                    pass_fds=(write_end,), **spawn)
+            os.close(write_end)
+            write_end = -1
+            answer = b""
+            deadline = time.monotonic() + 10
+            while not answer.endswith(b"\n") and time.monotonic() < deadline:
+                ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+                chunk = os.read(read_end, 16) if ready else b""
+                if not chunk:
+                    break
+                answer += chunk
+        finally:
+            os.close(read_end)
+            if write_end >= 0:
+                os.close(write_end)
+        if not answer.strip().isdigit():
+            proc.kill()
+            raise RuntimeError("Xvfb did not start (see the screen's log)")
+        return proc, int(answer)
 
     def _start(self, vmid: int) -> Screen:
-        display, port = self._display(), _free_port()
-        screen = Screen(vmid=vmid, display=display, port=port)
+        port = _free_port()
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.log_dir, 0o700)
         password_file = self.log_dir / "vnc-password"
         write_password_file(password_file, self.password)
         out = open(self.log_dir / f"screen-{vmid}.log", "ab")
-        env = {**os.environ, "DISPLAY": f":{display}"}
         spawn = dict(stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        screen.procs.append(subprocess.Popen(["Xvfb", f":{display}", "-screen", "0", GEOMETRY, "-nolisten", "tcp"],
-                                             **spawn))
-        _wait_for(lambda: Path(f"/tmp/.X11-unix/X{display}").exists(), 5)
+        xvfb, display = self._xvfb(spawn)
+        screen = Screen(vmid=vmid, display=display, port=port)
+        screen.procs.append(xvfb)
+        env = {**os.environ, "DISPLAY": f":{display}"}
         screen.procs.append(subprocess.Popen(
             ["xterm", "-geometry", "120x40+0+0", "-fa", "Monospace", "-fs", "12", "-T", f"VM {vmid}",
              # cat, not a shell: the screens run as the lab's user, and a screen must not be a way in
