@@ -28,6 +28,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "/tests/e2e/" in str(item.path):
             item.add_marker(pytest.mark.e2e)
+        if "lab_session" in getattr(item, "fixturenames", ()):  # the whole lab: `make check` leaves these out
+            item.add_marker(pytest.mark.lab)
 
 
 def pytest_report_header(config):

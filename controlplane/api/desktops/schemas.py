@@ -9,6 +9,10 @@ from ...services.states import Status
 from ..common import NOT_BLANK, JsonBoolean, settings
 
 STATUS_CHOICES = [s.value for s in Status]
+# What user_ids.problem() accepts, for the OpenAPI document: not blank, no control characters (C0,
+# DEL, C1) and no bidirectional controls (lone surrogates are not JSON text: the body parser refuses them).
+_USER_ID_CONTROL = r"\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+USER_ID_PATTERN = rf"^[^{_USER_ID_CONTROL}]*[^\s{_USER_ID_CONTROL}][^{_USER_ID_CONTROL}]*$"
 
 
 def _plans_text() -> str:
@@ -21,7 +25,7 @@ class DesktopCreate(Schema):
         unknown = EXCLUDE
 
     userId = fields.String(required=True, metadata={"description": "Unique identifier for the user", "example": "user_12345",
-                                                    "maxLength": 255, "pattern": NOT_BLANK},  # not blank, as _user checks
+                                                    "maxLength": 255, "pattern": USER_ID_PATTERN},  # as _user checks
                            error_messages={"required": "User ID is required", "null": "User ID is required",
                                            "invalid": "User ID must be a string"})
     name = fields.String(load_default=None, allow_none=True,
