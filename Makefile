@@ -3,20 +3,29 @@
 #               xterm and novnc for real VM screens), run the whole system
 #   make test   install what the tests need (Debian's chromium for the browser tests, and
 #               xvfb, x11vnc, xterm and novnc for the lab's screens), lint the
-#               Ansible, run the tests (SQLite, then PostgreSQL without the Proxmox/Guacamole fault tests,
-#               the pool playbook tests and the browser tests, which do not depend on the database; the
-#               API they drive is tested on both)
+#               Ansible, run the roles' Molecule scenarios and the tests (SQLite, then PostgreSQL without the
+#               Proxmox/Guacamole fault tests, the playbook tests and the browser tests, which do not depend
+#               on the database; the API they drive is tested on both), each pass in parallel (pytest-xdist:
+#               every worker has its own databases, Redis and lab) and in a random order (pytest-randomly)
+# and one for the inner loop:
+#   make check  lint, then the unit and API tests (no lab) on SQLite, in parallel: a few minutes
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= --durations=25
+# xdist workers per pass. The end-to-end tests mostly wait (playbooks, guest agents, stand-ins), so more
+# workers than cores pay; each worker starts its own lab (stand-ins, two RQ workers, the API).
+TEST_WORKERS ?= 3
+CHECK_WORKERS ?= 2
+PYTEST := $(VENV)/bin/pytest -p randomly
 
-.PHONY: help install lab test test-sqlite test-postgresql lint molecule bench clean
+.PHONY: help install lab check test test-sqlite test-postgresql lint molecule bench clean
 
 help:
 	@echo "make lab     run the whole system on this machine (API, workers, Proxmox and Guacamole stand-ins, Redis)"
 	@echo "make test    install test dependencies and run the test suite on SQLite and on PostgreSQL"
+	@echo "make check   the inner loop: lint, unit and API tests without the lab (SQLite)"
 	@echo "make lint    ansible-lint and yamllint on roles and playbooks"
 	@echo "make molecule  the roles' Molecule scenarios (molecule/), against lab stand-ins on free ports"
 	@echo "make bench   benchmarks: API load (wrk, flat out and paced), WebSocket fan-out, create overhead by phase,"
@@ -41,11 +50,15 @@ test: install lint
 
 test-sqlite: install
 	scripts/ensure-debian-packages.sh test
-	CONTROLPLANE_TEST_DATABASE=sqlite $(VENV)/bin/pytest $(PYTEST_ARGS)
+	CONTROLPLANE_TEST_DATABASE=sqlite $(PYTEST) -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-postgresql: install
 	PYTHON=$(PY) scripts/ensure-postgres.sh
-	CONTROLPLANE_TEST_DATABASE=postgresql $(VENV)/bin/pytest -m "not faults and not playbooks and not browser" $(PYTEST_ARGS)
+	CONTROLPLANE_TEST_DATABASE=postgresql $(PYTEST) -n $(TEST_WORKERS) -m "not faults and not playbooks and not browser" $(PYTEST_ARGS)
+
+# Everything that needs no lab (no stand-ins, no workers, no playbooks): unit, API, stand-in and fuzz tests.
+check: install lint
+	CONTROLPLANE_TEST_DATABASE=sqlite $(PYTEST) -n $(CHECK_WORKERS) -m "not lab and not e2e" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ansible-lint --profile production roles playbooks molecule
