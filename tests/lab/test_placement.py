@@ -9,11 +9,10 @@ import datetime as dt
 import pytest
 
 from controlplane.extensions import db
-from controlplane.lab.proxmox import LabProxmox
 from controlplane.models import Desktop, PoolVm, utcnow
 from controlplane.services.placement import PlacementError, choose_node
 
-from ..loop import LoopThread
+from .cluster import fakepve_cluster
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unverified HTTPS request")
 TEMPLATE = "tmpl-debian12-desktop"  # on pve1
@@ -21,22 +20,8 @@ TEMPLATE = "tmpl-debian12-desktop"  # on pve1
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from tests.conftest import free_port
-    state = tmp_path_factory.mktemp("placement")
-    loop = LoopThread()
-    proxmox = LabProxmox(state / "proxmox.json", state / "certs", host="127.0.0.1", port=free_port(),
-                         time_scale=0.01, agent_delay=0.1)
-    loop.run(proxmox.start())
-
-    async def add_nodes():
-        proxmox.pve.add_node("pve2")
-        proxmox.pve.add_node("pve3")
-    loop.run(add_nodes())
-    try:
-        yield loop, proxmox
-    finally:
-        loop.run(proxmox.stop())
-        loop.close()
+    with fakepve_cluster(tmp_path_factory.mktemp("placement"), ("pve2", "pve3")) as running:
+        yield running
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ import time
 import pytest
 
 from controlplane.extensions import db
-from controlplane.lab.proxmox import LabProxmox
 from controlplane.models import Desktop, DesktopEvent
 
-from ..loop import LoopThread
+from .cluster import fakepve_cluster
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unverified HTTPS request")
 BASE = "/api/v1/desktops"
@@ -21,21 +20,8 @@ USER = "user_refresh"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from tests.conftest import free_port
-    state = tmp_path_factory.mktemp("refresh")
-    loop = LoopThread()
-    proxmox = LabProxmox(state / "proxmox.json", state / "certs", host="127.0.0.1", port=free_port(),
-                         time_scale=0.01, agent_delay=0.1)
-    loop.run(proxmox.start())
-
-    async def add_node():
-        proxmox.pve.add_node("pve2")
-    loop.run(add_node())
-    try:
-        yield loop, proxmox
-    finally:
-        loop.run(proxmox.stop())
-        loop.close()
+    with fakepve_cluster(tmp_path_factory.mktemp("refresh"), ("pve2",)) as running:
+        yield running
 
 
 @pytest.fixture
