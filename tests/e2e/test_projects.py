@@ -39,8 +39,8 @@ class Client:
 
 
 def sdn_vnets(lab) -> set[str]:
-    from controlplane.services.proxmox import client
-    return {v["vnet"] for v in client(lab.settings).cluster.sdn.vnets.get()}
+    from controlplane.services.proxmox import with_login  # a fresh login if another test revoked the tickets
+    return {v["vnet"] for v in with_login(lab.settings, lambda pve: pve.cluster.sdn.vnets.get())}
 
 
 def test_project_lifecycle(lab, fresh_user):

@@ -6,7 +6,6 @@ offers the browser security type None, so the browser never has the password (la
 Needs Debian's xvfb, x11vnc and xterm (scripts/ensure-debian-packages.sh test installs them)."""
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import secrets
 import socket
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from tests.loop import LoopThread
+from tests.loop import LoopThread, run_apart
 
 pytestmark = pytest.mark.timeout(120)
 ADDRESS = "10.77.0.9"
@@ -161,7 +160,7 @@ def _relay_refuses(url: str) -> int:
                     return 101
             except aiohttp.WSServerHandshakeError as exc:
                 return exc.status
-    return asyncio.run(connect())
+    return run_apart(connect())
 
 
 @pytest.fixture
@@ -198,7 +197,7 @@ def relay(screen):
 
 def test_the_relay_logs_in_with_the_connections_password_and_offers_the_browser_none(relay):
     url_for, password = relay
-    version, types, result, size = asyncio.run(_relay_session(url_for(password)))
+    version, types, result, size = run_apart(_relay_session(url_for(password)))
     assert version == b"RFB 003.008\n"
     assert types == bytes([1, 1])  # one type: None (the relay has logged in already)
     assert result == b"\0\0\0\0"
