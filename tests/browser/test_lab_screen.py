@@ -38,6 +38,29 @@ def canvas_digest(frame) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
+def wait_for_first_frame(frame, timeout: float = 15) -> str:
+    """The canvas's digest once the VNC server's first frame is drawn: not blank (more than one
+    colour), and the same on two reads in a row (no rectangle of it still coming in)."""
+    drawn = """() => {
+        const canvas = document.querySelector('#screen canvas');
+        if (!canvas.width || !canvas.height) return false;
+        const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        for (let i = 4; i < d.length; i += 4)
+            if (d[i] !== d[0] || d[i + 1] !== d[1] || d[i + 2] !== d[2] || d[i + 3] !== d[3]) return true;
+        return false;
+    }"""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if frame.evaluate(drawn):
+            now = canvas_digest(frame)
+            if now == last:
+                return now
+            last = now
+        time.sleep(0.1)
+    raise AssertionError("the screen's first frame was not drawn")
+
+
 def wait_for_change(frame, before: str, timeout: float = 15) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -59,8 +82,7 @@ def test_a_person_sees_and_types_into_the_desktop(lab, screens, new_page, shots,
     frame = next(f for f in page.frames if "/guacamole/" in f.url)
     assert "?data=" not in frame.url  # the page traded the link for a session and dropped it
     expect(viewer.locator("#screen canvas")).to_be_visible()
-    time.sleep(1)  # the first full frame
-    before = canvas_digest(frame)
+    before = wait_for_first_frame(frame)
     shots(page, "screen")
 
     viewer.locator("#screen canvas").click()

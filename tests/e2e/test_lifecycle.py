@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import time
 import threading
+import types
 
 import pytest
 import requests
@@ -32,7 +33,10 @@ def resolve(lab, url: str) -> dict:
     return response.json()
 
 
-def test_full_lifecycle_with_the_contract_client(lab, fresh_user):
+def test_full_lifecycle_with_the_contract_client(lab, fresh_user, monkeypatch):
+    from . import contract_client
+    # The contract's client (unchanged) polls every 5 s, 30 times: here every 0.2 s, as long in all.
+    monkeypatch.setattr(contract_client, "time", types.SimpleNamespace(sleep=lambda seconds: time.sleep(seconds / 25)))
     client = DesktopClient(lab.url, lab.token(fresh_user))
     api = Api(lab.url, lab.token(fresh_user))
 
@@ -44,7 +48,7 @@ def test_full_lifecycle_with_the_contract_client(lab, fresh_user):
     assert desktop["ipAddress"] is None and desktop["connectionUrl"] is None
     desktop_id = desktop["id"]
 
-    ready = client.wait_for_desktop(desktop_id)
+    ready = client.wait_for_desktop(desktop_id, max_attempts=30 * 25)
     assert ready == {"desktopId": desktop_id, "status": "RUNNING", "statusMessage": "Desktop is ready",
                      "ready": True}
     statuses = [status for status, _, _ in events(desktop_id)]
@@ -204,10 +208,13 @@ def test_refresh_reconciles_with_what_proxmox_says(lab, fresh_user):
     assert api.start(desktop_id).status_code == 200
     assert api.wait_settled(desktop_id)["status"] == "RUNNING"
     pve.status.stop.post()
+    deadline = time.monotonic() + 30
     while lab.vm(vmid).status != "stopped":
+        assert time.monotonic() < deadline, "the VM did not stop"
         time.sleep(0.1)
     pve.delete()
     while lab.vm(vmid) is not None:
+        assert time.monotonic() < deadline, "the VM was not deleted"
         time.sleep(0.1)
     failed = api.status(desktop_id, refresh=True).json()["data"]
     assert failed["status"] == "FAILED" and str(vmid) in failed["statusMessage"]

@@ -54,6 +54,23 @@ def policy_events(desktop_id: int) -> list[tuple[str, str, str]]:
     return [e for e in events(desktop_id) if e[2].startswith("policy:")]
 
 
+def expire_now(desktop_id: int, given: dt.datetime) -> dt.datetime:
+    """Let the desktop's expiry pass without waiting for the clock: the expiry it was created with
+    (checked: stored as given) is moved to two seconds ago. Returns the new expiry."""
+    from controlplane.extensions import db
+    from controlplane.models import Desktop
+    assert desktop_row(desktop_id).expires_at == given.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    past = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=2)).replace(microsecond=0)
+    with db.connection_context():
+        assert Desktop.update(expires_at=past.replace(tzinfo=None)).where(Desktop.id == desktop_id).execute() == 1
+    return past
+
+
+def later(seconds: float) -> dt.datetime:
+    """The time a policy pass is told it is (policies.run's `now`): `seconds` from now."""
+    return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+
+
 def test_an_expired_desktop_is_stopped_then_deleted_after_the_grace(lab, fresh_user):
     from controlplane.services import policies
     api = Api(lab.url, lab.token(fresh_user))
@@ -61,7 +78,7 @@ def test_an_expired_desktop_is_stopped_then_deleted_after_the_grace(lab, fresh_u
     desktop_id = create(api, fresh_user, expiresAt=expires.isoformat())
     vmid = desktop_row(desktop_id).vmid
     running(api, desktop_id)
-    time.sleep(max(0.0, (expires - dt.datetime.now(dt.timezone.utc)).total_seconds() + 1))
+    expires = expire_now(desktop_id, expires)
 
     planned = run_policy(lab, "expire", dry_run=True)
     assert [a["desktopId"] for a in planned["actions"] if a["userId"] == fresh_user] == [desktop_id]
@@ -103,10 +120,10 @@ def test_an_idle_desktop_is_stopped_and_a_used_one_is_not(lab, fresh_user, tmp_p
     running(api, desktop_id)
     [connection] = connections_named(lab, desktop_id)
 
-    # Someone is connected through Guacamole: not idle, however long ago /connect was.
+    # Someone is connected through Guacamole: not idle, however long ago /connect was (a pass 5 s
+    # from now, past the plan's 4 s).
     session = lab.services.call(lambda: lab.guacamole.open_session(connection, username=fresh_user))
-    time.sleep(5)
-    assert [a for a in policies.run(short, "idle")["actions"] if a["desktopId"] == desktop_id] == []
+    assert [a for a in policies.run(short, "idle", now=later(5))["actions"] if a["desktopId"] == desktop_id] == []
     assert api.status(desktop_id).json()["data"]["status"] == "RUNNING"
     seen = desktop_row(desktop_id).last_accessed_at
     assert seen is not None
@@ -116,12 +133,12 @@ def test_an_idle_desktop_is_stopped_and_a_used_one_is_not(lab, fresh_user, tmp_p
     assert api.connect(desktop_id).status_code == 200
     assert [a for a in policies.run(short, "idle")["actions"] if a["desktopId"] == desktop_id] == []
 
-    # Nobody for longer than the plan's idle_stop_after: stopped gracefully, and told why.
-    time.sleep(5)
+    # Nobody for longer than the plan's idle_stop_after: stopped gracefully, and told why (passes
+    # 10 s from now: 5 s past the latest use above, whose time was at most 5 s from now).
     with guacamole_down(lab):  # Guacamole cannot say who is connected: nothing is stopped
-        result = policies.run(short, "idle")
+        result = policies.run(short, "idle", now=later(10))
         assert [a for a in result["actions"] if a["desktopId"] == desktop_id] == [] and result["notes"]
-    mine = [a for a in policies.run(short, "idle")["actions"] if a["desktopId"] == desktop_id]
+    mine = [a for a in policies.run(short, "idle", now=later(10))["actions"] if a["desktopId"] == desktop_id]
     assert [(a["action"], a["done"]) for a in mine] == [("stop", True)], mine
     stopped = api.wait_settled(desktop_id)
     assert stopped["status"] == "STOPPED", stopped
@@ -142,8 +159,7 @@ def test_a_desktop_failed_for_too_long_is_deleted(lab, fresh_user):
         desktop_id = create(api, fresh_user)
         vmid = desktop_row(desktop_id).vmid
         wait_failed(api, desktop_id)
-    time.sleep(2)
-    result = policies.run(lab.settings.replace(failed_retention=1), "cleanup")
+    result = policies.run(lab.settings.replace(failed_retention=1), "cleanup", now=later(2))  # failed 2 s ago
     mine = [a for a in result["actions"] if a["desktopId"] == desktop_id]
     assert [(a["action"], a["done"]) for a in mine] == [("delete", True)], mine
     deleted = api.wait_settled(desktop_id)
@@ -167,7 +183,7 @@ def test_the_ops_playbooks_run_the_policies(lab, fresh_user):
     expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2)).replace(microsecond=0)
     desktop_id = create(api, fresh_user, expiresAt=expires.isoformat())
     running(api, desktop_id)
-    time.sleep(max(0.0, (expires - dt.datetime.now(dt.timezone.utc)).total_seconds() + 1))
+    expire_now(desktop_id, expires)
 
     dry = playbook(lab, "cleanup_expired.yml", "--check", token=admin)
     assert dry.returncode == 0, dry.stdout + dry.stderr
@@ -223,16 +239,20 @@ def test_reconcile_removes_orphans_and_fails_records_whose_vm_vanished(lab, fres
     desktop_id = create(api, fresh_user)
     running(api, desktop_id)
     vmid = desktop_row(desktop_id).vmid
+    deadline = time.monotonic() + 60
     pve.qemu(vmid).status.stop.post()
     while lab.vm(vmid).status != "stopped":
+        assert time.monotonic() < deadline, "the VM did not stop"
         time.sleep(0.1)
     pve.qemu(vmid).delete()
     while lab.vm(vmid) is not None:
+        assert time.monotonic() < deadline, "the VM was not deleted"
         time.sleep(0.1)
     # A VM tagged like ours but not named like ours: someone else's business.
     odd_vmid = orphan_vmid + 1000
     pve.qemu(9000).clone.post(newid=odd_vmid, name="not-one-of-ours")
     while lab.vm(odd_vmid) is None or lab.vm(odd_vmid).lock:
+        assert time.monotonic() < deadline, "the clone did not finish"
         time.sleep(0.1)
     pve.qemu(odd_vmid).config.put(tags="cloud-desktop")
 
@@ -319,16 +339,23 @@ def test_a_desktop_stuck_in_a_transition_is_failed_and_its_job_stopped(lab, fres
     vmid = desktop_row(desktop_id).vmid
     lab.services.call(lambda: setattr(lab.pve.vm(vmid), "acpi", False))  # the guest ignores the shutdown
     try:
+        seen_tasks = lab.services.call(lambda: len(lab.pve.tasklog))
         assert api.stop(desktop_id).status_code == 200
         job_id = desktop_row(desktop_id).job_id
         deadline = time.monotonic() + 30
         while Job.fetch(job_id, connection=get_redis(lab.settings.redis_url)).get_status() != "started":
             assert time.monotonic() < deadline, "the stop job never started"
             time.sleep(0.2)
-        time.sleep(3)
+        # The job asked the guest to shut down (a qmshutdown task in fakepve), which it ignores: the
+        # job now waits stop_timeout (5 s) for it.
+        while not lab.services.call(lambda: [t for t in lab.pve.tasklog[seen_tasks:]
+                                             if t["type"] == "qmshutdown" and t["id"] == str(vmid)]):
+            assert time.monotonic() < deadline, "the stop job never asked the guest to shut down"
+            time.sleep(0.1)
         assert api.status(desktop_id).json()["data"]["status"] == "STOPPING"
 
-        result = policies.run(lab.settings.replace(stuck_after=2), "cleanup")
+        # A pass 3 s from now: in STOPPING for longer than stuck_after (2 s).
+        result = policies.run(lab.settings.replace(stuck_after=2), "cleanup", now=later(3))
         mine = [a for a in result["actions"] if a["desktopId"] == desktop_id]
         assert [(a["action"], a["done"]) for a in mine] == [("fail", True)], mine
         failed = api.status(desktop_id).json()["data"]
@@ -338,7 +365,8 @@ def test_a_desktop_stuck_in_a_transition_is_failed_and_its_job_stopped(lab, fres
         while Job.fetch(job_id, connection=get_redis(lab.settings.redis_url)).get_status() == "started":
             assert time.monotonic() < deadline, "the stuck job was not stopped"
             time.sleep(0.2)
-        time.sleep(2)
+        # RQ's worker writes the stopped status once it has waited for the job's work horse (killed):
+        # nothing of the job is left to report.
         assert api.status(desktop_id).json()["data"]["status"] == "FAILED"
         assert [s for s, _, src in events(desktop_id)][-1] == "FAILED"
     finally:

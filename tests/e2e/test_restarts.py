@@ -46,10 +46,33 @@ def assert_in_agreement(lab) -> None:
     assert not [n for n in result["notes"] if n.startswith("skipped")], result["notes"]
 
 
-def restart_redis(private_redis, down_for: float) -> None:
+def restart_redis(lab, private_redis) -> None:
+    """Stop Redis until every live worker has seen it gone, then start it again (empty: no
+    persistence). A busy worker quits RQ's loop and waits for Redis ("... once Redis answers"); an
+    idle one retries its dequeue ("could not connect to Redis instance")."""
+    from rq import Worker
+
+    from controlplane.services.queue import get_redis
+    busy = {w.name for w in Worker.all(connection=get_redis(lab.settings.redis_url)) if w.get_state() == "busy"}
+    logs = {name: lab.workers.log_dir / f"{name}.log"
+            for name, proc in lab.workers.procs.items() if proc.poll() is None}
+
+    def signs(name: str) -> int:
+        text = logs[name].read_text(errors="replace")
+        quit_loop = text.count("once Redis answers")
+        if any(b == name or b.startswith(name + "-") for b in busy):
+            return quit_loop
+        return quit_loop + text.count("could not connect to Redis instance")
+
+    before = {name: signs(name) for name in logs}
     private_redis.stop()
-    time.sleep(down_for)
-    private_redis.start()
+    try:
+        deadline = time.monotonic() + 60
+        while waiting := [name for name in logs if signs(name) <= before[name]]:
+            assert time.monotonic() < deadline, f"workers {waiting} never noticed that Redis was gone"
+            time.sleep(0.1)
+    finally:
+        private_redis.start()
 
 
 def test_redis_restarted_mid_create_and_with_creates_queued_loses_nothing(lab, private_redis):
@@ -61,7 +84,7 @@ def test_redis_restarted_mid_create_and_with_creates_queued_loses_nothing(lab, p
     first = create(apis[0], users[0])
     wait_status(apis[0], first, {"STARTING", "WAITING_FOR_IP", "CONFIGURING"})
     others = [create(api, user) for api, user in zip(apis[1:], users[1:])]
-    restart_redis(private_redis, down_for=3)  # a Redis without persistence: queue and registry are gone
+    restart_redis(lab, private_redis)  # a Redis without persistence: queue and registry are gone
     ids = [first, *others]
     for api, desktop_id in zip(apis, ids):
         data = api.wait_settled(desktop_id, timeout=180)

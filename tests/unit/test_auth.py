@@ -72,6 +72,45 @@ def assert_unauthorized(response, message: str | None = None, path: str = LIST):
     return body
 
 
+class _AnyDatetime(type):
+    def __instancecheck__(cls, obj):  # PyJWT's isinstance(claim, datetime) still sees real datetimes
+        return isinstance(obj, dt.datetime)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The wall clock the token checks read (PyJWT's expiry check, the verified tokens cache), which a
+    test moves on with clock.advance(seconds) instead of waiting for it."""
+    import time as real_time
+
+    import jwt.api_jwt
+
+    import controlplane.auth
+
+    class Clock:
+        offset = 0.0
+
+        def advance(self, seconds: float) -> None:
+            self.offset += seconds
+
+        def __getattr__(self, name):  # time.monotonic and the rest: the real ones
+            return getattr(real_time, name)
+
+        def time(self) -> float:
+            return real_time.time() + self.offset
+
+    moved = Clock()
+
+    class MovedDatetime(dt.datetime, metaclass=_AnyDatetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime.now(tz) + dt.timedelta(seconds=moved.offset)
+
+    monkeypatch.setattr(controlplane.auth, "time", moved)
+    monkeypatch.setattr(jwt.api_jwt, "datetime", MovedDatetime)
+    return moved
+
+
 def create_desktop_for(client, headers, user_id: str) -> int:
     response = client.post(LIST, json={"userId": user_id, "plan": "BASIC"}, headers=headers)
     assert response.status_code == 201, response.get_json()
@@ -463,10 +502,9 @@ def test_small_clock_skew_is_tolerated(pem, rsa_keys):
     assert pem.get(LIST, headers=bearer(just_expired)).status_code == 200
 
 
-def test_a_verified_token_is_not_trusted_past_its_expiry(client, token):
+def test_a_verified_token_is_not_trusted_past_its_expiry(client, token, clock):
     """Tokens verified lately are kept by their exact text (auth._VerifiedTokens); expiry is
     checked again on each use, and a token that differs by a byte is verified afresh."""
-    import time
     # Expired 27 s ago: accepted for 3 s more (JWT_DECODE_LEEWAY is 30 s), then refused.
     short = token("user_12345", ttl=-dt.timedelta(seconds=27))
     assert client.get(LIST, headers=bearer(short)).status_code == 200
@@ -475,11 +513,11 @@ def test_a_verified_token_is_not_trusted_past_its_expiry(client, token):
     forged = b64(json.dumps(claims("user_admin", realm_access={"roles": ["admin"]}),
                             default=lambda d: int(d.timestamp())).encode())
     assert_unauthorized(client.get(LIST, headers=bearer(f"{header}.{forged}.{signature}")), "Invalid token")
-    time.sleep(4)
+    clock.advance(4)
     assert_unauthorized(client.get(LIST, headers=bearer(short)), "Token has expired")
 
 
-def test_the_verified_tokens_cache_is_bounded_and_expires():
+def test_the_verified_tokens_cache_is_bounded_and_expires(clock):
     import time
 
     from controlplane.auth import _VerifiedTokens
@@ -489,7 +527,7 @@ def test_the_verified_tokens_cache_is_bounded_and_expires():
     assert len(cache._items) <= 10 and cache.get("t24") == {"sub": "24", "exp": cache.get("t24")["exp"]}
     cache.put("old", {"sub": "x", "exp": time.time() - 1})  # already expired: not kept
     assert cache.get("old") is None
-    time.sleep(0.25)
+    clock.advance(0.25)
     assert cache.get("t24") is None
 
 

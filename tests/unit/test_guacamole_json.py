@@ -144,11 +144,12 @@ def test_the_standin_refuses_expired_and_forged_data(standin):
     assert _login(standin, reusable).status_code == 200 and _login(standin, reusable).status_code == 200
 
 
-def test_an_auth_json_session_ends_when_its_data_expires(standin):
-    import time
-    token = _login(standin, _data(1.5)).json()["authToken"]
+def test_an_auth_json_session_ends_when_its_data_expires(standin, monkeypatch):
+    from controlplane.lab import guacamole
+    token = _login(standin, _data(60)).json()["authToken"]
     client = guacamole_json.client_id("cds-desktop-9")
     assert requests.get(f"{standin.url}/_lab/client/{client}", headers={"Guacamole-Token": token}, timeout=10).ok
-    time.sleep(1.6)
+    real_now_ms = guacamole._now_ms  # the stand-in's wall clock, moved on past the data's expiry
+    monkeypatch.setattr(guacamole, "_now_ms", lambda: real_now_ms() + 60_100)
     assert requests.get(f"{standin.url}/_lab/client/{client}", headers={"Guacamole-Token": token},
                         timeout=10).status_code == 403

@@ -95,7 +95,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_the_reaper_process_ends_when_its_worker_is_killed(base_settings):
+def test_the_reaper_process_ends_when_its_worker_is_killed(base_settings, tmp_path):
     """The worker runs the reaper as a child process (a thread would be forked into every job's
     work horse, with whatever lock it held); a SIGKILLed worker leaves no reaper behind."""
     import os
@@ -103,14 +103,29 @@ def test_the_reaper_process_ends_when_its_worker_is_killed(base_settings):
     import subprocess
     import sys
     import time
-    env = {**os.environ, **base_settings.to_env(), "CONTROLPLANE_REAPER_INTERVAL": "1"}
+
+    from controlplane.runner.ansible import _LOCKED, RUN_PREFIX
+    runs = tmp_path / "tmp"  # the reaper's temporary folder, where its passes look for leftover runs
+    runs.mkdir()
+    env = {**os.environ, **base_settings.to_env(), "CONTROLPLANE_REAPER_INTERVAL": "1", "TMPDIR": str(runs)}
     # A stand-in for the worker: a shell whose child is the reaper, as cmd_worker starts it.
     shell = subprocess.Popen(
         ["sh", "-c", f"{sys.executable} -m controlplane.cli reap --loop --parent $$ & echo $!; wait"],
         stdout=subprocess.PIPE, env=env, text=True)
     reaper = int(shell.stdout.readline())
     try:
-        time.sleep(3)  # a few passes
+        # A few passes: each pass removes the folder a killed run left, so a folder put there after
+        # the previous one went is taken by the next pass.
+        for n in range(2):
+            staging = runs / f"staging-{n}"
+            staging.mkdir()
+            (staging / _LOCKED).touch()
+            leftover = staging.rename(runs / f"{RUN_PREFIX}left-{n}")
+            deadline = time.monotonic() + 20
+            while leftover.exists():
+                assert not _gone(reaper), "the reaper stopped while its worker was alive"
+                assert time.monotonic() < deadline, f"no reaper pass took the leftover run folder {n}"
+                time.sleep(0.05)
         assert not _gone(reaper), "the reaper stopped while its worker was alive"
         shell.send_signal(signal.SIGKILL)
         shell.wait(5)

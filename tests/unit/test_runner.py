@@ -447,16 +447,32 @@ def test_a_failing_task_callback_does_not_stop_the_run(project):
 
 # ---- timeout ------------------------------------------------------------------------------------------------
 
+def processes_marked(mark: str) -> list[int]:
+    """This user's processes whose environment holds `mark` (a run's ansible-playbook, its forks, their commands)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if mark.encode() in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
 def test_a_timeout_is_honoured(project, tmp_path):
-    marker = tmp_path / "after-sleep"
+    marker, release = tmp_path / "after-wait", tmp_path / "release"
     project.playbook("slow.yml", f"""
-        - name: Sleep too long
-          command: sleep 10
+        - name: Wait too long
+          wait_for: {{path: "{release}", timeout: 60}}
         - name: Must never run
           file: {{path: "{marker}", state: touch}}
     """)
+    mark = f"CP_TEST_RUN_MARK={os.getpid()}-{time.monotonic_ns()}"  # inherited by every process of the run
     started = time.monotonic()
-    result = project.run("slow.yml", timeout=1)
+    result = project.run("slow.yml", env=dict([mark.split("=", 1)]), timeout=1)
     elapsed = time.monotonic() - started
     assert not result.ok
     assert result.status == "timeout"
@@ -464,8 +480,14 @@ def test_a_timeout_is_honoured(project, tmp_path):
     # ansible-runner checks its timeout whenever output arrives, at least every 5 s (pexpect_timeout)
     assert elapsed < 9, elapsed
     assert private_dirs(project.runs) == []
-    # the playbook was stopped: the task after the sleep never runs
-    time.sleep(max(0.0, 11.5 - (time.monotonic() - started)))
+    # the playbook was stopped: let the first task end, then wait until no process of the run is left
+    # (ansible's worker runs its task to the end: it is in a session of its own, which the kill
+    # misses); had ansible-playbook lived on, it would have run the next task by then
+    release.touch()
+    deadline = time.monotonic() + 30
+    while processes_marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_marked(mark) == [], "the timed-out playbook's processes are still running"
     assert not marker.exists()
 
 
