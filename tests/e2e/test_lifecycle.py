@@ -186,13 +186,12 @@ def test_concurrent_creates_for_one_user_make_one_desktop(lab, fresh_user):
 def test_refresh_reconciles_with_what_proxmox_says(lab, fresh_user):
     """`?refresh=true` reads the VM's power state from Proxmox inside the request: a VM stopped or
     removed behind the control plane's back shows up in the desktop's status."""
-    from controlplane.services.proxmox import client as proxmox_client
+    from controlplane.services.proxmox import with_login  # a fresh login if another test revoked the tickets
     api = Api(lab.url, lab.token(fresh_user))
     desktop_id = api.create(fresh_user, plan="BASIC").json()["data"]["id"]
     assert api.wait_settled(desktop_id)["status"] == "RUNNING"
     vmid = desktop_row(desktop_id).vmid
-    pve = proxmox_client(lab.settings).nodes("pve1").qemu(vmid)
-    pve.status.stop.post()
+    with_login(lab.settings, lambda client: client.nodes("pve1").qemu(vmid).status.stop.post())
     deadline = time.monotonic() + 30
     while lab.vm(vmid).status != "stopped":
         assert time.monotonic() < deadline
@@ -207,12 +206,12 @@ def test_refresh_reconciles_with_what_proxmox_says(lab, fresh_user):
     # Started again through the API, then the VM is deleted outside: refresh marks it FAILED.
     assert api.start(desktop_id).status_code == 200
     assert api.wait_settled(desktop_id)["status"] == "RUNNING"
-    pve.status.stop.post()
+    with_login(lab.settings, lambda client: client.nodes("pve1").qemu(vmid).status.stop.post())
     deadline = time.monotonic() + 30
     while lab.vm(vmid).status != "stopped":
         assert time.monotonic() < deadline, "the VM did not stop"
         time.sleep(0.1)
-    pve.delete()
+    with_login(lab.settings, lambda client: client.nodes("pve1").qemu(vmid).delete())
     while lab.vm(vmid) is not None:
         assert time.monotonic() < deadline, "the VM was not deleted"
         time.sleep(0.1)
