@@ -237,6 +237,14 @@ class Workers:
         self.procs[name] = proc
         return proc
 
+    def proc_of(self, rq_name: str) -> subprocess.Popen:
+        """The process behind an RQ worker name: the name it was spawned with, or that name with the
+        '-<n>' the worker adds when it works again after losing Redis (cli.cmd_worker)."""
+        for name, proc in self.procs.items():
+            if rq_name == name or (rq_name.startswith(name + "-") and rq_name[len(name) + 1:].isdigit()):
+                return proc
+        raise KeyError(f"no worker process of this lab is called {rq_name!r}: {sorted(self.procs)}")
+
     def wait_registered(self, redis_conn, count: int, timeout: float = 30):
         from rq import Worker
         deadline = time.monotonic() + timeout
@@ -336,7 +344,10 @@ def lab_session(tmp_path_factory, lab_database_url, redis_url):
                         guacamole_json_secret=config.guacamole_json_secret,  # /connect: auth-json links
                         guacamole_vnc_password=config.vnc_password,  # the lab screens' VNC servers want it
                         policy_interval=0,  # policies run when a test says so (their own tests)
-                        provisioning_retry_delay=1,  # the contract's 30 s; the backoff stays 1, 2, 4, 8 s
+                        # The contract's waits are 1, 2, 4, 8 s after an infrastructure error and 30 s
+                        # between create attempts; the lab waits a tenth of a second or so (the retry tests
+                        # derive their messages from these; tests/unit/test_failures.py proves the real backoff).
+                        retry_backoff="0.1,0.2,0.4,0.8", provisioning_retry_delay=0.1,
                         stop_timeout=5,  # a guest that ignores the shutdown request gives up sooner
                         pool_retry_after=3,  # a failed pool fill is retried soon (tests/e2e/test_pool.py)
                         rate_limit_api="100000/minute",  # the tests poll fast; limits have their own tests

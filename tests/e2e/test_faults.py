@@ -4,7 +4,9 @@ snapshot), task errors, a guest that ignores the shutdown request, a slow and a 
 rejected tickets, Guacamole failing for a while.
 
 The worker applies the contract's retry guidance (services/failures.py): infrastructure errors
-are run again after 1, 2, 4 and 8 s, a create whose step failed otherwise up to 3 times in all.
+are run again four times after the backoff, a create whose step failed otherwise up to 3 times in all.
+The lab's workers wait a tenth of the contract's 1, 2, 4, 8 s (tests/conftest.py), and the expected
+messages are derived from their settings; tests/unit/test_failures.py proves the real schedule.
 Each fault ends in a clear state (a clean recovery, or FAILED with the reason and the number of
 attempts) and leaves nothing behind once the desktop is deleted.
 """
@@ -16,18 +18,31 @@ import time
 
 import pytest
 
+from controlplane.services.failures import parse_backoff
+
 from .helpers import Api, desktop_row, events
 from .test_failures import (assert_nothing_left, connections_named, create, delete_and_check, guacamole_fault,
-                            pve_fault, template_vmid, vms_named, wait_failed)
+                            provisioning_retry, pve_fault, template_vmid, vms_named, wait_failed)
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.faults]
 
-INFRA_RETRIES = ["retry 1 of 4 in 1 s after an infrastructure error", "retry 2 of 4 in 2 s after an infrastructure error",
-                 "retry 3 of 4 in 4 s after an infrastructure error", "retry 4 of 4 in 8 s after an infrastructure error"]
+
+def infra_retries(lab) -> list[str]:
+    """What the lab's workers announce before each rerun after an infrastructure error, in order
+    ('retry 1 of 4 in 0.1 s after an infrastructure error'; in production 'in 1 s')."""
+    delays = parse_backoff(lab.settings.retry_backoff)
+    assert len(delays) == 4, f"the lab keeps the contract's four retries, only shorter: {delays}"
+    return [f"retry {n} of {len(delays)} in {delay:g} s after an infrastructure error"
+            for n, delay in enumerate(delays, 1)]
+
+
+def gave_up(lab) -> str:
+    """The end of the message of an operation whose infrastructure retries are used up."""
+    return f"(gave up after {len(infra_retries(lab)) + 1} attempts)"
 
 
 def retries(desktop_id: int) -> list[str]:
-    """The worker's retry announcements, in order: 'retry 1 of 4 in 1 s after ...'."""
+    """The worker's retry announcements, in order: 'retry 1 of 4 in 0.1 s after ...'."""
     return [m.rsplit("; ", 1)[1] for _, m, source in events(desktop_id)
             if source == "worker" and (m.endswith(" after an infrastructure error") or m.endswith(" after a failed step"))]
 
@@ -66,6 +81,54 @@ def node_offline(lab, node: str):
         lab.services.call(lambda: lab.pve.set_node_offline(node, offline=False))
 
 
+def wait_for_lab(lab, condition, what: str, timeout: float = 10) -> None:
+    """Wait until condition() (run on the lab's loop, where fakepve's state lives) is true."""
+    deadline = time.monotonic() + timeout
+    while not lab.services.call(condition):
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def backup_running(lab, vmid: int):
+    """A vzdump of the VM, as fakepve's backup() makes it (a task holding the 'backup' lock), that
+    ends when the block does rather than after a fixed time."""
+    finished = lab.services.call(asyncio.Event)
+
+    def start():
+        vm = lab.pve.guest(vmid)
+
+        async def body():
+            vm.lock = "backup"
+            vm.config["lock"] = "backup"
+            try:
+                await finished.wait()
+            finally:
+                vm.lock = None
+                vm.config.pop("lock", None)
+            return f"INFO: Finished Backup of VM {vmid}"
+        asyncio.ensure_future(lab.pve.task(vm.node, "vzdump", vmid, "root@pam", body, vm=vm, lock=False,
+                                           log=[f"INFO: starting new backup job: vzdump {vmid}"]))
+    lab.services.call(start)
+    try:
+        wait_for_lab(lab, lambda: lab.pve.guest(vmid).lock == "backup", f"the backup locks VM {vmid}")
+        yield
+    finally:
+        lab.services.call(finished.set)
+        wait_for_lab(lab, lambda: lab.pve.guest(vmid).lock is None, f"the backup of VM {vmid} ends")
+
+
+@contextlib.contextmanager
+def config_lock_held(lab, vmid: int):
+    """Another task holds the VM's config lock until the block ends."""
+    lab.services.call(lambda: asyncio.ensure_future(lab.pve.hold_config_lock(vmid, None)))
+    try:
+        wait_for_lab(lab, lambda: lab.pve.guest(vmid).lock_holder == "scenario", f"the config lock of VM {vmid}")
+        yield
+    finally:
+        lab.services.call(lambda: lab.pve.release_config_lock(vmid))
+
+
 def test_a_create_without_quorum_fails_clearly_and_leaves_nothing(lab, fresh_user):
     api = Api(lab.url, lab.token(fresh_user))
     with no_quorum(lab):
@@ -74,8 +137,8 @@ def test_a_create_without_quorum_fails_clearly_and_leaves_nothing(lab, fresh_use
         message = wait_failed(api, desktop_id)
     assert message.startswith("Create failed at "), message
     assert "no quorum" in message, message
-    assert message.endswith("(gave up after 5 attempts)"), message
-    assert retries(desktop_id) == INFRA_RETRIES
+    assert message.endswith(gave_up(lab)), message
+    assert retries(desktop_id) == infra_retries(lab)
     assert_nothing_left(lab, desktop_id, vmid)
     delete_and_check(lab, api, desktop_id)
 
@@ -91,8 +154,8 @@ def test_a_start_on_an_offline_node_fails_clearly_then_works_once_it_is_back(lab
         message = wait_failed(api, desktop_id)
     assert message.startswith("Start failed"), message
     assert "595" in message or "offline" in message.lower() or "unreachable" in message.lower(), message
-    assert message.endswith("(gave up after 5 attempts)"), message
-    assert retries(desktop_id) == INFRA_RETRIES
+    assert message.endswith(gave_up(lab)), message
+    assert retries(desktop_id) == infra_retries(lab)
     assert [s for s, _, _ in events(desktop_id)][-2:] == ["STARTING", "FAILED"]
     vmid = desktop_row(desktop_id).vmid
     assert lab.vm(vmid) is not None  # the VM is still there, owned by the FAILED desktop
@@ -130,7 +193,7 @@ def test_a_create_waits_out_a_lost_quorum(lab, fresh_user):
     api = Api(lab.url, lab.token(fresh_user))
     with no_quorum(lab):
         desktop_id = create(api, fresh_user)
-        assert wait_for_retry(desktop_id) == INFRA_RETRIES[0]
+        assert wait_for_retry(desktop_id) == infra_retries(lab)[0]
     data = api.wait_settled(desktop_id, timeout=120)
     assert data["status"] == "RUNNING", data
     assert "no quorum" in [m for s, m, _ in events(desktop_id) if s == "PENDING"][1]
@@ -147,7 +210,7 @@ def test_a_clone_that_fails_once_is_made_again(lab, fresh_user):
         desktop_id = create(api, fresh_user)
         data = api.wait_settled(desktop_id, timeout=120)
     assert data["status"] == "RUNNING", data
-    assert retries(desktop_id) == ["attempt 2 of 3 in 1 s after a failed step"]
+    assert retries(desktop_id) == [provisioning_retry(lab, 2)]
     statuses = [s for s, _, _ in events(desktop_id)]
     assert statuses[:3] == ["PENDING", "PROVISIONING", "PENDING"], statuses
     assert vms_named(lab, desktop_id) == [desktop_row(desktop_id).vmid]
@@ -165,7 +228,7 @@ def test_a_start_task_that_ends_in_an_error_is_run_again(lab, fresh_user):
     first_failure = [m for s, m, _ in events(desktop_id) if s == "PENDING"][1]
     assert first_failure.startswith("Create failed at 'Start the VM'"), first_failure
     assert "QEMU exited with code 1" in first_failure, first_failure
-    assert retries(desktop_id) == ["attempt 2 of 3 in 1 s after a failed step"]
+    assert retries(desktop_id) == [provisioning_retry(lab, 2)]
     assert vms_named(lab, desktop_id) == [desktop_row(desktop_id).vmid]
     delete_and_check(lab, api, desktop_id)
 
@@ -177,7 +240,7 @@ def test_a_rejected_ticket_during_a_create_is_retried(lab, fresh_user):
         desktop_id = create(api, fresh_user)
         data = api.wait_settled(desktop_id, timeout=120)
     assert data["status"] == "RUNNING", data
-    assert retries(desktop_id) == INFRA_RETRIES[:1]
+    assert retries(desktop_id) == infra_retries(lab)[:1]
     assert "invalid PVE ticket" in [m for s, m, _ in events(desktop_id) if s == "PENDING"][1]
     delete_and_check(lab, api, desktop_id)
 
@@ -185,16 +248,15 @@ def test_a_rejected_ticket_during_a_create_is_retried(lab, fresh_user):
 def test_a_stop_during_a_backup_waits_for_the_lock(lab, fresh_user):
     api = Api(lab.url, lab.token(fresh_user))
     desktop_id, vmid = running_desktop(api, fresh_user)
-    # A vzdump holding the 'backup' lock for about 15 s (fakepve's seconds are scaled): still held when
-    # the stop playbook reaches Proxmox (~5 s on a 2-core machine), gone within the retry policy.
-    secs = 15 / lab.services.config.time_scale
-    lab.services.call(lambda: asyncio.ensure_future(lab.pve.backup(vmid, secs=secs)))
-    assert api.stop(desktop_id).status_code == 200
+    # A vzdump holds the 'backup' lock until the stop has met it and announced its first retry.
+    with backup_running(lab, vmid):
+        assert api.stop(desktop_id).status_code == 200
+        assert wait_for_retry(desktop_id) == infra_retries(lab)[0]
     data = api.wait_settled(desktop_id, timeout=60)
     assert data["status"] == "STOPPED", data
     found = retries(desktop_id)
-    assert found and found == INFRA_RETRIES[:len(found)], found
-    assert "locked" in " ".join(m for _, m, _ in events(desktop_id)).lower()
+    assert found and found == infra_retries(lab)[:len(found)], found
+    assert "VM is locked (backup)" in " ".join(m for _, m, _ in events(desktop_id))
     assert lab.vm(vmid).status == "stopped"
     delete_and_check(lab, api, desktop_id)
 
@@ -204,13 +266,15 @@ def test_a_config_lock_held_by_another_task_is_waited_out(lab, fresh_user):
     desktop_id, vmid = running_desktop(api, fresh_user)
     assert api.stop(desktop_id, force=True).status_code == 200
     assert api.wait_settled(desktop_id)["status"] == "STOPPED"
-    secs = 15 / lab.services.config.time_scale  # as long as the backup's above, for the same reason
-    lab.services.call(lambda: asyncio.ensure_future(lab.pve.hold_config_lock(vmid, secs)))
-    assert api.start(desktop_id).status_code == 200
+    # Another task holds the config lock until the start has met it and announced its first retry.
+    with config_lock_held(lab, vmid):
+        assert api.start(desktop_id).status_code == 200
+        assert wait_for_retry(desktop_id) == infra_retries(lab)[0]
     data = api.wait_settled(desktop_id, timeout=90)
     assert data["status"] == "RUNNING", data
     found = retries(desktop_id)
-    assert found and found == INFRA_RETRIES[:len(found)], found
+    assert found and found == infra_retries(lab)[:len(found)], found
+    assert f"can't lock file '/var/lock/qemu-server/lock-{vmid}.conf'" in " ".join(m for _, m, _ in events(desktop_id))
     delete_and_check(lab, api, desktop_id)
 
 
@@ -228,9 +292,9 @@ def test_a_lock_left_by_an_interrupted_snapshot_ends_the_stop_clearly(lab, fresh
     assert data["status"] == "RUNNING", data
     message = data["statusMessage"]
     assert message.startswith("Stop failed"), message
-    assert "locked (snapshot)" in message and "(gave up after 5 attempts)" in message, message
+    assert "locked (snapshot)" in message and gave_up(lab) in message, message
     assert message.endswith("the VM is still running: stop it again, or with force: true to power it off"), message
-    assert retries(desktop_id) == INFRA_RETRIES
+    assert retries(desktop_id) == infra_retries(lab)
     assert api.connect(desktop_id).status_code == 200
     assert api.stop(desktop_id).status_code == 200
     assert api.wait_settled(desktop_id)["status"] == "STOPPED"
@@ -303,7 +367,7 @@ def test_guacamole_failing_for_a_while_during_configuring_is_waited_out(lab, fre
         data = api.wait_settled(desktop_id, timeout=120)
     assert data["status"] == "RUNNING", data
     found = retries(desktop_id)
-    assert found and found == INFRA_RETRIES[:len(found)], found
+    assert found and found == infra_retries(lab)[:len(found)], found
     assert len(connections_named(lab, desktop_id)) == 1
     delete_and_check(lab, api, desktop_id)
 
@@ -320,7 +384,7 @@ def test_a_slow_guacamole_dropping_connections_is_waited_out(lab, fresh_user):
         lab.services.call(lab.guacamole.clear_faults)
     assert data["status"] == "RUNNING", data
     found = retries(desktop_id)
-    assert found and found == INFRA_RETRIES[:len(found)], found
+    assert found and found == infra_retries(lab)[:len(found)], found
     assert len(connections_named(lab, desktop_id)) == 1
     delete_and_check(lab, api, desktop_id)
 
@@ -330,4 +394,4 @@ def test_guacamole_failing_once_during_delete_is_retried(lab, fresh_user):
     desktop_id, vmid = running_desktop(api, fresh_user)
     with guacamole_fault(lab, "DELETE", r"/connections/[^/]+$", 500, times=1):
         delete_and_check(lab, api, desktop_id)
-    assert retries(desktop_id) == INFRA_RETRIES[:1]
+    assert retries(desktop_id) == infra_retries(lab)[:1]

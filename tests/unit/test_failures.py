@@ -1,6 +1,9 @@
 """Which failures the worker runs again, and how often (services/failures.py)."""
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 
 from controlplane.config import ConfigError, Settings
@@ -142,3 +145,77 @@ def test_retry_settings_are_validated():
                 {"CONTROLPLANE_PROVISIONING_RETRY_DELAY": "-1"}):
         with pytest.raises(ConfigError):
             Settings.from_env(env)
+
+
+# ---- the real schedule, on the real retry path ---------------------------------------------------------
+
+LOCKED = ("Start the VM: 500 Internal Server Error: can't lock file '/var/lock/qemu-server/lock-10001.conf' "
+          "- got timeout")
+
+
+def test_the_worker_waits_the_contracts_schedule_between_runs(client, base_settings, redis_conn, monkeypatch):
+    """The default schedule as the worker keeps it: a start job run by a real RQ worker (SimpleWorker, in
+    this process) on a real Redis and database, through the engine's retry loop, with only the playbook
+    run replaced by a stand-in that fails with an infrastructure error. The stand-in notes the wall-clock
+    time of each run; the gaps between runs are the engine's real sleeps (no clock is injected), so a
+    schedule that waited less, more or in another order fails here. The lab's workers run a short
+    schedule (tests/conftest.py) and check the same messages derived from it; this is the test of the
+    default one, 1, 2, 4 and 8 s, and of its wording."""
+    from rq import Queue, SimpleWorker
+    from rq.timeouts import TimerDeathPenalty
+
+    from controlplane.extensions import db
+    from controlplane.models import Desktop, DesktopEvent
+    from controlplane.runner.ansible import PlaybookResult
+    from controlplane.services import jobs
+    from controlplane.services.queue import QUEUE_NAME
+    from controlplane.services.states import Operation
+    from controlplane.tasks import engine
+
+    defaults = Settings.from_env({})
+    for name in ("retry_backoff", "provisioning_attempts", "provisioning_retry_delay", "job_timeout"):
+        assert getattr(base_settings, name) == getattr(defaults, name), name
+    assert parse_backoff(base_settings.retry_backoff) == (1, 2, 4, 8)
+
+    runs: list[tuple[float, float]] = []  # (start, end) of each playbook run, time.monotonic()
+
+    def locked_vm(ansible_dir, playbook, inventory, extravars, env, timeout, secrets, on_task=None):
+        start = time.monotonic()
+        assert playbook == "desktop_start.yml" and extravars["desktop_id"] == desktop.id, (playbook, extravars)
+        result = PlaybookResult(status="failed", rc=2, failed_task="Start the VM", failure=LOCKED)
+        runs.append((start, time.monotonic()))
+        return result
+
+    monkeypatch.setattr(engine, "run_playbook", locked_vm)
+    monkeypatch.setattr(engine, "_settings", base_settings)
+    with db.connection_context():
+        desktop = Desktop.create(user_id="user_backoff", name="d", plan="BASIC", cpu_cores=2, memory_mb=2048,
+                                 status="STARTING", status_message="VM is booting up", operation="start",
+                                 vmid=10001, node="pve1")
+        job_id = jobs.new_job_id(desktop.id, Operation.START)
+        Desktop.update(job_id=job_id).where(Desktop.id == desktop.id).execute()
+    jobs.enqueue(base_settings, Operation.START, desktop.id, job_id)
+
+    class Worker(SimpleWorker):
+        death_penalty_class = TimerDeathPenalty  # not SIGALRM, which pytest-timeout uses
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        Worker([Queue(QUEUE_NAME, connection=redis_conn)], connection=redis_conn).work(burst=True)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+    assert len(runs) == 5, runs
+    waits = [later[0] - earlier[1] for earlier, later in zip(runs, runs[1:])]
+    # Each wait is the schedule's, plus the record's status write and its event (milliseconds here).
+    for waited, planned in zip(waits, (1, 2, 4, 8)):
+        assert planned <= waited < planned + 0.75, waits
+    with db.connection_context():
+        desktop = Desktop.get_by_id(desktop.id)
+        messages = [e.message for e in DesktopEvent.select().where(DesktopEvent.desktop == desktop.id)
+                    .order_by(DesktopEvent.id)]
+    assert messages == [f"Start failed: {LOCKED}; retry {n} of 4 in {s} s after an infrastructure error"
+                        for n, s in ((1, 1), (2, 2), (3, 4), (4, 8))] + [
+        f"Start failed: {LOCKED} (gave up after 5 attempts)"], messages
+    assert desktop.status == "FAILED" and desktop.status_message == messages[-1]
