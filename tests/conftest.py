@@ -32,6 +32,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.lab)
 
 
+class _LongestFirst:
+    """Runs after pytest-randomly's shuffle: the tests that drive the lab (and the fuzz tests, a minute
+    each) go first, each group still in the random order. xdist hands the first items out round-robin,
+    so each worker starts on long tests and the pass ends on short ones, not on one worker's last
+    end-to-end test while the others are idle."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        def short(item) -> bool:
+            return not (item.get_closest_marker("lab") or item.get_closest_marker("e2e")
+                        or "/tests/fuzz/" in str(item.path))
+        items.sort(key=short)  # stable: the random order holds within each group
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_LongestFirst(), "controlplane-longest-first")
+
+
 def pytest_report_header(config):
     return f"controlplane database: {database_kind()}"
 

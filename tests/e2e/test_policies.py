@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from .helpers import Api, desktop_row, events
-from .test_failures import assert_nothing_left, connections_named, guacamole_down, lease_holder, wait_failed
+from .test_failures import (assert_nothing_left, connections_named, guacamole_down, lease_holder, pve_fault,
+                            template_vmid, wait_failed)
 
 # The policies' database side (their queries, the admin API) is tested on both databases in tests/api.
 pytestmark = pytest.mark.playbooks
@@ -155,10 +156,14 @@ def test_an_idle_desktop_is_stopped_and_a_used_one_is_not(lab, fresh_user, tmp_p
 def test_a_desktop_failed_for_too_long_is_deleted(lab, fresh_user):
     from controlplane.services import policies
     api = Api(lab.url, lab.token(fresh_user))
-    with guacamole_down(lab):
+    # A create that fails for good at its first step (a refused clone is not retried): the policy's
+    # subject is the FAILED desktop, not how it failed (tests/e2e/test_failures.py has those).
+    clone = f"/nodes/pve1/qemu/{template_vmid(lab, 'BASIC')}/clone"
+    with pve_fault(lab, "POST", clone, status=400, message="Parameter verification failed. (lab fault: no such storage)"):
         desktop_id = create(api, fresh_user)
         vmid = desktop_row(desktop_id).vmid
-        wait_failed(api, desktop_id)
+        assert "Parameter verification failed" in wait_failed(api, desktop_id)
+    assert [s for s, _, _ in events(desktop_id)] == ["PENDING", "PROVISIONING", "FAILED"]  # one attempt
     result = policies.run(lab.settings.replace(failed_retention=1), "cleanup", now=later(2))  # failed 2 s ago
     mine = [a for a in result["actions"] if a["desktopId"] == desktop_id]
     assert [(a["action"], a["done"]) for a in mine] == [("delete", True)], mine
