@@ -34,9 +34,10 @@ help:
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@# uv (from PyPI) installs the same versions as pip in a tenth of the time; pip does it when uv cannot
+	@# uv (from PyPI) installs the same versions as pip in a fraction of the time; pip does it when uv cannot.
+	@# Compiled now, as pip does: not by every process that imports a module first (litellm alone is minutes).
 	$(PY) -m pip install --quiet --disable-pip-version-check uv && \
-	  $(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[lab,test]' || \
+	  $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[lab,test]' || \
 	  $(PY) -m pip install --quiet --disable-pip-version-check -e '.[lab,test]'
 	@touch $(STAMP)
 

@@ -477,8 +477,9 @@ def test_a_timeout_is_honoured(project, tmp_path):
     assert not result.ok
     assert result.status == "timeout"
     assert result.reason() == "the playbook did not finish before its timeout"
-    # ansible-runner checks its timeout whenever output arrives, at least every 5 s (pexpect_timeout)
-    assert elapsed < 9, elapsed
+    # ansible-runner checks its timeout whenever output arrives, at least every 5 s (pexpect_timeout): stopped
+    # long before the task's own 60 s (a margin for a loaded machine)
+    assert elapsed < 40, elapsed
     assert private_dirs(project.runs) == []
     # the playbook was stopped: let the first task end, then wait until no process of the run is left
     # (ansible's worker runs its task to the end: it is in a session of its own, which the kill

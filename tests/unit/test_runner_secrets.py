@@ -86,7 +86,7 @@ def ansible_project(tmp_path):
           gather_facts: false
           tasks:
             - name: Wait for the flag
-              ansible.builtin.wait_for: {path: "{{ flag }}", timeout: 90}
+              ansible.builtin.wait_for: {path: "{{ flag }}", timeout: 540}
             - name: Done
               ansible.builtin.debug: {msg: done}
     """)
@@ -140,7 +140,7 @@ def live_run(ansible_project, tmp_path, monkeypatch):
 
     def run():
         outcome["result"] = run_playbook(ansible_project.dir, "wait.yml", ansible_project.inventory,
-                                         {"flag": str(flag)}, {"CONTROLPLANE_PROXMOX_PASSWORD": "pve-password"}, 120,
+                                         {"flag": str(flag)}, {"CONTROLPLANE_PROXMOX_PASSWORD": "pve-password"}, 600,
                                          ["pve-password"], on_task=lambda *a: started.set())
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -190,7 +190,7 @@ def test_the_reaper_pass_removes_a_killed_runs_folder_once_its_playbook_ended_an
     flag = ansible_project.flag("killed-run")
     script = ("import sys; from pathlib import Path; from controlplane.runner.ansible import run_playbook; "
               "run_playbook(Path(sys.argv[1]), 'wait.yml', Path(sys.argv[2]), {'flag': sys.argv[3]}, "
-              "{'CONTROLPLANE_PROXMOX_PASSWORD': 'pve-password'}, 120, ['pve-password'], "
+              "{'CONTROLPLANE_PROXMOX_PASSWORD': 'pve-password'}, 600, ['pve-password'], "
               "on_task=lambda *a: print('task', flush=True))")
     env = {**os.environ, "TMPDIR": str(runs)}
     worker = subprocess.Popen([sys.executable, "-c", script, str(ansible_project.dir), str(ansible_project.inventory),
