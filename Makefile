@@ -19,7 +19,10 @@ PYTEST_ARGS ?= --durations=25
 TEST_WORKERS ?= 3
 PG_TEST_WORKERS ?= 2
 CHECK_WORKERS ?= 2
+# xdist hands out one test at a time (each worker keeps two queued), so the long tests, first in each pass
+# (tests/conftest.py), spread over all workers instead of landing in the first worker's initial chunk.
 PYTEST := $(VENV)/bin/pytest -p randomly
+XDIST := --dist load --maxschedchunk 1
 
 .PHONY: help install lab check test test-sqlite test-postgresql lint molecule bench clean
 
@@ -55,15 +58,15 @@ test: install
 
 test-sqlite: install
 	scripts/ensure-debian-packages.sh test
-	CONTROLPLANE_TEST_DATABASE=sqlite $(PYTEST) -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	CONTROLPLANE_TEST_DATABASE=sqlite $(PYTEST) -n $(TEST_WORKERS) $(XDIST) $(PYTEST_ARGS)
 
 test-postgresql: install
 	PYTHON=$(PY) scripts/ensure-postgres.sh
-	CONTROLPLANE_TEST_DATABASE=postgresql $(PYTEST) -n $(PG_TEST_WORKERS) -m "not faults and not playbooks and not browser" $(PYTEST_ARGS)
+	CONTROLPLANE_TEST_DATABASE=postgresql $(PYTEST) -n $(PG_TEST_WORKERS) $(XDIST) -m "not faults and not playbooks and not browser" $(PYTEST_ARGS)
 
 # Everything that needs no lab (no stand-ins, no workers, no playbooks): unit, API, stand-in and fuzz tests.
 check: install lint
-	CONTROLPLANE_TEST_DATABASE=sqlite $(PYTEST) -n $(CHECK_WORKERS) -m "not lab and not e2e" $(PYTEST_ARGS)
+	CONTROLPLANE_TEST_DATABASE=sqlite $(PYTEST) -n $(CHECK_WORKERS) $(XDIST) -m "not lab and not e2e" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ansible-lint --profile production roles playbooks molecule

@@ -34,9 +34,9 @@ def pytest_collection_modifyitems(config, items):
 
 class _LongestFirst:
     """Runs after pytest-randomly's shuffle: the tests that drive the lab (and the fuzz tests, a minute
-    each) go first, each group still in the random order. xdist hands the first items out round-robin,
-    so each worker starts on long tests and the pass ends on short ones, not on one worker's last
-    end-to-end test while the others are idle."""
+    each) go first, each group still in the random order. xdist, run with --maxschedchunk 1 (Makefile),
+    hands them out one at a time, so every worker starts on long tests and the pass ends on short ones,
+    not on one worker's queue of end-to-end tests while the others are idle."""
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config, items):
