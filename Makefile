@@ -3,9 +3,10 @@
 #               xterm and novnc for real VM screens), run the whole system
 #   make test   install what the tests need (Debian's chromium for the browser tests, and
 #               xvfb, x11vnc, xterm and novnc for the lab's screens), lint the
-#               Ansible, run the roles' Molecule scenarios and the tests (SQLite, then PostgreSQL without the
-#               Proxmox/Guacamole fault tests, the playbook tests and the browser tests, which do not depend
-#               on the database; the API they drive is tested on both), each pass in parallel (pytest-xdist:
+#               Ansible, run the roles' Molecule scenarios and the tests (SQLite, and PostgreSQL without the
+#               tests that have no database, the Proxmox/Guacamole fault tests, the playbook tests and the
+#               browser tests, which do not depend on the database; the API they drive is tested on both),
+#               all four at once, each pass in parallel (pytest-xdist:
 #               every worker has its own databases, Redis and lab) and in a random order (pytest-randomly)
 # and one for the inner loop:
 #   make check  lint, then the unit and API tests (no lab) on SQLite, in parallel: a few minutes
@@ -62,7 +63,7 @@ test-sqlite: install
 
 test-postgresql: install
 	PYTHON=$(PY) scripts/ensure-postgres.sh
-	CONTROLPLANE_TEST_DATABASE=postgresql $(PYTEST) -n $(PG_TEST_WORKERS) $(XDIST) -m "not faults and not playbooks and not browser" $(PYTEST_ARGS)
+	CONTROLPLANE_TEST_DATABASE=postgresql $(PYTEST) -n $(PG_TEST_WORKERS) $(XDIST) -m "not faults and not playbooks and not browser and not dbfree" $(PYTEST_ARGS)
 
 # Everything that needs no lab (no stand-ins, no workers, no playbooks): unit, API, stand-in and fuzz tests.
 check: install lint

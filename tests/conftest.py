@@ -24,12 +24,19 @@ REPO = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-" + secrets.token_hex(24)
 
 
+# A test whose fixtures include none of these has no database to talk to: what it proves cannot
+# depend on which database the control plane uses (marked `dbfree`).
+DATABASE_FIXTURES = frozenset({"database_url", "lab_database_url"})
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "/tests/e2e/" in str(item.path):
             item.add_marker(pytest.mark.e2e)
         if "lab_session" in getattr(item, "fixturenames", ()):  # the whole lab: `make check` leaves these out
             item.add_marker(pytest.mark.lab)
+        if not DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):  # the PostgreSQL pass leaves these out
+            item.add_marker(pytest.mark.dbfree)
 
 
 class _LongestFirst:
