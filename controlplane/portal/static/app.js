@@ -440,6 +440,9 @@ async function desktopView() {
   }
 
   function draw() {
+    // Still no desktop and the form is up: keep it, with what the user typed and where the focus is
+    // (the live socket's first "open", late on a slow link, reloads and used to redraw it under them).
+    if (!desktop && body.firstElementChild && body.firstElementChild.matches("form.card")) return;
     body.replaceChildren(desktop ? desktopCard() : createForm());
   }
 
