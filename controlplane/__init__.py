@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/api/v1",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        # Served from the swagger-ui-bundle package, never a CDN (the machines may be offline).
+        OPENAPI_SWAGGER_UI_URL="/api/v1/docs/assets/",
         API_SPEC_OPTIONS={
             "info": {"description": "Desktop API (desktop-api.md): virtual desktops on Proxmox VE, reached "
                                     "in the browser through Apache Guacamole."},
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         },
     )
     app.extensions[SETTINGS_KEY] = settings
+    _serve_swagger_ui(app)
 
     init_db(settings.effective_database_url, pooled=True)
     init_auth(app, settings)
@@ -96,3 +98,13 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     logging.getLogger(__name__).info("control plane ready (database %s)", settings.effective_database_url.split(":")[0])
     return app
+
+
+def _serve_swagger_ui(app: Flask) -> None:
+    """/api/v1/docs/assets/<file>: Swagger UI's own files, for the /api/v1/docs page."""
+    from flask import send_from_directory
+    from swagger_ui_bundle import swagger_ui_path
+
+    @app.get("/api/v1/docs/assets/<path:filename>")
+    def swagger_ui_asset(filename: str):
+        return send_from_directory(swagger_ui_path, filename, max_age=3600)

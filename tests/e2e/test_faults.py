@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 
 import pytest
@@ -81,19 +82,12 @@ def node_offline(lab, node: str):
         lab.services.call(lambda: lab.pve.set_node_offline(node, offline=False))
 
 
-def wait_for_lab(lab, condition, what: str, timeout: float = 10) -> None:
-    """Wait until condition() (run on the lab's loop, where fakepve's state lives) is true."""
-    deadline = time.monotonic() + timeout
-    while not lab.services.call(condition):
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.02)
-
-
 @contextlib.contextmanager
 def backup_running(lab, vmid: int):
     """A vzdump of the VM, as fakepve's backup() makes it (a task holding the 'backup' lock), that
     ends when the block does rather than after a fixed time."""
     finished = lab.services.call(asyncio.Event)
+    locked, unlocked = threading.Event(), threading.Event()
 
     def start():
         vm = lab.pve.guest(vmid)
@@ -101,29 +95,30 @@ def backup_running(lab, vmid: int):
         async def body():
             vm.lock = "backup"
             vm.config["lock"] = "backup"
+            locked.set()
             try:
                 await finished.wait()
             finally:
                 vm.lock = None
                 vm.config.pop("lock", None)
+                unlocked.set()
             return f"INFO: Finished Backup of VM {vmid}"
         asyncio.ensure_future(lab.pve.task(vm.node, "vzdump", vmid, "root@pam", body, vm=vm, lock=False,
                                            log=[f"INFO: starting new backup job: vzdump {vmid}"]))
     lab.services.call(start)
     try:
-        wait_for_lab(lab, lambda: lab.pve.guest(vmid).lock == "backup", f"the backup locks VM {vmid}")
+        assert locked.wait(10), f"the backup never locked VM {vmid}"
         yield
     finally:
         lab.services.call(finished.set)
-        wait_for_lab(lab, lambda: lab.pve.guest(vmid).lock is None, f"the backup of VM {vmid} ends")
+        assert unlocked.wait(10), f"the backup of VM {vmid} never ended"
 
 
 @contextlib.contextmanager
 def config_lock_held(lab, vmid: int):
-    """Another task holds the VM's config lock until the block ends."""
-    lab.services.call(lambda: asyncio.ensure_future(lab.pve.hold_config_lock(vmid, None)))
+    """Another task holds the VM's config lock until the block ends (taken before the block starts)."""
+    lab.services._run(lab.pve.hold_config_lock(vmid, None), timeout=10)
     try:
-        wait_for_lab(lab, lambda: lab.pve.guest(vmid).lock_holder == "scenario", f"the config lock of VM {vmid}")
         yield
     finally:
         lab.services.call(lambda: lab.pve.release_config_lock(vmid))
