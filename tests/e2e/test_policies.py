@@ -228,7 +228,8 @@ def test_reconcile_removes_orphans_and_fails_records_whose_vm_vanished(lab, fres
     from controlplane.runner.ansible import run_playbook
     from controlplane.services import proxmox
     s = lab.settings
-    pve = proxmox.client(s).nodes("pve1")
+    # a fresh login if an earlier test revoked the process's tickets (test_faults does)
+    pve = proxmox.with_login(s, lambda client: client.version.get() and client).nodes("pve1")
     admin = lab.token("ops", admin=True)
 
     # An orphan: a desktop made by hand with the create playbook, which no record owns.

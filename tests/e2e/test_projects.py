@@ -118,8 +118,11 @@ def test_project_lifecycle(lab, fresh_user):
 
 
 def test_failed_project_create_cleans_up(lab, fresh_user):
+    # A clone refused for good (Proxmox's "Parameter verification failed" is never retried): the
+    # subject is what a failed create leaves behind, not the retries (the next test has those).
     owner = Client(lab, fresh_user)
-    lab.services.call(lambda: lab.pve.fail("POST", "/nodes/pve1/qemu/9001/clone", 500, "lab fault: no space"))
+    lab.services.call(lambda: lab.pve.fail("POST", "/nodes/pve1/qemu/9001/clone", 400,
+                                           "Parameter verification failed. (lab fault: no space)"))
     try:
         project_id = owner.call("POST", "/api/projects", json={"name": "Doomed"}).json()["project_id"]
         failed = owner.wait(project_id, {"failed", "running"})
@@ -130,7 +133,31 @@ def test_failed_project_create_cleans_up(lab, fresh_user):
     assert "lab fault: no space" in failed["status_message"]
     with db.connection_context():
         row = Project.get(Project.public_id == project_id)
+        messages = [e.message for e in ProjectEvent.select().where(ProjectEvent.project == row.id)]
+    assert not any(" of 3 in " in m for m in messages), messages  # one attempt
     assert row.vmid not in lab.vms() and f"p{row.id}" not in sdn_vnets(lab)
     # A failed project can be deleted, which finishes cleanly.
     assert owner.call("DELETE", f"/api/projects/{project_id}").status_code == 200
     assert owner.wait(project_id, {"gone", "failed"}) is None
+
+
+def test_a_project_create_whose_clone_fails_once_is_run_again_and_runs(lab, fresh_user):
+    owner = Client(lab, fresh_user)
+    lab.services.call(lambda: lab.pve.fail("POST", "/nodes/pve1/qemu/9001/clone", 500, "lab fault: no space",
+                                           times=1))
+    try:
+        project_id = owner.call("POST", "/api/projects", json={"name": "Lucky"}).json()["project_id"]
+        running = owner.wait(project_id, {"failed", "running"})
+    finally:
+        lab.services.call(lambda: lab.pve.failures.clear())
+    assert running["status"] == "running", running
+    with db.connection_context():
+        row = Project.get(Project.public_id == project_id)
+        messages = [e.message for e in ProjectEvent.select().where(ProjectEvent.project == row.id)
+                    .order_by(ProjectEvent.id)]
+    retried = [m for m in messages if "lab fault: no space" in m]
+    assert len(retried) == 1 and retried[0].startswith("Create failed at 'Clone the VM from its template'"), messages
+    assert "attempt 2 of 3" in retried[0], retried
+    assert messages[-1] == "Project is ready"
+    # The first attempt's network was removed and made again; the project has exactly one.
+    assert lab.vm(row.vmid).status == "running" and f"p{row.id}" in sdn_vnets(lab)
