@@ -135,6 +135,8 @@ def cmd_worker(args) -> int:
     if not args.burst:
         reaper = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "reap", "--loop",
                                    "--parent", str(os.getpid())])
+    # Playbook runs are forked from a process that has imported Ansible already (runner/warm.py).
+    warm = _start_warm_ansible() if settings.warm_ansible else None
     conn = get_redis(settings.redis_url)
     name, restarts = args.name, 0
     try:
@@ -159,13 +161,39 @@ def cmd_worker(args) -> int:
             if not _wait_for_redis(conn):
                 break
     finally:
-        if reaper is not None:
-            reaper.terminate()
+        for process in (reaper, warm and warm[0]):
+            if process is None:
+                continue
+            process.terminate()
             try:
-                reaper.wait(10)
+                process.wait(10)
             except subprocess.TimeoutExpired:
-                reaper.kill()
+                process.kill()
+        if warm is not None:
+            import shutil
+            shutil.rmtree(warm[1], ignore_errors=True)
     return 0
+
+
+def _start_warm_ansible():
+    """(process, folder) of this worker's warm Ansible process, its socket in a folder only this user
+    enters; the runs of the work horses use it (runner.ansible.use_warm). None when it cannot start."""
+    import tempfile
+    import time
+
+    from .runner import ansible, warm
+    folder = tempfile.mkdtemp(prefix="controlplane-warm-")  # mode 0700; a socket path is at most 107 bytes
+    path = os.path.join(folder, "ansible.sock")
+    process = warm.start(path)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):  # it listens within a second: its imports are Ansible's, made later
+        if process.poll() is not None or time.monotonic() > deadline:
+            log.warning("the warm Ansible process did not start: playbooks start ansible-playbook afresh")
+            process.kill()
+            return None
+        time.sleep(0.02)
+    ansible.use_warm(path)
+    return process, folder
 
 
 def cmd_reap(args) -> int:

@@ -94,6 +94,7 @@ class Settings:
     inventory: str = "inventory/lab"
     job_timeout: int = 1800
     reaper_interval: int = 30
+    warm_ansible: bool = True  # each worker keeps an Ansible process that runs are forked from (runner/warm.py)
     abandoned_after: int = 60  # seconds a desktop may sit in a transition with no live job
     max_resumes: int = 1  # how often an abandoned job is resumed before the desktop is FAILED
     # Retries inside a job (services/failures.py), after the contract's retry guidance

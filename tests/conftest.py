@@ -404,3 +404,33 @@ def lab_session(tmp_path_factory, lab_database_url, redis_url):
 def fresh_user():
     """A user id no other test uses (one active desktop per user)."""
     return f"user_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def warm_ansible(monkeypatch):
+    """A warm Ansible process (controlplane/runner/warm.py) for this test's run_playbook calls, as a worker
+    has one; yields its process. Its socket lives in a short folder of its own (a socket path has at most
+    107 bytes)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from controlplane.runner import ansible, warm
+    folder = tempfile.mkdtemp(prefix="cp-warm-", dir="/tmp")
+    path = os.path.join(folder, "ansible.sock")
+    process = warm.start(path)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        assert process.poll() is None, "the warm Ansible process ended"
+        assert time.monotonic() < deadline, "the warm Ansible process did not listen"
+        time.sleep(0.01)
+    monkeypatch.setattr(ansible, "_warm_socket", path)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -64,6 +64,14 @@ _LAUNCHER = str(Path(__file__).with_name("launch.py"))
 RUN_PREFIX = "controlplane-run-"  # a run's private data directory, in tempfile.gettempdir()
 _NEW_PREFIX = ".controlplane-new-"  # the same before it is locked and renamed
 _LOCKED = ".locked-while-running"  # in every folder made so (not in those of older versions)
+_warm_socket: str | None = None  # this worker's warm Ansible process (runner/warm.py), if it has one
+
+
+def use_warm(socket_path: str | None) -> None:
+    """Runs from this process (and the work horses it forks) go through the warm Ansible process
+    listening at `socket_path` (None: every run starts ansible-playbook afresh)."""
+    global _warm_socket
+    _warm_socket = socket_path
 
 
 def _private_dir() -> tuple[str, int]:
@@ -203,6 +211,7 @@ class PlaybookResult:
     timings: list[dict] = field(default_factory=list)
     seconds: float | None = None  # the whole run's wall time
     startup: float | None = None  # from the run's start to the first task
+    warm: bool = False  # ansible-playbook was a fork of the worker's warm Ansible process
 
     @property
     def ok(self) -> bool:
@@ -334,6 +343,8 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
             # module with its arguments (api_password ...) to ~/.ansible/tmp, left there if the run is killed.
             "ANSIBLE_PIPELINING": "True",
         }
+        if _warm_socket:
+            given["CONTROLPLANE_ANSIBLE_WARM"] = _warm_socket
         runner = runner_interface.init_runner(
             private_data_dir=private,
             project_dir=str(ansible_dir),
@@ -361,6 +372,7 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
         runner.config.command = [*launcher, "--", *runner.config.command]
         runner.run()
         result.status, result.rc = runner.status, runner.rc
+        result.warm = os.path.exists(os.path.join(private, "warm"))
         result.seconds = round(time.monotonic() - started, 4)
         close_last_task(time.time())  # no stats event (a failed or stopped run)
         if result.timings:

@@ -13,14 +13,35 @@ It also holds a shared lock on the private folder, inherited by ansible-playbook
 it forks, so the folder counts as in use while any of them runs, even after the worker that started
 them was killed (runner.ansible.remove_leftover_runs takes the folders nobody holds).
 
+With CONTROLPLANE_ANSIBLE_WARM (a socket path) in its environment, it first asks the worker's warm
+Ansible process (runner/warm.py) to run ansible-playbook on this terminal, waits for the run to end
+and exits with its status, leaving the file `warm` in the private folder when the run was a fork of
+the warm process; it execs ansible-playbook itself when that process does not take the run.
+
 Standard library only: it runs with -I -S, without the virtualenv's packages.
 """
 import fcntl
 import json
 import os
+import signal
+import socket
 import sys
 
 MAX_SECRETS = 60000  # bytes: the worker writes at most this much (it fits in a pipe's buffer)
+WARM_SOCKET = "CONTROLPLANE_ANSIBLE_WARM"
+# Environment entries that Ansible reads when it is imported, besides ANSIBLE_* and LC_*: a warm
+# process primed with other values does not run the playbook warm (runner/warm.py).
+_CONFIG_NAMES = frozenset({"HOME", "TMPDIR", "LANG", "LANGUAGE", "PYTHONPATH", "PYTHONHASHSEED", "USER"})
+# ANSIBLE_* entries that change with every run and are read only while it runs (ansible-runner's
+# fact cache folder, used by the jsonfile cache plugin when the run loads it).
+_PER_RUN = frozenset({"ANSIBLE_CACHE_PLUGIN_CONNECTION"})
+
+
+def config_of(env: dict) -> dict:
+    """What of `env` Ansible reads when it is imported: what a warm process is primed with. Never a
+    secret: the secrets are CONTROLPLANE_* entries, read by the inventory while the run runs."""
+    return {k: v for k, v in env.items()
+            if (k.startswith(("ANSIBLE_", "LC_")) or k in _CONFIG_NAMES) and k not in _PER_RUN}
 
 
 def fail(message: str) -> None:
@@ -61,6 +82,60 @@ def read_secrets(path: str) -> dict:
     return values
 
 
+def _line(conn: socket.socket) -> dict | None:
+    data = b""
+    while not data.endswith(b"\n"):
+        try:
+            chunk = conn.recv(4096)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return None
+        data += chunk
+    return json.loads(data)
+
+
+def run_warm(path: str, command: list, env: dict, private: str | None, lock: int | None) -> int | None:
+    """The run's exit status, by the warm process at `path`; None when it did not take the run."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(5)
+        conn.connect(path)
+        conn.sendall((json.dumps({"config": config_of(env), "cwd": os.getcwd()}) + "\n").encode())
+        conn.settimeout(120)  # the first run waits while the warm process imports Ansible
+        if (_line(conn) or {}).get("ready") is not True:
+            raise ValueError("the warm Ansible process refused the run")
+        socket.send_fds(conn, [b"F"], [0, 1, 2] + ([lock] if lock is not None else []))
+        conn.sendall((json.dumps({"argv": command, "env": env, "cwd": os.getcwd()}) + "\n").encode())
+        conn.settimeout(None)
+        started = _line(conn)
+    except (OSError, ValueError):
+        conn.close()
+        return None
+    if not started or "pid" not in started:
+        conn.close()
+        return None
+    if started.get("warm") and private:
+        os.close(os.open(os.path.join(private, "warm"), os.O_WRONLY | os.O_CREAT, 0o600))
+
+    def forward(signum, _frame):  # a stop asked of this process is asked of the run
+        try:
+            os.killpg(started["pid"], signum)
+        except OSError:
+            pass
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    try:
+        ended = _line(conn)
+    except (OSError, ValueError):
+        ended = None
+    if not ended or not isinstance(ended.get("status"), int):
+        print("ERROR! the warm Ansible process ended before the playbook", flush=True)
+        return 1
+    status = ended["status"]
+    return status if status >= 0 else 128 - status
+
+
 def main(argv: list[str]) -> None:
     private = secrets = None
     while argv and argv[0] != "--":
@@ -80,6 +155,11 @@ def main(argv: list[str]) -> None:
     env = dict(os.environ)
     if secrets:
         env.update(read_secrets(secrets))
+    warm = env.pop(WARM_SOCKET, None)
+    if warm and os.path.basename(command[0]) == "ansible-playbook":
+        status = run_warm(warm, command, env, private, lock if private else None)
+        if status is not None:
+            sys.exit(status)
     try:
         os.execvpe(command[0], command, env)
     except OSError as exc:

@@ -36,9 +36,13 @@ def run_dir(tmp_path, monkeypatch):
     return runs
 
 
-@pytest.fixture
-def project(tmp_path, run_dir):
-    """An ansible dir shaped like the repository's: ansible.cfg, playbooks/, roles/, an inventory."""
+@pytest.fixture(params=["cold", "warm"])
+def project(request, tmp_path, run_dir):
+    """An ansible dir shaped like the repository's: ansible.cfg, playbooks/, roles/, an inventory. Every
+    test runs twice: with ansible-playbook started afresh (cold), and forked from a warm Ansible process
+    (runner/warm.py), as the worker runs it."""
+    if request.param == "warm":
+        request.getfixturevalue("warm_ansible")
     root = tmp_path / "ansible"
     write(root / "ansible.cfg", """
         [defaults]
@@ -51,6 +55,7 @@ def project(tmp_path, run_dir):
     class Project:
         dir = root
         runs = run_dir
+        mode = request.param
 
         def playbook(self, name: str, tasks: str, header: str = "") -> str:
             body = textwrap.indent(textwrap.dedent(tasks).strip(), "    ")
@@ -60,8 +65,11 @@ def project(tmp_path, run_dir):
 
         def run(self, playbook: str, extravars: dict | None = None, env: dict | None = None, timeout: int = 60,
                 secrets: list[str] | None = None, on_task=None) -> PlaybookResult:
-            return run_playbook(root, playbook, inventory, extravars or {}, env or {}, timeout, secrets or [],
-                                on_task=on_task)
+            result = run_playbook(root, playbook, inventory, extravars or {}, env or {}, timeout, secrets or [],
+                                  on_task=on_task)
+            if result.status in ("successful", "failed"):  # ansible-playbook ran to its end, forked or not
+                assert result.warm == (self.mode == "warm"), result
+            return result
 
     return Project()
 
