@@ -130,6 +130,28 @@ from .pool import POOL_MODELS, PoolSetting, PoolVm, PoolVmState  # noqa: E402
 ALL_MODELS = MODELS + PROJECT_MODELS + POOL_MODELS
 
 
+def _sqlite_wal(url: str, wait: float = 30.0) -> None:
+    """Put the SQLite file of `url` in WAL mode, retrying while another process holds it."""
+    import sqlite3
+    import time
+    path = url.partition("://")[2][1:].split("?", 1)[0]  # sqlite:///rel.db, sqlite:////abs/file.db
+    if not path or path == ":memory:":
+        return
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn = sqlite3.connect(path, timeout=wait)
+            try:
+                conn.execute("PRAGMA journal_mode=wal")
+            finally:
+                conn.close()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def init_db(url: str, pooled: bool = False) -> pw.Database:
     """Bind the proxy to the database at `url` and create what is missing (idempotent).
 
@@ -138,9 +160,11 @@ def init_db(url: str, pooled: bool = False) -> pw.Database:
     in a process that forks with connections open (the RQ worker forks a work horse per job)."""
     kwargs = {}
     if url.startswith("sqlite"):
-        # WAL + a busy timeout: the API and several workers write the same file.
-        kwargs["pragmas"] = {"journal_mode": "wal", "busy_timeout": 10000, "foreign_keys": 1,
-                             "synchronous": "normal"}
+        # WAL + a busy timeout: the API and several workers write the same file. WAL is a setting of
+        # the file, made once here: SQLite refuses the switch at once, without waiting, while another
+        # process (a second worker starting at the same moment) has the new file open.
+        _sqlite_wal(url)
+        kwargs["pragmas"] = {"busy_timeout": 10000, "foreign_keys": 1, "synchronous": "normal"}
     scheme, sep, rest = url.partition("://")
     if pooled and sep and scheme in ("sqlite", "postgres", "postgresql"):
         url = f"{scheme}+pool://{rest}"

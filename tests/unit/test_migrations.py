@@ -125,3 +125,28 @@ def test_processes_migrating_a_new_database_at_once_take_turns(tmp_path):
     database = connect(url)
     with database.bind_ctx([SchemaMigration]):
         assert [m.number for m in SchemaMigration.select().order_by(SchemaMigration.number)] == list(range(1, 9))
+
+
+def test_processes_starting_at_the_same_moment_on_a_new_sqlite_file_all_start(tmp_path):
+    """The lab starts its workers together, each opening a database file nobody made yet: the switch to
+    WAL, refused at once by SQLite while another process has the file open, and the migrations must not
+    fail one of them ("database is locked", seen as a lab worker that died at start)."""
+    import subprocess
+    import sys
+    child = ("import sys\nfrom controlplane.models import init_db\n"
+             "print('ready', flush=True)\nsys.stdin.readline()\ninit_db(sys.argv[1])\n")
+    for trial in range(4):
+        url = f"sqlite:///{tmp_path / f'new-{trial}.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", child, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        for proc in procs:  # every one has imported and waits: then all open the file at once
+            assert proc.stdout.readline() == "ready\n"
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]
+        database = connect(url)
+        assert database.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert {m._meta.table_name for m in ALL_MODELS} <= tables(database)
