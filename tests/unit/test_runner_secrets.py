@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from controlplane.config import REPO_ROOT, Settings
 from controlplane.runner.ansible import run_playbook
+from tests.unit.helpers import wait_until, write
 
 RUN_PREFIX = "controlplane-run-"  # run_playbook's private folders, in tempfile.gettempdir()
 
@@ -28,22 +28,6 @@ OWN_SECRETS = dict(jwt_secret=JWT, shares_secret="shares-" + "s" * 32, guacamole
                    llm_openai_api_key="sk-model-key", llm_anthropic_api_key="sk-ant-key",
                    llm_user_keys_secret="user-keys-" + "u" * 32,
                    database_url="postgresql://cp:db-password@db/cp", redis_url="redis://:redis-password@r:6379/0")
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip())
-    return path
-
-
-def wait_until(condition, timeout: float = 60, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---- which secrets each playbook gets ----------------------------------------------------------------------

@@ -16,24 +16,9 @@ import pytest
 from controlplane.runner import ansible
 from controlplane.runner.ansible import run_playbook
 from controlplane.runner.launch import config_of
+from tests.unit.helpers import wait_until, write
 
 SECRET = "Warm-Secret-9c1e"
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip())
-    return path
-
-
-def wait_until(condition, timeout: float = 60, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
