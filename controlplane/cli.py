@@ -178,20 +178,18 @@ def cmd_worker(args) -> int:
 def _start_warm_ansible():
     """(process, folder) of this worker's warm Ansible process, its socket in a folder only this user
     enters; the runs of the work horses use it (runner.ansible.use_warm). None when it cannot start."""
+    import shutil
     import tempfile
-    import time
 
     from .runner import ansible, warm
     folder = tempfile.mkdtemp(prefix="controlplane-warm-")  # mode 0700; a socket path is at most 107 bytes
     path = os.path.join(folder, "ansible.sock")
     process = warm.start(path)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(path):  # it listens within a second: its imports are Ansible's, made later
-        if process.poll() is not None or time.monotonic() > deadline:
-            log.warning("the warm Ansible process did not start: playbooks start ansible-playbook afresh")
-            process.kill()
-            return None
-        time.sleep(0.02)
+    if not warm.wait_ready(process):  # it listens within a second: its imports are Ansible's, made later
+        log.warning("the warm Ansible process did not start: playbooks start ansible-playbook afresh")
+        process.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
     ansible.use_warm(path)
     return process, folder
 

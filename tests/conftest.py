@@ -419,11 +419,7 @@ def warm_ansible(monkeypatch):
     folder = tempfile.mkdtemp(prefix="cp-warm-", dir="/tmp")
     path = os.path.join(folder, "ansible.sock")
     process = warm.start(path)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(path):
-        assert process.poll() is None, "the warm Ansible process ended"
-        assert time.monotonic() < deadline, "the warm Ansible process did not listen"
-        time.sleep(0.01)
+    assert warm.wait_ready(process), "the warm Ansible process did not listen"
     monkeypatch.setattr(ansible, "_warm_socket", path)
     try:
         yield process

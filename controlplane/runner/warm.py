@@ -107,6 +107,7 @@ class Server:
         os.chmod(staging, 0o600)
         listener.listen(64)
         os.rename(staging, self.path)  # the path appears once connections are taken
+        _say_ready()
         try:
             while self.parent is None or os.getppid() == self.parent:
                 readable, _, _ = select.select([listener], [], [], 1.0)
@@ -318,13 +319,31 @@ def _become_run(fds: list[int], argv: list[str], env: dict[str, str], cwd: str, 
         os._exit(code)  # not sys.exit: the warm process's exit handlers (its temporary folder) stay its own
 
 
+def _say_ready() -> None:
+    """One line on stdout (a pipe to start()'s caller), then stdout is /dev/null: nobody reads it after."""
+    try:
+        os.write(1, b"ready\n")
+    except OSError:
+        pass
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+def wait_ready(process, timeout: float = 30) -> bool:
+    """Whether the process start() made is listening, waiting for its ready line up to `timeout` s."""
+    readable, _, _ = select.select([process.stdout], [], [], timeout)
+    return bool(readable) and process.stdout.readline() == b"ready\n"
+
+
 def start(path: str):
     """Start a warm process listening at `path` for the calling process (it ends when that one does,
-    or when terminated), with only base_env of this process's environment."""
+    or when terminated), with only base_env of this process's environment; wait_ready() tells when
+    it listens."""
     import subprocess
     return subprocess.Popen([sys.executable, "-m", "controlplane.runner.warm", "--socket", path,
                              "--parent", str(os.getpid())], env=base_env(os.environ), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE)
 
 
 def main(argv: list[str] | None = None) -> int:

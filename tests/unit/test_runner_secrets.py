@@ -18,7 +18,7 @@ import pytest
 
 from controlplane.config import REPO_ROOT, Settings
 from controlplane.runner.ansible import run_playbook
-from tests.unit.helpers import wait_until, write
+from tests.unit.helpers import write
 
 RUN_PREFIX = "controlplane-run-"  # run_playbook's private folders, in tempfile.gettempdir()
 
@@ -28,6 +28,16 @@ OWN_SECRETS = dict(jwt_secret=JWT, shares_secret="shares-" + "s" * 32, guacamole
                    llm_openai_api_key="sk-model-key", llm_anthropic_api_key="sk-ant-key",
                    llm_user_keys_secret="user-keys-" + "u" * 32,
                    database_url="postgresql://cp:db-password@db/cp", redis_url="redis://:redis-password@r:6379/0")
+
+
+def wait_until(condition, timeout: float = 60, what: str = "the condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---- which secrets each playbook gets ----------------------------------------------------------------------

@@ -16,7 +16,8 @@ import pytest
 from controlplane.runner import ansible
 from controlplane.runner.ansible import run_playbook
 from controlplane.runner.launch import config_of
-from tests.unit.helpers import wait_until, write
+from tests.unit.helpers import write
+from tests.unit.test_runner_secrets import wait_until
 
 SECRET = "Warm-Secret-9c1e"
 
@@ -96,7 +97,7 @@ def test_a_killed_warm_run_takes_every_process_it_started_even_in_other_sessions
     started = tmp_path / "started"
     project.playbook("hang.yml", f"""
         - name: Start a process in a session of its own, then wait
-          shell: "setsid sleep 300 & echo $! > {started}; sleep 300"
+          shell: "setsid tail -f /dev/null & echo $! > {started}; tail -f /dev/null"
     """)
     results = []
     runner = threading.Thread(target=lambda: results.append(project.run("hang.yml", env=dict([mark.split("=", 1)]),
@@ -127,13 +128,13 @@ def test_the_warm_process_ends_with_the_process_that_started_it(tmp_path):
     import tempfile
     folder = tempfile.mkdtemp(prefix="cp-warm-", dir="/tmp")
     code = textwrap.dedent(f"""
-        import os, sys, time
+        import os, sys
         from controlplane.runner import warm
         p = warm.start({os.path.join(folder, "s")!r})
         print(p.pid, flush=True)
-        time.sleep(300)
+        sys.stdin.read()  # until it is killed
     """)
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         child = int(parent.stdout.readline())
         wait_until(lambda: os.path.exists(os.path.join(folder, "s")), what="the warm process to listen")
