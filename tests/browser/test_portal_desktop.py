@@ -206,6 +206,53 @@ def test_sign_in_and_create_with_the_keyboard_only(lab, new_page, fresh_user):
     expect(page.get_by_role("heading", name="Create your desktop")).to_be_visible(timeout=120_000)
 
 
+def test_a_catch_up_read_answered_after_a_create_does_not_undo_it(lab, new_page, fresh_user):
+    """The live socket's catch-up read (on "open", late on a slow link) can leave before a create and
+    answer after it with the list as it was: the page keeps the desktop the create answered and follows
+    it to RUNNING (it used to put the empty form back and ignore the desktop's events)."""
+    import requests
+
+    page = new_page()
+    socket = {}
+
+    def through(ws):  # the page's /ws, passed through, except that its first auth_ok waits for the test
+        server = ws.connect_to_server()
+
+        def from_server(message):
+            if "auth_ok" in str(message) and "route" not in socket:
+                socket.update(route=ws, auth_ok=message)
+                return
+            ws.send(message)
+        server.on_message(from_server)
+
+    page.route_web_socket(re.compile(r"/ws$"), through)
+    sign_in(page, lab.url, fresh_user)
+    expect(page.get_by_role("heading", name="Create your desktop")).to_be_visible()
+    expect(page.locator("#live")).to_have_text(re.compile("connecting"))
+    headers = {"Authorization": f"Bearer {lab.token(fresh_user)}"}
+    before = requests.get(f"{lab.url}/api/v1/desktops", params={"userId": fresh_user}, headers=headers, timeout=10)
+    assert before.json()["data"]["desktops"] == []
+
+    held = []
+    listing = re.compile(r"/api/v1/desktops\?userId=")
+    page.route(listing, lambda route: held.append(route))
+    with page.expect_request(listing):
+        socket["route"].send(socket["auth_ok"])  # "open": the catch-up read leaves, and is held
+    expect(page.locator("#live")).to_have_text(re.compile("live updates on"))
+    page.get_by_role("button", name="Create desktop").click()
+    expect(page.get_by_role("progressbar", name="Desktop progress")).to_be_visible()
+    assert len(held) == 1, held
+    with page.expect_event("requestfinished", lambda r: listing.search(r.url)):
+        held[0].fulfill(status=200, content_type="application/json", body=before.text)  # "no desktop"
+    page.unroute(listing)
+    expect(page.get_by_role("button", name="Open")).to_be_visible(timeout=180_000)
+    expect(page.get_by_role("heading", name="Create your desktop")).to_have_count(0)
+    desktop = lab_desktop(lab, fresh_user)
+    assert desktop["status"] == "RUNNING"
+    requests.delete(f"{lab.url}/api/v1/desktops/{desktop['id']}", headers=headers, timeout=10).raise_for_status()
+    assert not page.errors, page.errors
+
+
 def test_the_page_fits_a_phone(lab, new_page, shots, fresh_user):
     page = new_page(viewport={"width": 390, "height": 844})
     sign_in(page, lab.url, fresh_user)

@@ -426,15 +426,29 @@ async function desktopView() {
   root.append(slot, body);
   main().replaceChildren(root);
   let desktop = null;
+  // Moves whenever the page learns something newer about the desktop (a load starts, a create, an action
+  // or an event answers). A load whose list was read before that is stale: the socket's "open", late
+  // on a slow link, used to read "no desktop" just before a create and answer after it, which put the
+  // empty form back under the user and dropped every later event of the desktop they had made.
+  let version = 0;
+  function newer() {  // what the page now holds is newer than any load in flight
+    version++;
+    root.setAttribute("aria-busy", "false");
+  }
 
   async function load() {
+    const mine = ++version;
+    root.setAttribute("aria-busy", "true");
     try {  // a user has at most one desktop that is not DELETED (desktop-api.md, 409 DESKTOP_ALREADY_EXISTS)
-      const mine = (await api("GET", `/api/v1/desktops${query({ userId: session.userId })}`)).data.desktops;
-      desktop = mine.filter((d) => d.status !== "DELETED").sort((a, b) => b.id - a.id)[0] || null;
+      const list = (await api("GET", `/api/v1/desktops${query({ userId: session.userId })}`)).data.desktops;
+      if (mine !== version) return;
+      desktop = list.filter((d) => d.status !== "DELETED").sort((a, b) => b.id - a.id)[0] || null;
       slot.replaceChildren();
     } catch (err) {
-      showError(slot, err);
+      if (mine === version) showError(slot, err);
       return;
+    } finally {
+      if (mine === version) root.setAttribute("aria-busy", "false");
     }
     draw();
   }
@@ -473,7 +487,9 @@ async function desktopView() {
       const request = { userId: session.userId, plan: new FormData(form).get("plan") };
       if (form.name.value.trim()) request.name = form.name.value.trim();
       try {
-        desktop = (await api("POST", "/api/v1/desktops", request)).data;
+        const created = (await api("POST", "/api/v1/desktops", request)).data;
+        newer();
+        desktop = created;
         slot.replaceChildren();
         draw();
       } catch (err) {
@@ -505,6 +521,7 @@ async function desktopView() {
 
   async function act(method, path, request) {
     const answer = await api(method, path, request);
+    newer();
     if (answer && answer.data) desktop = answer.data;
     draw();
   }
@@ -571,6 +588,7 @@ async function desktopView() {
 
   onView(live.on("desktop_status", async (event) => {
     if (!desktop || event.desktop_id !== desktop.id) return;
+    newer();
     desktop = { ...desktop, status: event.status, statusMessage: event.statusMessage };
     if (event.status === "DELETED") {
       desktop = null;
@@ -599,14 +617,17 @@ async function projectsView() {
   root.append(slot, invitations, list, projectCreateForm());
   main().replaceChildren(root);
 
-  async function load() {
+  let loads = 0;
+  async function load() {  // the newest read wins: an older one answering late is dropped
+    const ticket = ++loads;
     try {
       const [mine, invites] = await Promise.all([api("GET", "/api/projects"), api("GET", "/api/invitations")]);
+      if (ticket !== loads) return;
       drawInvitations(invites.invitations.filter((i) => i.status === "sent"));  // open ones
       list.replaceChildren(dataTable("Your projects", ["Name", "Status", "VM address", "Created"], mine.projects,
         (p) => [h("a", { href: `#/projects/${encodeURIComponent(p.id)}` }, p.name), badge(p.status), p.vm_ip || "—",
           when(p.created_at)], "No projects yet: create one below."));
-    } catch (err) { showError(slot, err); }
+    } catch (err) { if (ticket === loads) showError(slot, err); }
   }
 
   function drawInvitations(pending) {
