@@ -69,7 +69,8 @@ class Session:
         self.identity = identity
         self.rooms: set[str] = set()
         self.pubsub = get_redis(settings().redis_url).pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(user_channel(identity.user_id))
+        self.user_channel = user_channel(identity.user_id)
+        self.pubsub.subscribe(self.user_channel)
         # Wait for Redis to confirm the subscription (the confirmation is read and dropped here):
         # an event published once the client has its auth_ok must reach it.
         self.pubsub.get_message(timeout=5)
@@ -118,7 +119,14 @@ class Session:
             self.rooms.discard(project_id)
         _send(self.ws, {"type": "left", "project_id": project_id})
 
-    def forward(self, raw: bytes | str) -> None:
+    def forward(self, raw: bytes | str, channel: bytes | str | None = None) -> None:
+        """One event from Redis, from `channel`. Unsubscribing takes effect only once Redis has it:
+        an event of a room this session has left (or was removed from) may still arrive, and is
+        dropped (a removed member must not see what the room said after the removal)."""
+        if channel is not None:
+            name = channel.decode() if isinstance(channel, bytes) else channel
+            if name != self.user_channel and name not in {project_channel(room) for room in self.rooms}:
+                return
         payload = raw.decode() if isinstance(raw, bytes) else raw
         event = json.loads(payload)
         project_id = event.get("project_id")
@@ -221,7 +229,7 @@ def _converse(ws, guard: FrameGuard, config) -> None:
             event = session.pubsub.get_message(timeout=0 if message is not None else POLL)
             while event is not None:
                 if event.get("type") == "message":
-                    session.forward(event["data"])
+                    session.forward(event["data"], event.get("channel"))
                 event = session.pubsub.get_message(timeout=0)
             slot.renew()
     except ConnectionClosed:

@@ -95,6 +95,11 @@ class Server:
             import ansible.template  # noqa: F401
             from ansible import constants as C
             os.makedirs(C.DEFAULT_LOCAL_TMP, exist_ok=True)  # the runs' shared temporary folder
+            try:  # for the roles' action plugins (proxmox_desktop_vm_info), which run in the forks
+                import proxmoxer  # noqa: F401
+                import proxmoxer.backends.https  # noqa: F401
+            except ImportError:
+                pass
         except Exception as exc:  # noqa: BLE001: any failure means cold runs, said once
             self.broken = f"{type(exc).__name__}: {exc}"
             print(f"warm ansible: cannot import Ansible, every run starts cold: {self.broken}", file=sys.stderr,

@@ -213,22 +213,16 @@ def test_a_catch_up_read_answered_after_a_create_does_not_undo_it(lab, new_page,
     import requests
 
     page = new_page()
-    socket = {}
+    sockets = []
 
-    def through(ws):  # the page's /ws, passed through, except that its first auth_ok waits for the test
-        server = ws.connect_to_server()
-
-        def from_server(message):
-            if "auth_ok" in str(message) and "route" not in socket:
-                socket.update(route=ws, auth_ok=message)
-                return
-            ws.send(message)
-        server.on_message(from_server)
+    def through(ws):  # the page's /ws, passed through both ways; the test can cut it
+        sockets.append(ws)
+        ws.connect_to_server()
 
     page.route_web_socket(re.compile(r"/ws$"), through)
     sign_in(page, lab.url, fresh_user)
     expect(page.get_by_role("heading", name="Create your desktop")).to_be_visible()
-    expect(page.locator("#live")).to_have_text(re.compile("connecting"))
+    expect(page.locator("#live")).to_have_text(re.compile("live updates on"))
     headers = {"Authorization": f"Bearer {lab.token(fresh_user)}"}
     before = requests.get(f"{lab.url}/api/v1/desktops", params={"userId": fresh_user}, headers=headers, timeout=10)
     assert before.json()["data"]["desktops"] == []
@@ -236,8 +230,8 @@ def test_a_catch_up_read_answered_after_a_create_does_not_undo_it(lab, new_page,
     held = []
     listing = re.compile(r"/api/v1/desktops\?userId=")
     page.route(listing, lambda route: held.append(route))
-    with page.expect_request(listing):
-        socket["route"].send(socket["auth_ok"])  # "open": the catch-up read leaves, and is held
+    with page.expect_request(listing, timeout=30_000):
+        sockets[-1].close()  # the page reconnects, and its "open" reads the list again: held
     expect(page.locator("#live")).to_have_text(re.compile("live updates on"))
     page.get_by_role("button", name="Create desktop").click()
     expect(page.get_by_role("progressbar", name="Desktop progress")).to_be_visible()

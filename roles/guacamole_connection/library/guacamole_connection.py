@@ -1,11 +1,14 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A Guacamole connection, its user and the user's READ permission, in one module run.
+"""A Guacamole connection, its user and the user's READ permission, in one task.
 
 The role used to make each REST call a task of its own (log in, list, read parameters, create or
 update, look the user up, create it, read and grant permissions, log out: up to ten module runs,
-about a second each). This module makes the same calls, in the same order, in one process.
+about a second each). This module makes the same calls, in the same order, in one process. The
+role's action plugin of the same name (action_plugins/guacamole_connection.py) runs this very code
+in the Ansible process, with ansible.module_utils.urls.open_url, so no interpreter is started for
+it; `run` is what both call.
 """
 from __future__ import annotations
 
@@ -68,9 +71,12 @@ class GuacamoleError(Exception):
 
 
 class Guacamole:
-    def __init__(self, module):
-        self.module = module
-        self.base = module.params["api_url"].rstrip("/")
+    def __init__(self, params, fetch):
+        """`fetch(url, data, headers, method, timeout)` answers as fetch_url does: (response or
+        None, info with status (-1: no answer), msg and, for an error status, body)."""
+        self.params = params
+        self.fetch = fetch
+        self.base = params["api_url"].rstrip("/")
         self.token = ""
         self.api = ""
 
@@ -89,10 +95,11 @@ class Guacamole:
         if self.token:
             headers["Guacamole-Token"] = self.token
         url = (base if base is not None else self.api) + path
-        resp, info = fetch_url(self.module, url, data=data, headers=headers, method=method,
-                               timeout=self.module.params["timeout"])
+        resp, info = self.fetch(url, data, headers, method, self.params["timeout"])
         status = info.get("status", -1)
-        raw = resp.read() if resp else info.get("body", b"")
+        # fetch_url answers an error status with the HTTPError (already read) as the response and
+        # the body in info: Guacamole's message is there.
+        raw = info["body"] if "body" in info else (resp.read() if resp else b"")
         payload = None
         if raw:
             try:
@@ -108,7 +115,7 @@ class Guacamole:
         return status, payload
 
     def login(self):
-        p = self.module.params
+        p = self.params
         status, answer = self.call("POST", "/api/tokens", form={"username": p["api_username"],
                                                                  "password": p["api_password"]},
                                    expect=None, base=self.base, what="the login")
@@ -128,13 +135,13 @@ class Guacamole:
             return
         token, self.token = self.token, ""
         try:
-            fetch_url(self.module, f"{self.base}/api/tokens/{quote(token, safe='')}", method="DELETE",
-                      timeout=self.module.params["timeout"])
+            self.fetch(f"{self.base}/api/tokens/{quote(token, safe='')}", None, {}, "DELETE",
+                       self.params["timeout"])
         except Exception:  # noqa: BLE001 - best effort, as documented
             pass
 
     def find(self):
-        p = self.module.params
+        p = self.params
         _, listing = self.call("GET", "/connections", what="the connection list")
         for conn in (listing or {}).values():
             if conn.get("name") == p["name"] and conn.get("parentIdentifier") == p["parent"]:
@@ -151,15 +158,14 @@ def wanted_parameters(p):
     return wanted
 
 
-def present(module, guac, result):
-    p = module.params
+def present(p, check_mode, guac, result):
     wanted = wanted_parameters(p)
     existing = guac.find()
     if existing is None:
         result["changed"] = result["created"] = True
         result["diff"] = {"before": {}, "after": {"name": p["name"], "protocol": p["protocol"],
                                                    "hostname": wanted["hostname"], "port": wanted["port"]}}
-        if module.check_mode:
+        if check_mode:
             return
         _, made = guac.call("POST", "/connections", body={
             "name": p["name"], "parentIdentifier": p["parent"], "protocol": p["protocol"],
@@ -180,18 +186,17 @@ def present(module, guac, result):
                                          "port": current.get("port")},
                               "after": {"protocol": p["protocol"], "hostname": merged["hostname"],
                                         "port": merged["port"]}}
-            if not module.check_mode:
+            if not check_mode:
                 guac.call("PUT", f"/connections/{quote(ident, safe='')}", body={
                     "identifier": ident, "name": p["name"], "parentIdentifier": p["parent"],
                     "protocol": p["protocol"], "parameters": merged,
                     "attributes": existing.get("attributes") or {}},
                     expect=(200, 204), what=f"pointing {p['name']} at {wanted['hostname']}")
     if p["user"]:
-        grant(module, guac, result, fresh_connection=result["created"])
+        grant(p, check_mode, guac, result, fresh_connection=result["created"])
 
 
-def grant(module, guac, result, fresh_connection):
-    p = module.params
+def grant(p, check_mode, guac, result, fresh_connection):
     user = quote(p["user"], safe="")
     status, _ = guac.call("GET", f"/users/{user}", expect=(200, 404), what=f"looking up the user {p['user']}")
     exists = status == 200
@@ -201,7 +206,7 @@ def grant(module, guac, result, fresh_connection):
                 f"Guacamole user {p['user']} does not exist and guacamole_connection_manage_user is false "
                 "(with SSO the user appears at first login, or needs creating by the identity integration)")
         result["changed"] = result["user_created"] = True
-        if not module.check_mode:
+        if not check_mode:
             alphabet = string.ascii_letters + string.digits
             guac.call("POST", "/users", body={"username": p["user"],
                                               "password": "".join(secrets.choice(alphabet) for _ in range(32)),
@@ -215,29 +220,28 @@ def grant(module, guac, result, fresh_connection):
         held = ((perms or {}).get("connectionPermissions") or {}).get(ident, [])
     if "READ" not in held:
         result["changed"] = result["granted"] = True
-        if not module.check_mode:
+        if not check_mode:
             guac.call("PATCH", f"/users/{user}/permissions",
                       body=[{"op": "add", "path": f"/connectionPermissions/{ident}", "value": "READ"}],
                       expect=(200, 204), what=f"granting READ on {p['name']} to {p['user']}")
 
 
-def absent(module, guac, result):
+def absent(p, check_mode, guac, result):
     existing = guac.find()
     if existing is not None:
         result["changed"] = result["deleted"] = True
-        result["diff"] = {"before": {"name": module.params["name"], "identifier": str(existing["identifier"])},
+        result["diff"] = {"before": {"name": p["name"], "identifier": str(existing["identifier"])},
                           "after": {}}
-        if not module.check_mode:
+        if not check_mode:
             guac.call("DELETE", f"/connections/{quote(str(existing['identifier']), safe='')}", expect=(200, 204),
-                      what=f"deleting the connection {module.params['name']}")
-    if module.params["user"] and module.params["manage_user"]:
-        forget_user(module, guac, result, str(existing["identifier"]) if existing is not None else None)
+                      what=f"deleting the connection {p['name']}")
+    if p["user"] and p["manage_user"]:
+        forget_user(p, check_mode, guac, result, str(existing["identifier"]) if existing is not None else None)
 
 
-def forget_user(module, guac, result, gone):
+def forget_user(p, check_mode, guac, result, gone):
     """Remove the user once it holds no connection but `gone` (the one just deleted), and only when
     this module made it (MANAGED_ATTRIBUTE): a user made by anyone else is never touched."""
-    p = module.params
     user = quote(p["user"], safe="")
     status, found = guac.call("GET", f"/users/{user}", expect=(200, 404), what=f"looking up the user {p['user']}")
     if status != 200 or ((found or {}).get("attributes") or {}).get(MANAGED_ATTRIBUTE[0]) != MANAGED_ATTRIBUTE[1]:
@@ -248,46 +252,55 @@ def forget_user(module, guac, result, gone):
     if held:
         return
     result["changed"] = result["user_deleted"] = True
-    if not module.check_mode:
+    if not check_mode:
         guac.call("DELETE", f"/users/{user}", expect=(200, 204, 404), what=f"removing the user {p['user']}")
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            api_url=dict(type="str", required=True),
-            api_username=dict(type="str", required=True),
-            api_password=dict(type="str", required=True, no_log=True),
-            data_source=dict(type="str", default="postgresql"),
-            validate_certs=dict(type="bool", default=True),
-            timeout=dict(type="int", default=30),
-            name=dict(type="str", required=True),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-            parent=dict(type="str", default="ROOT"),
-            protocol=dict(type="str", default="vnc"),
-            hostname=dict(type="str"),
-            port=dict(type="str"),
-            password=dict(type="str", default="", no_log=True),
-            parameters=dict(type="dict", default={}),
-            user=dict(type="str", default=""),
-            manage_user=dict(type="bool", default=True),
-        ),
-        supports_check_mode=True,
-    )
+ARGUMENT_SPEC = dict(
+    api_url=dict(type="str", required=True),
+    api_username=dict(type="str", required=True),
+    api_password=dict(type="str", required=True, no_log=True),
+    data_source=dict(type="str", default="postgresql"),
+    validate_certs=dict(type="bool", default=True),
+    timeout=dict(type="int", default=30),
+    name=dict(type="str", required=True),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    parent=dict(type="str", default="ROOT"),
+    protocol=dict(type="str", default="vnc"),
+    hostname=dict(type="str"),
+    port=dict(type="str"),
+    password=dict(type="str", default="", no_log=True),
+    parameters=dict(type="dict", default={}),
+    user=dict(type="str", default=""),
+    manage_user=dict(type="bool", default=True),
+)
+
+
+def run(p, check_mode, fetch):
+    """The task: (result, error message or None). `p`: the validated parameters."""
     result = dict(changed=False, identifier="", created=False, updated=False, deleted=False,
                   user_created=False, granted=False, user_deleted=False)
-    p = module.params
     if p["state"] == "present" and not p["hostname"]:
-        module.fail_json(msg=f"hostname (the desktop's address) is required to register {p['name']}", **result)
-    guac = Guacamole(module)
+        return result, f"hostname (the desktop's address) is required to register {p['name']}"
+    guac = Guacamole(p, fetch)
     error = None
     try:
         guac.login()
-        (present if p["state"] == "present" else absent)(module, guac, result)
+        (present if p["state"] == "present" else absent)(p, check_mode, guac, result)
     except GuacamoleError as exc:
         error = str(exc)
     finally:
         guac.logout()
+    return result, error
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+
+    def fetch(url, data, headers, method, timeout):
+        return fetch_url(module, url, data=data, headers=headers, method=method, timeout=timeout)
+
+    result, error = run(module.params, module.check_mode, fetch)
     if error:
         module.fail_json(msg=error, **result)
     module.exit_json(**result)
