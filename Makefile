@@ -70,6 +70,7 @@ check: install lint
 	CONTROLPLANE_TEST_DATABASE=sqlite $(PYTEST) -n $(CHECK_WORKERS) $(XDIST) -m "not lab and not e2e" $(PYTEST_ARGS)
 
 lint: install
+	$(VENV)/bin/ruff check controlplane tests benchmarks scripts roles
 	$(VENV)/bin/ansible-lint --profile production roles playbooks molecule
 	$(VENV)/bin/yamllint -s roles playbooks inventory config molecule
 

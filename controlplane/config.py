@@ -331,9 +331,9 @@ class Settings:
         settings.validate()
         return settings
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: C901 - one check per setting, in a row (issue 19: settings to a page)
         try:
-            self.tz
+            _ = self.tz  # the property loads the zone
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"CONTROLPLANE_TIMEZONE: unknown time zone {self.timezone!r}") from None
         if not (100 <= self.vmid_min <= self.vmid_max <= 999_999_999):

@@ -78,7 +78,7 @@ def _flatten(messages) -> dict[str, str]:
         elif value is not None:
             details[prefix or BODY_KEY] = str(value)
 
-    for location, fields in (messages or {}).items():
+    for fields in (messages or {}).values():
         walk("", fields)
     return details
 

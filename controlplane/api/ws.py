@@ -173,7 +173,8 @@ def init_ws(app) -> None:
     app.add_url_rule("/ws", "websocket", websocket, websocket=True)
 
 
-def _converse(ws, guard: FrameGuard, config) -> None:
+# Complexity above 15 (C901): the socket's whole conversation: auth, its slot, messages and events in one loop.
+def _converse(ws, guard: FrameGuard, config) -> None:  # noqa: C901
     if not db.is_closed():
         db.close()  # a session lasts long: it takes a database connection only when it needs one
     deadline = time.monotonic() + config.ws_auth_timeout

@@ -56,7 +56,7 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def run_lab(workers: int = 2) -> int:
+def run_lab(workers: int = 2) -> int:  # noqa: C901 - starts and stops each part of the lab in order
     from .redis_server import PrivateRedis
     from .services import LabConfig, LabServices
 

@@ -122,6 +122,12 @@ class IdempotencyKey(BaseModel):
 
 MODELS = (Desktop, DesktopEvent, VmidLease, PolicyRun, AuditEntry, IdempotencyKey)
 
+# Every model, importable from here (the project and pool models live in modules of their own).
+__all__ = ["ALL_MODELS", "MODELS", "AuditEntry", "BaseModel", "ChatMessage", "Desktop", "DesktopEvent",
+           "IdempotencyKey", "Invitation", "NetworkLease", "PolicyRun", "PoolSetting", "PoolVm", "PoolVmState",
+           "Project", "ProjectEvent", "ProjectMember", "UsageRecord", "UserSettings", "VmidLease", "init_db",
+           "utcnow"]
+
 from .projects import (PROJECT_MODELS, ChatMessage, Invitation, NetworkLease, Project,  # noqa: E402
                        ProjectEvent, ProjectMember, UsageRecord, UserSettings)
 

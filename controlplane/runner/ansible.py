@@ -278,7 +278,8 @@ def _created(event: dict, fallback: float) -> float:
         return fallback
 
 
-def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: dict, env: dict[str, str],
+# Complexity above 15 (C901): one run: warm or cold, its timeout, cancel and the stats it reads back.
+def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: dict, env: dict[str, str],  # noqa: C901
                  timeout: int, secrets: list[str],
                  on_task: Callable[[str, str, str], None] | None = None) -> PlaybookResult:
     result = PlaybookResult(status="failed", rc=None)

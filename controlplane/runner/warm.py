@@ -100,7 +100,7 @@ class Server:
                 import proxmoxer.backends.https  # noqa: F401
             except ImportError:
                 pass
-        except Exception as exc:  # noqa: BLE001: any failure means cold runs, said once
+        except Exception as exc:  # noqa: BLE001 - any failure means cold runs, said once
             self.broken = f"{type(exc).__name__}: {exc}"
             print(f"warm ansible: cannot import Ansible, every run starts cold: {self.broken}", file=sys.stderr,
                   flush=True)
@@ -170,7 +170,7 @@ class Server:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 conn.settimeout(None)
                 code = Monitor(conn, warm).run()
-            except BaseException as exc:  # noqa: BLE001: a monitor never returns into the server's loop
+            except BaseException as exc:  # noqa: BLE001 - a monitor never returns into the server's loop
                 print(f"warm ansible: monitor failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             finally:
                 os._exit(code)
@@ -195,7 +195,7 @@ class Monitor:
         try:
             import ctypes
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        except Exception:  # noqa: BLE001: without it, only the run's own process group is killed
+        except Exception:  # noqa: BLE001 - without it, only the run's own process group is killed
             pass
         child = os.fork()
         if child == 0:
@@ -313,7 +313,7 @@ def _become_run(fds: list[int], argv: list[str], env: dict[str, str], cwd: str, 
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException as exc:  # noqa: BLE001: reported on the run's own output
+    except BaseException as exc:  # noqa: BLE001 - reported on the run's own output
         print(f"ERROR! the playbook could not be started: {type(exc).__name__}: {exc}", file=sys.stderr)
     finally:
         for stream in (sys.stdout, sys.stderr):

@@ -402,7 +402,8 @@ def _provider_details(route: _Route) -> dict:
     return {"provider": route.provider, "model": route.model, "key_source": route.key_source}
 
 
-def _map_error(exc: Exception, route: _Route, settings: "Settings", secrets: list[str]) -> ChatError:
+# Complexity above 15 (C901): one branch per error kind of the model library.
+def _map_error(exc: Exception, route: _Route, settings: "Settings", secrets: list[str]) -> ChatError:  # noqa: C901
     ex = _litellm().exceptions
 
     def cls(*names: str) -> tuple[type, ...]:

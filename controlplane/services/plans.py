@@ -84,13 +84,13 @@ def _load(path: str, mtime: float) -> dict[str, Plan]:
             plans[name] = Plan(name=name, cores=int(spec["cores"]), memory_mb=int(spec["memory_mb"]),
                                template=str(spec["template"]), description=str(spec.get("description", "")))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{path}: plan {name!r} needs integer cores, memory_mb and a template ({exc})")
+            raise ConfigError(f"{path}: plan {name!r} needs integer cores, memory_mb and a template ({exc})") from None
         try:
             plans[name] = dataclasses.replace(plans[name], expires_after=parse_duration(spec.get("expires_after")),
                                               idle_stop_after=parse_duration(spec.get("idle_stop_after")))
         except ValueError as exc:
             raise ConfigError(f"{path}: plan {name!r}: expires_after and idle_stop_after must be durations "
-                              f"(30m, 8h, 7d) or never ({exc})")
+                              f"(30m, 8h, 7d) or never ({exc})") from None
         plans[name] = dataclasses.replace(plans[name], **_pool(path, name, spec.get("pool")))
     if not plans:
         raise ConfigError(f"{path}: no plans defined")

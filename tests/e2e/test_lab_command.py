@@ -47,7 +47,7 @@ def interrupt(proc, log_path) -> None:
         assert proc.wait(60) == 0, log_path.read_text()[-4000:]
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise AssertionError("the lab did not stop within 60 s of Ctrl-C")
+        raise AssertionError("the lab did not stop within 60 s of Ctrl-C") from None
 
 
 def token(env: dict, user: str, *extra: str) -> str:
