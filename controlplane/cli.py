@@ -221,7 +221,7 @@ def cmd_api(args) -> int:
     settings = Settings.from_env()
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
             "--workers", str(args.workers), "--threads", str(args.threads), "--access-logfile", "-",
-            "controlplane:create_app()"]
+            "--config", "python:controlplane.gunicorn_conf", "controlplane:create_app()"]
     os.execv(sys.executable, argv)
     return 0
 

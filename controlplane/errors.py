@@ -1,7 +1,7 @@
 """Domain errors. Services raise them; each API's error handler renders its own envelope.
 
-`kind` is API-neutral (the projects API maps kinds to its own codes); `code` is the desktop
-contract's error code.
+`code` is the desktop contract's error code; the projects API maps the status to its own codes
+(api/errors.py, PROJECT_CODES).
 """
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 class ApiError(Exception):
     status = 500
     code = "INTERNAL_SERVER_ERROR"
-    kind = "internal"
     default_message = "Unexpected server error"
 
     def __init__(self, message: str | None = None, details: dict | None = None):
@@ -19,30 +18,30 @@ class ApiError(Exception):
 
 
 class ValidationFailed(ApiError):
-    status, code, kind = 400, "VALIDATION_ERROR", "validation"
+    status, code = 400, "VALIDATION_ERROR"
     default_message = "Invalid request parameters"
 
 
 class InvalidOperation(ApiError):
-    status, code, kind = 400, "INVALID_OPERATION", "invalid_state"
+    status, code = 400, "INVALID_OPERATION"
 
 
 class DesktopNotReady(ApiError):
-    status, code, kind = 400, "DESKTOP_NOT_READY", "invalid_state"
+    status, code = 400, "DESKTOP_NOT_READY"
 
 
 class Unauthorized(ApiError):
-    status, code, kind = 401, "UNAUTHORIZED", "unauthorized"
+    status, code = 401, "UNAUTHORIZED"
     default_message = "Missing or invalid bearer token"
 
 
 class Forbidden(ApiError):
-    status, code, kind = 403, "FORBIDDEN", "forbidden"
+    status, code = 403, "FORBIDDEN"
     default_message = "You may only access your own desktops"
 
 
 class NotFound(ApiError):
-    status, code, kind = 404, "NOT_FOUND", "not_found"
+    status, code = 404, "NOT_FOUND"
     default_message = "Resource not found"
 
 
@@ -54,24 +53,24 @@ class DesktopNotFound(NotFound):
 
 
 class MethodNotAllowed(ApiError):
-    status, code, kind = 405, "METHOD_NOT_ALLOWED", "validation"
+    status, code = 405, "METHOD_NOT_ALLOWED"
     default_message = "Method not allowed"
 
 
 class DesktopAlreadyExists(ApiError):
-    status, code, kind = 409, "DESKTOP_ALREADY_EXISTS", "conflict"
+    status, code = 409, "DESKTOP_ALREADY_EXISTS"
     default_message = "User already has an active desktop"
 
 
 class PayloadTooLarge(ApiError):
-    status, code, kind = 413, "PAYLOAD_TOO_LARGE", "validation"
+    status, code = 413, "PAYLOAD_TOO_LARGE"
     default_message = "Request body is too large"
 
 
 class ProvisioningFailed(ApiError):
-    status, code, kind = 500, "PROVISIONING_FAILED", "infrastructure"
+    status, code = 500, "PROVISIONING_FAILED"
 
 
 class InfrastructureError(ApiError):
-    status, code, kind = 500, "INFRASTRUCTURE_ERROR", "infrastructure"
+    status, code = 500, "INFRASTRUCTURE_ERROR"
     default_message = "Proxmox or Guacamole communication error"

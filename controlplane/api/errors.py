@@ -34,7 +34,7 @@ def is_projects_api(path: str) -> bool:
 
 
 def project_error_body(exc: errors.ApiError) -> dict:
-    code = getattr(exc, "project_code", None) or PROJECT_CODES.get(exc.status, "INTERNAL_ERROR")
+    code = PROJECT_CODES.get(exc.status, "INTERNAL_ERROR")
     error = {"code": code, "message": exc.message}
     if exc.details:
         error["details"] = exc.details

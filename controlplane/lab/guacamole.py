@@ -734,10 +734,6 @@ class GuacamoleStandIn:
             return True
         return perm in self.permissions.get(username, {}).get(key, {}).get(identifier, [])
 
-    def _require_admin(self, username: str) -> None:
-        if not self._is_admin(username):
-            raise permission_denied()
-
     async def _login(self, request: web.Request) -> web.Response:
         form = await request.post()
         username = form.get("username")

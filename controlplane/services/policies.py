@@ -37,7 +37,7 @@ LOCK_TTL = 600  # seconds: longer than any pass; a crashed pass's lock expires b
 
 
 class PolicyRunning(ApiError):
-    status, code, kind = 409, "POLICY_RUNNING", "conflict"
+    status, code = 409, "POLICY_RUNNING"
     default_message = "This policy is already running"
 
 

@@ -222,7 +222,7 @@ def _allocate_network(pool: ipaddress.IPv4Network, project_id: int) -> str:
 
 
 class ServiceUnavailable(ApiError):
-    status, code, kind = 503, "SERVICE_UNAVAILABLE", "unavailable"
+    status, code = 503, "SERVICE_UNAVAILABLE"
     default_message = "Service temporarily unavailable"
 
 

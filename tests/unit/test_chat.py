@@ -443,8 +443,9 @@ def test_implausible_user_keys_are_refused(key):
 # ---- import: fast, no network ----------------------------------------------------------------------------
 
 def test_importing_the_engine_leaves_litellm_out_and_litellm_never_goes_online():
-    """In a fresh interpreter: importing chat does not import litellm; litellm (imported by preload) and a
-    price lookup open no socket to anywhere (its price table is the bundled one)."""
+    """In a fresh interpreter: importing chat does not import litellm; an API worker's start
+    (gunicorn_conf.post_worker_init, which `controlplane api` gives gunicorn) imports it in the
+    background; litellm and a price lookup open no socket to anywhere (its price table is the bundled one)."""
     script = textwrap.dedent("""
         import json, os, sys, time
         events = []
@@ -458,7 +459,9 @@ def test_importing_the_engine_leaves_litellm_out_and_litellm_never_goes_online()
         imported = time.monotonic() - start
         assert "litellm" not in sys.modules, "litellm is imported eagerly"
         start = time.monotonic()
-        chat.preload()
+        from controlplane import gunicorn_conf
+        gunicorn_conf.post_worker_init(None).join(120)
+        assert "litellm" in sys.modules, "the worker's start did not import litellm"
         loaded = time.monotonic() - start
         cost = chat.price("openai/gpt-4", 100, 50)
         print(json.dumps({"import": imported, "litellm": loaded, "events": events, "cost": cost,
@@ -471,3 +474,13 @@ def test_importing_the_engine_leaves_litellm_out_and_litellm_never_goes_online()
     assert report["env"] == "True"
     assert report["cost"][1] is True and report["cost"][0] > 0
     assert "model cost map" not in out.stderr.lower()
+
+
+def test_the_api_command_gives_gunicorn_the_hooks_that_preload_the_model_library(monkeypatch):
+    from controlplane import cli
+    ran = []
+    monkeypatch.setattr(cli.os, "execv", lambda path, argv: ran.append(argv))
+    cli.main(["api", "--workers", "1"])
+    argv = ran[0]
+    assert argv[argv.index("--config") + 1] == "python:controlplane.gunicorn_conf"
+    assert argv[-1] == "controlplane:create_app()"

@@ -28,15 +28,6 @@ class Strict(Schema):
         unknown = EXCLUDE
 
 
-class ChatParameters(Schema):
-    class Meta:
-        unknown = EXCLUDE  # validated again (ranges, the model's limits) by the chat service
-
-    temperature = fields.Raw()
-    max_tokens = fields.Raw()
-    top_p = fields.Raw()
-
-
 class ChatSend(Strict):
     project_id = fields.String(required=True, error_messages={"required": "project_id is required"})
     message = fields.String(required=True, error_messages={"required": "message is required"},
