@@ -9,13 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from controlplane.lab.guacamole import GuacamoleStandIn
-from tests.loop import LoopThread
+from tests.lab.test_guacamole_standin import ADMIN_PASSWORD, loop_thread, make_standin  # noqa: F401 (fixtures)
 
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "guacamole_connection"
-ADMIN_PASSWORD = "s3cret-admin-pw"
 VNC_PASSWORD = "vnc-pw-7731"
 
 PLAYBOOK = """
@@ -42,23 +38,6 @@ PLAYBOOK = """
                       'no_host': no_host, 'bad_login': bad_login} | to_json }}"
         mode: "0600"
 """
-
-
-@pytest.fixture
-def standins():
-    loop = LoopThread()
-    made = []
-
-    def make():
-        g = GuacamoleStandIn(port=0, password=ADMIN_PASSWORD)
-        loop.run(g.start())
-        made.append(g)
-        return g
-
-    yield make
-    for g in made:
-        loop.run(g.stop())
-    loop.close()
 
 
 def run(tmp_path: Path, name: str, url: str, action_plugin: bool) -> dict:
@@ -93,9 +72,9 @@ def answer(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "invocation" and not k.startswith("_ansible")}
 
 
-def test_the_action_plugin_answers_as_the_module_does(tmp_path, standins):
-    by_plugin = run(tmp_path, "plugin", standins().url, action_plugin=True)
-    by_module = run(tmp_path, "module", standins().url, action_plugin=False)
+def test_the_action_plugin_answers_as_the_module_does(tmp_path, make_standin):
+    by_plugin = run(tmp_path, "plugin", make_standin().url, action_plugin=True)
+    by_module = run(tmp_path, "module", make_standin().url, action_plugin=False)
     for step in by_plugin:
         assert answer(by_plugin[step]) == answer(by_module[step]), step
     assert by_plugin["first"]["created"] and by_plugin["first"]["user_created"] and by_plugin["first"]["granted"]
