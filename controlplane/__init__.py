@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from .api.admin.resources import blp as admin_blp
+    from .api.admin import blp as admin_blp
     from .api.common import SETTINGS_KEY
     from .api.chat.resources import blp as chat_blp
     from .api.desktops.resources import blp as desktops_blp

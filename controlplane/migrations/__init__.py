@@ -1,6 +1,6 @@
 """Numbered schema migrations.
 
-Each `m000N_*.py` module has `apply(database)`; applied numbers are recorded in
+Each `m000N_*.py` module has `apply(database, models)`; applied numbers are recorded in
 `schema_migrations`. Migration 1 creates the initial tables; later ones use playhouse.migrate.
 """
 from __future__ import annotations
@@ -52,10 +52,11 @@ class _advisory:
         return self.tx.__exit__(*exc)
 
 
-def migrate(database: pw.Database) -> list[str]:
-    """Apply every migration not yet recorded, each in its own transaction, one process at a time."""
-    from ..models import ALL_MODELS
-    with database.bind_ctx([SchemaMigration, *ALL_MODELS]):
+def migrate(database: pw.Database, models) -> list[str]:
+    """Apply every migration not yet recorded, each in its own transaction, one process at a time.
+    `models`: the module of the models (controlplane.models, whose init_db calls this); a migration
+    gets it too, so that nothing here imports the models (they are above the migrations)."""
+    with database.bind_ctx([SchemaMigration, *models.ALL_MODELS]):
         with _exclusive(database):
             database.create_tables([SchemaMigration], safe=True)
         done = {m.number for m in SchemaMigration.select()}
@@ -67,7 +68,7 @@ def migrate(database: pw.Database) -> list[str]:
             with _exclusive(database):
                 if SchemaMigration.get_or_none(SchemaMigration.number == number) is not None:
                     continue  # another process applied it while this one waited
-                module.apply(database)
+                module.apply(database, models)
                 SchemaMigration.create(number=number, name=name)
             applied.append(name)
         return applied

@@ -1,6 +1,5 @@
 """Initial schema: desktops, their events, VM id leases."""
 
 
-def apply(database):
-    from ..models import MODELS
-    database.create_tables(MODELS, safe=True)
+def apply(database, models):
+    database.create_tables(models.MODELS, safe=True)

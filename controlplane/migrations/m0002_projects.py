@@ -4,9 +4,8 @@ import peewee as pw
 from playhouse.migrate import SchemaMigrator, migrate
 
 
-def apply(database):
-    from ..models import PROJECT_MODELS
-    database.create_tables(PROJECT_MODELS, safe=True)
+def apply(database, models):
+    database.create_tables(models.PROJECT_MODELS, safe=True)
     columns = {c.name for c in database.get_columns("vmid_lease")}
     if "project_id" not in columns:
         migrator = SchemaMigrator.from_database(database)

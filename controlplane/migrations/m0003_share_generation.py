@@ -4,7 +4,7 @@ import peewee as pw
 from playhouse.migrate import SchemaMigrator, migrate
 
 
-def apply(database):
+def apply(database, models):
     columns = {c.name for c in database.get_columns("project")}
     migrator = SchemaMigrator.from_database(database)
     operations = []

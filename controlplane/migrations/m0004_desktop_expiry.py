@@ -3,7 +3,7 @@ import peewee as pw
 from playhouse.migrate import SchemaMigrator, migrate
 
 
-def apply(database):
+def apply(database, models):
     if "desktop" not in database.get_tables():
         return  # made by migration 1 from the current model, with the column
     columns = {c.name for c in database.get_columns("desktop")}

@@ -2,6 +2,5 @@
 something, visible to admins (GET /api/v1/admin/policies/runs)."""
 
 
-def apply(database):
-    from ..models import PolicyRun
-    database.create_tables([PolicyRun], safe=True)
+def apply(database, models):
+    database.create_tables([models.PolicyRun], safe=True)

@@ -4,7 +4,7 @@ import peewee as pw
 from playhouse.migrate import SchemaMigrator, migrate
 
 
-def apply(database):
+def apply(database, models):
     tables = database.get_tables()
     migrator = SchemaMigrator.from_database(database)
     for table in ("desktop", "project"):

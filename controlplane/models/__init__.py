@@ -6,11 +6,13 @@ one non-deleted desktop per user (partial unique index) and one lease per VM id 
 from __future__ import annotations
 
 import datetime as dt
+import sys
 
 import peewee as pw
 from playhouse.db_url import connect
 
 from ..extensions import db
+from ..migrations import migrate
 from ..services.states import Status
 
 
@@ -180,7 +182,6 @@ def init_db(url: str, pooled: bool = False) -> pw.Database:
             kwargs["check_same_thread"] = False  # a pooled connection serves one thread at a time, not always the same
     database = connect(url, **kwargs)
     db.initialize(database)
-    from ..migrations import migrate
     with database.connection_context():
-        migrate(database)
+        migrate(database, sys.modules[__name__])
     return database

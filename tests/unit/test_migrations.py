@@ -6,6 +6,7 @@ import peewee as pw
 from playhouse.db_url import connect
 
 from controlplane.migrations import SchemaMigration, migrate
+from controlplane import models
 from controlplane.models import ALL_MODELS
 
 
@@ -15,13 +16,13 @@ def tables(database) -> set[str]:
 
 def test_fresh_database_gets_every_table(tmp_path):
     database = connect(f"sqlite:///{tmp_path / 'fresh.db'}")
-    applied = migrate(database)
+    applied = migrate(database, models)
     assert applied == ["m0001_initial", "m0002_projects", "m0003_share_generation",
                        "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat",
                        "m0008_warm_pool"]
     assert {m._meta.table_name for m in ALL_MODELS} <= tables(database)
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
-    assert migrate(database) == []
+    assert migrate(database, models) == []
 
 
 def test_version_one_database_is_upgraded_in_place(tmp_path):
@@ -33,7 +34,7 @@ def test_version_one_database_is_upgraded_in_place(tmp_path):
     with database.bind_ctx([SchemaMigration]):
         database.create_tables([SchemaMigration])
         SchemaMigration.create(number=1, name="m0001_initial")
-    assert migrate(database) == ["m0002_projects", "m0003_share_generation", "m0004_desktop_expiry",
+    assert migrate(database, models) == ["m0002_projects", "m0003_share_generation", "m0004_desktop_expiry",
                                  "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat", "m0008_warm_pool"]
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert database.execute_sql("SELECT vmid, desktop_id, project_id FROM vmid_lease").fetchall() == [(10001, 7, None)]
@@ -64,12 +65,12 @@ def test_version_two_projects_get_a_share_generation(tmp_path):
         SchemaMigration.create(number=6, name="m0006_audit")
         SchemaMigration.create(number=7, name="m0007_job_heartbeat")
         SchemaMigration.create(number=8, name="m0008_warm_pool")
-    assert migrate(database) == ["m0003_share_generation"]
+    assert migrate(database, models) == ["m0003_share_generation"]
     columns = {c.name for c in database.get_columns("project")}
     assert "share_generation" in columns and not {"share_username", "share_password_hash"} & columns
     assert database.execute_sql("SELECT id, public_id, name, share_generation FROM project").fetchall() == [
         (3, "proj_00000000000000aa", "Kept", 0)]
-    assert migrate(database) == []
+    assert migrate(database, models) == []
 
 
 def test_version_six_records_get_a_job_heartbeat(tmp_path):
@@ -82,11 +83,11 @@ def test_version_six_records_get_a_job_heartbeat(tmp_path):
         for number, name in enumerate(["m0001_initial", "m0002_projects", "m0003_share_generation",
                                        "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit"], start=1):
             SchemaMigration.create(number=number, name=name)
-    assert migrate(database) == ["m0007_job_heartbeat", "m0008_warm_pool"]
+    assert migrate(database, models) == ["m0007_job_heartbeat", "m0008_warm_pool"]
     for table in ("desktop", "project"):
         assert "job_heartbeat_at" in {c.name for c in database.get_columns(table)}
     assert database.execute_sql("SELECT id, status, job_heartbeat_at FROM desktop").fetchall() == [(5, "RUNNING", None)]
-    assert migrate(database) == []
+    assert migrate(database, models) == []
 
 
 def test_version_seven_leases_are_kept_and_can_belong_to_a_pool_vm(tmp_path):
@@ -98,11 +99,11 @@ def test_version_seven_leases_are_kept_and_can_belong_to_a_pool_vm(tmp_path):
         database.create_tables([SchemaMigration])
         for number in range(1, 8):
             SchemaMigration.create(number=number, name=f"m000{number}")
-    assert migrate(database) == ["m0008_warm_pool"]
+    assert migrate(database, models) == ["m0008_warm_pool"]
     assert {"pool_vm", "pool_setting"} <= tables(database)
     assert database.execute_sql("SELECT vmid, desktop_id, project_id, pool_vm_id FROM vmid_lease").fetchall() == [
         (10002, 9, None, None)]
-    assert migrate(database) == []
+    assert migrate(database, models) == []
 
 
 def _migrate_in_a_process(url: str) -> None:

@@ -10,7 +10,7 @@ from ...services.plans import POOL_POWERS
 from ..common import settings
 from ..desktops.resources import envelope
 from ..desktops.schemas import DesktopError, Envelope
-from .resources import blp
+from .blueprint import blp
 
 PLAN = {"in": "path", "name": "plan", "required": True, "description": "A plan of the plans file (BASIC, ...)",
         "schema": {"type": "string"}}

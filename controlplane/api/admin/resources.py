@@ -7,30 +7,16 @@ from __future__ import annotations
 
 import re
 
-from flask import g, request
+from flask import g
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from ...auth import current_identity
-from ...errors import Forbidden, ValidationFailed
+from ...errors import ValidationFailed
 from ...services import policies
-from ..common import JsonBoolean, refuse_unusable_input, settings
+from ..common import JsonBoolean, settings
 from ..desktops.resources import envelope
 from ..desktops.schemas import DesktopError, Envelope
-
-blp = Blueprint("admin", __name__, url_prefix="/api/v1/admin",
-                description="Admin operations: lifecycle policies (expiry, idle stop, clean-up) and reconciliation.")
-
-
-@blp.before_request
-def _admin_only():
-    if request.method == "OPTIONS":  # Flask answers it (Allow); no token, as flask-jwt-extended exempts it
-        return
-    g.identity = current_identity(settings())
-    if not g.identity.is_admin:
-        raise Forbidden("This operation needs an admin token")
-    refuse_unusable_input()
+from .blueprint import blp
 
 
 class PolicyRunBody(Schema):
@@ -251,5 +237,3 @@ class Audit(MethodView):
              "method": e.method, "path": e.path, "action": e.action, "target": e.target, "status": e.status,
              "result": e.result} for e in found]})
 
-
-from . import pools  # noqa: E402,F401  (its routes are on this blueprint)
