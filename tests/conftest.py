@@ -392,6 +392,10 @@ def lab_session(tmp_path_factory, lab_database_url, redis_url):
         lab_database = db.obj
         db.initialize(previous)  # ... which `lab` binds only for the tests that use the lab
         server = ServerThread(lab_app).start()
+        # As an API worker under gunicorn does (controlplane/gunicorn_conf.py): the model library is
+        # imported in the background now, not inside the first chat request of a browser test.
+        from controlplane import gunicorn_conf
+        gunicorn_conf.post_worker_init(None)
         yield Lab(services, settings, workers, server, lab_database)
     finally:
         if server:

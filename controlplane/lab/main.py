@@ -168,6 +168,7 @@ def run_lab(workers: int = 2) -> int:  # noqa: C901 - starts and stops each part
         worker_procs = {n: spawn_worker(n) for n in range(1, workers + 1)}
         api = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"{api_host}:{api_port}", "--workers", "2",
                                 "--threads", "8", "--graceful-timeout", "5", "--log-level", "warning",
+                                "--config", "python:controlplane.gunicorn_conf",  # as `controlplane api`
                                 "controlplane:create_app()"], env=child_env, cwd=REPO_ROOT)
         children.extend([api, *worker_procs.values()])
         _wait_for_api(api_url, api)
