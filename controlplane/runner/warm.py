@@ -79,7 +79,8 @@ class Server:
         self.path, self.parent = path, parent
         self.primed: str | None = None  # the primed settings, as canonical JSON
         self.broken: str | None = None  # why Ansible could not be imported here
-        self.monitors: set[int] = set()
+        self.monitors: dict[int, int | None] = {}  # pid -> its pidfd (None where pidfds are missing)
+        self.parent_fd: int | None = None
         self.base_env = dict(os.environ)
 
     def prime(self, config: dict[str, str], cwd: str) -> None:
@@ -113,11 +114,19 @@ class Server:
         listener.listen(64)
         os.rename(staging, self.path)  # the path appears once connections are taken
         _say_ready()
+        self.parent_fd = parent = _pidfd(self.parent) if self.parent is not None else None
         try:
+            # Woken by a connection, a monitor's end (reaped at once) or the parent's; without pidfds
+            # (Linux < 5.3), it looks at its parent and monitors every second instead.
             while self.parent is None or os.getppid() == self.parent:
-                readable, _, _ = select.select([listener], [], [], 1.0)
+                pidfds = [fd for fd in self.monitors.values() if fd is not None]
+                polled = (self.parent is not None and parent is None) or None in self.monitors.values()
+                readable, _, _ = select.select([listener] + pidfds + ([parent] if parent is not None else []),
+                                               [], [], 1.0 if polled else None)
                 self._reap()
-                if not readable:
+                if parent is not None and parent in readable:
+                    break  # the worker that started it has ended
+                if listener not in readable:
                     continue
                 try:
                     conn, _ = listener.accept()
@@ -129,19 +138,23 @@ class Server:
                     conn.close()
         finally:
             listener.close()
+            if parent is not None:
+                os.close(parent)
             try:
                 os.unlink(self.path)
             except OSError:
                 pass
 
     def _reap(self) -> None:
-        for pid in list(self.monitors):
+        for pid, pidfd in list(self.monitors.items()):
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 done = pid
             if done:
-                self.monitors.discard(pid)
+                del self.monitors[pid]
+                if pidfd is not None:
+                    os.close(pidfd)
 
     def _handle(self, conn: socket.socket, listener: socket.socket) -> None:
         conn.settimeout(5)  # a client that does not send its settings does not hold the others up
@@ -167,6 +180,9 @@ class Server:
             code = 1
             try:
                 listener.close()
+                for fd in [self.parent_fd, *self.monitors.values()]:
+                    if fd is not None:
+                        os.close(fd)  # the server's, not the run's
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 conn.settimeout(None)
                 code = Monitor(conn, warm).run()
@@ -174,7 +190,16 @@ class Server:
                 print(f"warm ansible: monitor failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             finally:
                 os._exit(code)
-        self.monitors.add(pid)
+        self.monitors[pid] = _pidfd(pid)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when the process ends, or None (no pidfd_open here, or
+    the process is already gone)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 class Monitor:
@@ -212,10 +237,7 @@ class Monitor:
         return 0
 
     def _wait(self, child: int) -> int:
-        try:
-            pidfd = os.pidfd_open(child)
-        except (AttributeError, OSError):
-            pidfd = None
+        pidfd = _pidfd(child)
         while True:
             watch = [self.conn] + ([pidfd] if pidfd is not None else [])
             readable, _, _ = select.select(watch, [], [], 0.5 if pidfd is None else None)

@@ -18,7 +18,7 @@ import pytest
 
 from controlplane.config import REPO_ROOT, Settings
 from controlplane.runner.ansible import run_playbook
-from tests.unit.helpers import write
+from tests.unit.helpers import wait_for_unlock, write
 
 RUN_PREFIX = "controlplane-run-"  # run_playbook's private folders, in tempfile.gettempdir()
 
@@ -28,16 +28,6 @@ OWN_SECRETS = dict(jwt_secret=JWT, shares_secret="shares-" + "s" * 32, guacamole
                    llm_openai_api_key="sk-model-key", llm_anthropic_api_key="sk-ant-key",
                    llm_user_keys_secret="user-keys-" + "u" * 32,
                    database_url="postgresql://cp:db-password@db/cp", redis_url="redis://:redis-password@r:6379/0")
-
-
-def wait_until(condition, timeout: float = 60, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---- which secrets each playbook gets ----------------------------------------------------------------------
@@ -202,10 +192,9 @@ def test_the_reaper_pass_removes_a_killed_runs_folder_once_its_playbook_ended_an
     # Once the playbook has ended, the next pass removes the folder; the live run's stays.
     flag.touch()
 
-    def gone():
-        _reaper_pass(base_settings, redis_conn)
-        return not (runs / killed).exists()
-    wait_until(gone, what="the reaper to remove the killed run's folder")
+    wait_for_unlock(runs / killed, 60, "the killed run's playbook to end")
+    _reaper_pass(base_settings, redis_conn)
+    assert not (runs / killed).exists(), "the reaper kept a killed run's folder nobody holds"
     assert live.is_dir(), "a live run's folder was removed"
     result = finish()
     assert result.ok, result.reason()

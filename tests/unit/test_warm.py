@@ -16,8 +16,7 @@ import pytest
 from controlplane.runner import ansible
 from controlplane.runner.ansible import run_playbook
 from controlplane.runner.launch import config_of
-from tests.unit.helpers import write
-from tests.unit.test_runner_secrets import wait_until
+from tests.unit.helpers import Fifo, wait_for_exits, write
 
 SECRET = "Warm-Secret-9c1e"
 
@@ -60,9 +59,18 @@ def test_runs_are_forked_warm_and_the_warm_process_never_holds_a_secret(project,
     assert SECRET.encode() not in environ_of(warm_ansible.pid)
     assert SECRET.encode() not in Path(f"/proc/{warm_ansible.pid}/cmdline").read_bytes()
     assert b"CONTROLPLANE_" not in environ_of(warm_ansible.pid)  # only base_env of the starting process
-    # Each run's monitor ended with it, and the warm process reaped it (it looks every second).
-    wait_until(lambda: not subprocess.run(["ps", "-o", "pid=", "--ppid", str(warm_ansible.pid)], capture_output=True,
-                                          text=True).stdout.split(), timeout=10, what="the monitors to be reaped")
+    # Each run's monitor ended with it, and the warm process reaped it at once (it watches their pidfds):
+    # the next connection it takes, after they ended, finds none of them left a zombie.
+    monitors = children(warm_ansible.pid)
+    wait_for_exits(monitors, 10, "the monitors to end")
+    project.playbook("ok.yml", "- debug: {msg: hello}")
+    assert project.run("ok.yml").warm
+    assert not set(monitors) & set(children(warm_ansible.pid)), "a monitor that ended was not reaped"
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                                           text=True).stdout.split()]
 
 
 def test_a_run_with_other_ansible_settings_starts_afresh_and_the_next_one_is_warm_again(project, warm_ansible):
@@ -95,6 +103,7 @@ def test_a_killed_warm_run_takes_every_process_it_started_even_in_other_sessions
     import threading
     mark = f"CP_TEST_WARM_MARK={os.getpid()}-{time.monotonic_ns()}"
     started = tmp_path / "started"
+    fifo = Fifo(started)  # the shell's echo waits for this reader
     project.playbook("hang.yml", f"""
         - name: Start a process in a session of its own, then wait
           shell: "setsid tail -f /dev/null & echo $! > {started}; tail -f /dev/null"
@@ -103,7 +112,7 @@ def test_a_killed_warm_run_takes_every_process_it_started_even_in_other_sessions
     runner = threading.Thread(target=lambda: results.append(project.run("hang.yml", env=dict([mark.split("=", 1)]),
                                                                         timeout=300)))
     runner.start()
-    detached = int(wait_until(lambda: started.exists() and started.read_text().strip(), what="the detached process"))
+    detached = int(fifo.read(60, "the detached process's pid"))
 
     def marked() -> list[int]:
         found = []
@@ -120,7 +129,9 @@ def test_a_killed_warm_run_takes_every_process_it_started_even_in_other_sessions
     os.killpg(os.getpgid(launcher), signal.SIGKILL)
     runner.join(60)
     assert results and not results[0].ok, results
-    wait_until(lambda: not marked(), timeout=30, what="every process of the run to end")
+    deadline = time.monotonic() + 30
+    while left := marked():  # again if one started as the others were killed
+        wait_for_exits(left, deadline - time.monotonic(), "every process of the run to end")
 
 
 def test_the_warm_process_ends_with_the_process_that_started_it(tmp_path):
@@ -131,17 +142,16 @@ def test_the_warm_process_ends_with_the_process_that_started_it(tmp_path):
         import os, sys
         from controlplane.runner import warm
         p = warm.start({os.path.join(folder, "s")!r})
-        print(p.pid, flush=True)
+        print(p.pid, warm.wait_ready(p), flush=True)
         sys.stdin.read()  # until it is killed
     """)
     parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        child = int(parent.stdout.readline())
-        wait_until(lambda: os.path.exists(os.path.join(folder, "s")), what="the warm process to listen")
+        child, listening = parent.stdout.readline().split()
+        assert listening == "True", "the warm process did not listen"
         parent.kill()
         parent.wait(10)
-        wait_until(lambda: not Path(f"/proc/{child}").exists() or b"State:\tZ" in
-                   Path(f"/proc/{child}/status").read_bytes(), timeout=30, what="the warm process to end")
+        wait_for_exits([int(child)], 30, "the warm process to end")
     finally:
         parent.kill()
         import shutil
