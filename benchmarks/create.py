@@ -264,7 +264,7 @@ class Bench:
 
         from controlplane.extensions import db
         from controlplane.models import Desktop, DesktopEvent
-        from controlplane.services.states import TASK_FILE_STATUS
+        from controlplane.states import TASK_FILE_STATUS
         with db.connection_context():
             d = Desktop.get_by_id(desktop_id)
             events = list(DesktopEvent.select().where(DesktopEvent.desktop == desktop_id).order_by(DesktopEvent.id))

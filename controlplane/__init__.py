@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from .api.common import SETTINGS_KEY
     from .api.chat.resources import blp as chat_blp
     from .api.desktops.resources import blp as desktops_blp
-    from .api.errors import init_error_handlers
+    from .api.errors import init_error_handlers, render_error
     from .api.health.resources import blp as health_blp
     from .api.jsonbody import JsonProvider, JsonRequest
     from .api.projects.resources import blp as projects_blp
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     _serve_swagger_ui(app)
 
     init_db(settings.effective_database_url, pooled=True)
-    init_auth(app, settings)
+    init_auth(app, settings, render_error)
     api.init_app(app)
     api.register_blueprint(desktops_blp)
     api.register_blueprint(health_blp)

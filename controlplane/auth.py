@@ -23,7 +23,7 @@ from . import user_ids
 from .config import Settings
 from .errors import Unauthorized
 from .extensions import jwt
-from .services.desktops import Identity
+from .services.identity import Identity
 
 LAB_ISSUER = "controlplane-lab"
 JWKS_KEY = "controlplane.jwks"
@@ -34,7 +34,9 @@ UNUSABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 log = logging.getLogger(__name__)
 
 
-def init_auth(app: Flask, settings: Settings) -> None:
+def init_auth(app: Flask, settings: Settings, render_error) -> None:
+    """Token checks for the app; `render_error` (api/errors.py) answers a refused token in the
+    envelope of the API that was called."""
     settings.require_auth()
     warn_unchecked_claims(settings)
     app.extensions["controlplane.verified_tokens"] = _VerifiedTokens()
@@ -76,7 +78,6 @@ def init_auth(app: Flask, settings: Settings) -> None:
         return refusal(payload) is None
 
     def _reject(message):
-        from .api.errors import render_error
         return render_error(Unauthorized(message))
 
     jwt.unauthorized_loader(lambda reason: _reject("Missing bearer token"))

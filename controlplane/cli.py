@@ -72,10 +72,22 @@ def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
             log.exception("reaper pass failed")
 
 
+def remove_leftover_runs(settings: Settings) -> list[str]:
+    """Delete the private folders of playbook runs killed with their worker, on this host (they may
+    hold a run's extra vars and output); a live run's folder is kept (runner/ansible.py). Called at
+    worker start and on every pass of the reaper process. A folder of an older version (unlocked)
+    goes once unchanged for longer than any job may run."""
+    from .runner.ansible import remove_leftover_runs as remove_runs
+    removed = remove_runs(unlocked_after=settings.job_timeout + 300)
+    if removed:
+        log.warning("removed the folders of %d playbook run(s) killed with their worker", len(removed))
+    return removed
+
+
 def _reaper_pass(settings: Settings, conn) -> None:
     """One pass of the reaper process beside a worker."""
     from .services.pool import refill
-    from .services.reaper import reap, remove_leftover_runs
+    from .services.reaper import reap
     from .tasks.maintenance import enqueue_if_due
     # The folders of playbook runs killed with their worker: every reaper, each host has its own.
     remove_leftover_runs(settings)
@@ -121,7 +133,6 @@ def cmd_worker(args) -> int:
 
     from .logs import configure_logging
     from .services.queue import POOL_QUEUE_NAME, QUEUE_NAME, get_redis
-    from .services.reaper import remove_leftover_runs
     from .tasks import engine as tasks
     settings = Settings.from_env()
     settings.require_redis()
@@ -196,7 +207,7 @@ def _start_warm_ansible():
 
 def cmd_reap(args) -> int:
     from .models import init_db
-    from .services.reaper import reap, remove_leftover_runs
+    from .services.reaper import reap
     settings = Settings.from_env()
     settings.require_redis()
     if args.loop:

@@ -59,6 +59,15 @@ GUACAMOLE_PLAYBOOKS = frozenset({"desktop_create.yml", "desktop_start.yml", "des
 LLM_PROVIDERS = ("openai", "anthropic", "openrouter", "compat")
 
 
+def parse_backoff(text: str) -> tuple[float, ...]:
+    """'1,2,4,8' → (1.0, 2.0, 4.0, 8.0); '' → () (no retries). Raises ValueError."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    delays = tuple(float(p) for p in parts)
+    if any(d < 0 or d != d for d in delays):
+        raise ValueError("delays must be numbers >= 0")
+    return delays
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where state lives
@@ -358,7 +367,6 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"CONTROLPLANE_{name.upper()} must be positive")
         try:
-            from .services.failures import parse_backoff
             parse_backoff(self.retry_backoff)
         except ValueError:
             raise ConfigError("CONTROLPLANE_RETRY_BACKOFF must be seconds separated by commas (1,2,4,8) "

@@ -2,6 +2,7 @@
 # Install the Debian packages a purpose needs when they are missing, with apt-get, as root (or with
 # passwordless sudo):
 #   scripts/ensure-debian-packages.sh test   chromium (browser tests) + the lab's screens; fails if it cannot
+#   scripts/ensure-debian-packages.sh screens  the lab's screens only (make check's screen tests); fails if it cannot
 #   scripts/ensure-debian-packages.sh lab    the lab's screens (xvfb x11vnc xterm novnc); only warns: the
 #                                            lab then shows the Guacamole stand-in's plain page
 # CONTROLPLANE_TEST_CHROMIUM names another Chromium for the tests (chromium is then not installed).
@@ -10,8 +11,8 @@ purpose="${1:-test}"
 screens="xvfb x11vnc xterm novnc"
 case "$purpose" in
   test) wanted="$screens"; [ -n "${CONTROLPLANE_TEST_CHROMIUM:-}" ] || wanted="chromium $wanted" ;;
-  lab) wanted="$screens" ;;
-  *) echo "usage: $0 test|lab" >&2; exit 2 ;;
+  lab|screens) wanted="$screens" ;;
+  *) echo "usage: $0 test|screens|lab" >&2; exit 2 ;;
 esac
 have() {  # is the package's part there?
   case "$1" in
@@ -24,7 +25,7 @@ missing=""
 for package in $wanted; do have "$package" || missing="$missing $package"; done
 [ -z "$missing" ] && exit 0
 fail() {
-  if [ "$purpose" = test ]; then echo "ensure-debian-packages: $*" >&2; exit 1; fi
+  if [ "$purpose" != lab ]; then echo "ensure-debian-packages: $*" >&2; exit 1; fi
   echo "lab: $* The lab runs without real VM screens (the Guacamole stand-in shows its plain page)." >&2
   exit 0
 }

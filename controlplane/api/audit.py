@@ -16,6 +16,7 @@ import uuid
 from flask import Flask, g, request
 
 from ..extensions import db
+from ..models import AuditEntry
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ def init_audit(app: Flask) -> None:
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
         if request.method in CHANGES and request.path.startswith("/api/"):
-            from ..models import AuditEntry
             identity = g.get("identity")
             try:
                 with db.connection_context():

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import errors
 from .common import now_iso
+from .limits import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,6 @@ def _from_http(exc: HTTPException) -> errors.ApiError:
     if exc.code == 413:
         return errors.PayloadTooLarge()
     if exc.code == 429:  # Flask-Limiter's RateLimitExceeded: its description is the limit
-        from .limits import RateLimited
         return RateLimited(f"Rate limit exceeded: {exc.description}", details={"limit": str(exc.description)})
     if exc.code == 415:
         return errors.ValidationFailed(details={BODY_KEY: "Content-Type must be application/json"})

@@ -27,6 +27,7 @@ from flask_limiter import Limiter
 
 from ..config import Settings
 from ..errors import ApiError
+from ..services.projects import Action, access
 
 LIMITED_PREFIXES = ("/api/v1/desktops", "/api/projects", "/api/chat", "/api/user", "/api/invitations")
 
@@ -73,7 +74,6 @@ def _chat_project() -> int | None:
     project_id = body.get("project_id") if isinstance(body, dict) else None
     if identity is None or not isinstance(project_id, str) or not project_id or len(project_id) > 40:
         return None  # (Project.public_id holds at most 40 characters: a longer id names no project)
-    from ..services.projects import Action, access
     try:
         project, _ = access(identity, project_id, Action.CHAT)
     except Exception:  # not found (404), not allowed (403), or a failure the view will report

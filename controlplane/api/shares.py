@@ -54,9 +54,14 @@ from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
+from ..auth import identity_from_token
 from ..config import Settings
+from ..errors import ApiError
 from ..extensions import db
+from ..models import Project, ProjectMember
+from ..project_states import ProjectStatus
 from ..services import share_locks, shares
+from ..services.projects import Action, Role, allowed
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +131,6 @@ class ShareContext:
     def share_generation(self, project_id: str) -> int | None:
         """The project's share generation (what its password derives from), None unless the
         project exists and is not deleted."""
-        from ..models import Project
-        from ..services.project_states import ProjectStatus
         with db.connection_context():
             row = (Project.select(Project.share_generation)
                    .where(Project.public_id == project_id, Project.status != ProjectStatus.DELETED.value)
@@ -136,9 +139,6 @@ class ShareContext:
 
     def role(self, project_id: str, user_id: str):
         """The user's role in the (live) project, or None."""
-        from ..models import Project, ProjectMember
-        from ..services.project_states import ProjectStatus
-        from ..services.projects import Role
         with db.connection_context():
             member = (ProjectMember.select(ProjectMember.role).join(Project)
                       .where(Project.public_id == project_id, Project.status != ProjectStatus.DELETED.value,
@@ -212,9 +212,6 @@ class ShareGate(BaseMiddleware):
         """(user id, None) when the token's user is a member of the realm's project whose role
         allows the method (any member reads; editors and the owner write), else ("", the
         refusal's status)."""
-        from ..auth import identity_from_token
-        from ..errors import ApiError
-        from ..services.projects import Action, allowed
         if not shares.is_project_id(realm):
             return "", "403 Forbidden"
         with self.context.flask_app.app_context():
@@ -313,7 +310,6 @@ class ShareLimits(BaseMiddleware):
         """The project's owner, with their bearer token, releases any lock of the project's folder
         whose scope holds the request's resource (WsgiDAV lets only the lock's principal). False:
         WsgiDAV answers as usual (their own lock, no such lock, not the owner, ...)."""
-        from ..services.projects import Role
         token = environ.get("HTTP_LOCK_TOKEN", "").strip().strip("<>")
         provider = environ["wsgidav.provider"]
         lock_man = provider.lock_manager

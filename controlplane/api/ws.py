@@ -27,10 +27,11 @@ import uuid
 from flask import current_app, request
 from simple_websocket import ConnectionClosed
 
-from ..errors import ApiError, Unauthorized
+from ..auth import identity_from_token
+from ..errors import ApiError, Unauthorized, ValidationFailed
 from ..extensions import db
 from ..services import projects
-from ..services.desktops import Identity
+from ..services.identity import Identity
 from ..services.queue import get_redis, project_channel, user_channel
 from . import jsonbody
 from .common import settings
@@ -49,7 +50,6 @@ CLOSE_POLICY = 1008
 
 
 def _identity(token: str) -> Identity:
-    from ..auth import identity_from_token
     return identity_from_token(settings(), token)
 
 
@@ -145,7 +145,6 @@ class Session:
 
 
 def _invalid(message: str, details: dict | None = None) -> ApiError:
-    from ..errors import ValidationFailed
     return ValidationFailed(message, details)
 
 

@@ -65,6 +65,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import guacamole_auth_json
 from .http import serve
 
 log = logging.getLogger("controlplane.lab.guacamole")
@@ -778,10 +779,9 @@ class GuacamoleStandIn:
     def _json_login(self, data: str) -> web.Response:
         """guacamole-auth-json: decrypt, check the signature, refuse expired or reused data. A refusal
         is the same 403 as a bad password (the json provider declines; no other provider accepts)."""
-        from ..services import guacamole_json
         try:
-            payload = guacamole_json.decrypt(self.json_secret, data)
-        except guacamole_json.InvalidData as exc:
+            payload = guacamole_auth_json.decrypt(self.json_secret, data)
+        except guacamole_auth_json.InvalidData as exc:
             raise self._json_refused(str(exc)) from None
         expires = payload.get("expires")
         now_ms = _now_ms()

@@ -11,7 +11,8 @@ import enum
 
 import peewee as pw
 
-from . import BaseModel, Desktop, utcnow
+from .base import BaseModel, utcnow
+from .desktops import Desktop
 
 
 class PoolVmState(str, enum.Enum):

@@ -10,7 +10,7 @@ import secrets
 
 import peewee as pw
 
-from . import BaseModel, utcnow
+from .base import BaseModel, utcnow
 
 
 def public_id(prefix: str) -> str:

@@ -18,9 +18,10 @@ import re
 
 from flask import Blueprint, Flask, jsonify, request, send_from_directory
 
+from ..auth import mint_lab_token
 from ..config import Settings
 from ..errors import NotFound, ValidationFailed
-from ..services.plans import load_plans
+from ..services.plans import load_plans, projects_config
 
 STATIC = __path__[0] + "/static"
 LAB_TOKEN_TTL = dt.timedelta(hours=8)
@@ -64,7 +65,6 @@ def init_portal(app: Flask, settings: Settings) -> None:
     def config():
         mode = sign_in_mode(settings)
         plans = load_plans(settings.plans_file)
-        from ..services.projects import projects_config
         projects = projects_config(settings)
         body = {
             "signIn": mode,
@@ -103,7 +103,6 @@ def init_portal(app: Flask, settings: Settings) -> None:
             details["admin"] = "admin must be true or false"
         if details:
             raise ValidationFailed(details=details)
-        from ..auth import mint_lab_token
         token = mint_lab_token(settings, user_id.strip(), admin=admin, ttl=LAB_TOKEN_TTL)
         response = jsonify({"access_token": token, "token_type": "Bearer",
                             "expires_in": int(LAB_TOKEN_TTL.total_seconds())})

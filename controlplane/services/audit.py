@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from ..models import AuditEntry
 from . import kinds
 
 log = logging.getLogger(__name__)
@@ -14,7 +15,6 @@ log = logging.getLogger(__name__)
 def record_outcome(row, operation, *, ok: bool, requested_by: str | None, request_id: str | None) -> None:
     """One entry: method JOB, action `<kind>.<operation>`, the record's final status as result. Never
     raises (the audit must not change what happened); a failure to write is logged."""
-    from ..models import AuditEntry
     kind = kinds.of(row)
     ident = getattr(row, "public_id", None) or row.id
     try:

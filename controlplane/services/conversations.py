@@ -15,8 +15,9 @@ from ..config import Settings
 from ..errors import ApiError, ValidationFailed
 from ..extensions import db
 from ..models import ChatMessage, Project, UsageRecord, UserSettings, utcnow
+from ..timestamps import utc_z
 from . import chat
-from .desktops import Identity
+from .identity import Identity
 from .projects import Action, access, lifecycle_notify
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,8 @@ def _user_key(settings: Settings, user_id: str, provider: str) -> str | None:
 # ---- chat ----------------------------------------------------------------------------------------------
 
 def message_data(message: ChatMessage) -> dict:
-    from ..api.projects.resources import utc
     data = {"id": message.public_id, "role": message.role, "content": message.content,
-            "timestamp": utc(message.created_at)}
+            "timestamp": utc_z(message.created_at)}
     if message.role == "assistant":
         data.update(model=message.model, tokens=message.tokens)
     else:

@@ -7,30 +7,31 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
 
 import peewee as pw
 import redis
 
 from ..config import Settings
-from ..errors import (DesktopAlreadyExists, DesktopNotFound, DesktopNotReady, Forbidden, InfrastructureError,
-                      InvalidOperation, ValidationFailed)
+from ..errors import (
+    DesktopAlreadyExists,
+    DesktopNotFound,
+    DesktopNotReady,
+    Forbidden,
+    InfrastructureError,
+    InvalidOperation,
+    ValidationFailed,
+)
 from ..extensions import db
 from ..models import Desktop, DesktopEvent, IdempotencyKey, VmidLease, utcnow
-from . import jobs, lifecycle, pool, vmids
+from ..states import ACCEPTED, ALLOWED_FROM, INACTIVE, Operation, Status
+from ..timestamps import utc_iso
+from ..user_ids import guacamole_username
+from . import guacamole_json, jobs, lifecycle, pool, vmids
+from .identity import Identity
+from .maintenance import maintenance_refusal
 from .plans import Plan, duration_text, load_plans
-from .states import ACCEPTED, ALLOWED_FROM, INACTIVE, Operation, Status
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Identity:
-    user_id: str
-    is_admin: bool = False
-    email: str | None = None  # verified (the token's email_verified is true), else None: it proves who the caller is
-    name: str | None = None
-    email_unverified: bool = False  # the token carried an email its identity provider had not verified
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -42,7 +43,6 @@ def _by_id(desktop_id: int) -> Desktop | None:
     """Desktop.get_or_none(Desktop.id == desktop_id), with the SQL built once per database: the
     hottest read of the API (get, status, connect), where peewee's query building is most of the
     cost."""
-    from ..extensions import db
     key = id(db.obj)
     sql = _BY_ID_SQL.get(key)
     if sql is None:
@@ -101,9 +101,8 @@ def connection_url(settings: Settings, desktop: Desktop) -> str | None:
     """Guacamole's client URL for the desktop's connection, only while it is RUNNING."""
     if desktop.status != Status.RUNNING.value or not desktop.guacamole_connection_id:
         return None
-    from .guacamole_json import client_id
     return (f"{settings.effective_guacamole_public_url}/#/client/"
-            f"{client_id(desktop.guacamole_connection_id, settings.guacamole_data_source)}")
+            f"{guacamole_json.client_id(desktop.guacamole_connection_id, settings.guacamole_data_source)}")
 
 
 def connection_link(settings: Settings, desktop: Desktop, now: dt.datetime | None = None) -> tuple[str | None, dt.datetime | None]:
@@ -111,8 +110,6 @@ def connection_link(settings: Settings, desktop: Desktop, now: dt.datetime | Non
     (CONTROLPLANE_CONNECT_TTL), fresh on every call, or the connection's plain URL (no expiry)."""
     if settings.effective_connect_mode != "json" or desktop.status != Status.RUNNING.value or not desktop.ip_address:
         return connection_url(settings, desktop), None
-    from ..user_ids import guacamole_username
-    from . import guacamole_json
     expires_at = (now or utcnow()) + dt.timedelta(seconds=settings.connect_ttl)
     parameters = {"hostname": desktop.ip_address, "port": settings.effective_guacamole_port}
     if settings.guacamole_vnc_password and (desktop.protocol or settings.guacamole_protocol) == "vnc":
@@ -213,7 +210,7 @@ def request(settings: Settings, identity: Identity, desktop_id: int, operation: 
     if Status(desktop.status) not in ALLOWED_FROM[operation]:
         raise InvalidOperation(f"Cannot {operation.value} desktop in {desktop.status} state")
     if operation is Operation.START and desktop.expires_at is not None and desktop.expires_at <= utcnow():
-        raise InvalidOperation(f"Cannot start desktop: it expired at {_utc_text(desktop.expires_at)}")
+        raise InvalidOperation(f"Cannot start desktop: it expired at {utc_iso(desktop.expires_at)}")
     if operation is Operation.START:
         _refuse_on_draining_node(settings, desktop.node, "start desktop")
     accepted, message = ACCEPTED[operation]
@@ -248,16 +245,11 @@ def _expiry(plan: Plan, asked: dt.datetime | None) -> dt.datetime | None:
 
 
 def _refuse_on_draining_node(settings: Settings, node: str | None, what: str) -> None:
-    """A node in maintenance (policies.drain) takes no new desktops: INFRASTRUCTURE_ERROR, which
+    """A node in maintenance (maintenance.drain) takes no new desktops: INFRASTRUCTURE_ERROR, which
     the contract says to retry later."""
-    from .policies import maintenance_refusal
     refusal = maintenance_refusal(settings, node, what)
     if refusal:
         raise InfrastructureError(refusal)
-
-
-def _utc_text(value: dt.datetime) -> str:
-    return value.replace(tzinfo=dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _active_desktop_exists(user_id: str) -> bool:

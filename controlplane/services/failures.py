@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import re
 
-from .states import Operation
+from ..states import Operation
 
 
 class FailureClass(str, enum.Enum):
@@ -79,15 +79,6 @@ def classify(operation: Operation | str, message: str | None, *, from_step: bool
     if Operation(operation) is Operation.CREATE and from_step:
         return FailureClass.PROVISIONING
     return FailureClass.PERMANENT
-
-
-def parse_backoff(text: str) -> tuple[float, ...]:
-    """'1,2,4,8' → (1.0, 2.0, 4.0, 8.0); '' → () (no retries). Raises ValueError."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    delays = tuple(float(p) for p in parts)
-    if any(d < 0 or d != d for d in delays):
-        raise ValueError("delays must be numbers >= 0")
-    return delays
 
 
 class RetryPlan:

@@ -8,7 +8,8 @@ AES-128-CBC (a zero IV, PKCS#7 padding) under the 128-bit secret shared with Gua
     url  = {guacamole}/?data=<url-encoded data>#/client/<base64url(name NUL "c" NUL "json")>
 
 Guacamole refuses the data once `expires` (epoch milliseconds) has passed, and a second time when
-`singleUse` is set. `decrypt` is the other side, as Guacamole does it: the lab's stand-in uses it.
+`singleUse` is set. The reading side, as Guacamole does it, is the lab's own
+(lab/guacamole_auth_json.py).
 """
 from __future__ import annotations
 
@@ -29,10 +30,6 @@ NULL_IV = bytes(16)
 SECRET = re.compile(r"^[0-9a-fA-F]{32}$")
 
 
-class InvalidData(ValueError):
-    """Data that is not base64, not encrypted with the key, not signed with it, or not JSON."""
-
-
 def key_of(secret_hex: str) -> bytes:
     if not SECRET.match(secret_hex or ""):
         raise ValueError("the auth-json secret must be 32 hexadecimal digits (128 bits)")
@@ -47,35 +44,6 @@ def sign_and_encrypt(secret_hex: str, document: bytes) -> str:
     plain = padder.update(signed) + padder.finalize()
     encryptor = Cipher(algorithms.AES(key), modes.CBC(NULL_IV)).encryptor()
     return base64.b64encode(encryptor.update(plain) + encryptor.finalize()).decode("ascii")
-
-
-def decrypt(secret_hex: str, data: str) -> dict:
-    """The JSON object in `data`, once its signature checks out (constant-time); InvalidData otherwise.
-    Expiry and single use are the caller's to check (they need a clock and a memory)."""
-    key = key_of(secret_hex)
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (ValueError, TypeError):
-        raise InvalidData("not base64") from None
-    if not raw or len(raw) % 16:
-        raise InvalidData("not AES-128-CBC data")
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(NULL_IV)).decryptor()
-    padded = decryptor.update(raw) + decryptor.finalize()
-    try:
-        unpadder = padding.PKCS7(128).unpadder()
-        signed = unpadder.update(padded) + unpadder.finalize()
-    except ValueError:
-        raise InvalidData("bad padding: another key") from None
-    signature, document = signed[:32], signed[32:]
-    if len(signature) < 32 or not hmac.compare_digest(signature, hmac.new(key, document, hashlib.sha256).digest()):
-        raise InvalidData("bad signature")
-    try:
-        value = json.loads(document)
-    except ValueError:
-        raise InvalidData("not JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidData("not a JSON object")
-    return value
 
 
 def client_id(identifier: str, data_source: str = DATA_SOURCE) -> str:

@@ -7,8 +7,9 @@ import uuid
 from rq import Callback
 
 from ..config import Settings
+from ..states import Operation
+from . import kinds
 from .queue import get_queue
-from .states import Operation
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ def enqueue(settings: Settings, operation: Operation, resource_id: int, job_id: 
     meta may carry `reason`, written by a policy (never user input), for the final message, and
     who asked for it in which request (`requested_by`, `request_id`: the caller's, a policy's name,
     the reaper) for the audit log."""
-    from . import kinds
     described = kinds.get(kind)
     meta = {"kind": kind, "resource_id": resource_id, "operation": operation.value, "force": force}
     if reason:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 
+import redis
+
 from ..extensions import db
 from ..models import utcnow
-from . import kinds
+from . import jobs, kinds
+from .queue import get_redis
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,6 @@ def record_event(row, status, message: str, source: str) -> None:
 
 def publish(redis_url: str, row, extra: dict | None = None) -> None:
     """Announce a record's state on its channels (queue.user_channel, queue.project_channel)."""
-    from .queue import get_redis
     kind = kinds.of(row)
     payload = kinds.dumps({**kind.event(row), **(extra or {})})
     try:
@@ -79,8 +81,6 @@ def accept(settings, row, operation, accepted, message: str, force: bool = False
     publish. Returns the fresh record, or None when another request changed the status first. If
     Redis refuses the job, the record is put back and QueueUnavailable is raised. `reason` (why a
     policy acts) travels with the job and ends up in the final status message."""
-    import redis
-    from . import jobs
     kind = kinds.of(row)
     model = kind.model
     previous = {"status": row.status, "status_message": row.status_message, "operation": row.operation,

@@ -1,7 +1,7 @@
 """Which Proxmox node a new VM goes to.
 
 Read from `cluster/resources` (type node): only online nodes, only those allowed
-(CONTROLPLANE_PROXMOX_NODES, empty: all), never one in maintenance (policies.drain). A clone can
+(CONTROLPLANE_PROXMOX_NODES, empty: all), never one in maintenance (maintenance.drain). A clone can
 land on another node than its template's only from shared storage (PVE refuses a `target` for
 local disks), so without CONTROLPLANE_PROXMOX_SHARED_STORAGE every VM goes to its template's
 node. Among the candidates: the most free memory once the VMs this control plane is still
@@ -16,10 +16,14 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from peewee import fn
+
 from ..config import Settings
 from ..models import Desktop, PoolVm, PoolVmState, utcnow
+from ..states import TRANSITIONAL, Status
 from . import proxmox
-from .states import TRANSITIONAL, Status
+from .maintenance import is_draining
+from .plans import load_plans
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +52,7 @@ def _resources(settings: Settings) -> tuple[list[dict], dict[str, str]]:
 
 def _ours_by_node(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
     """(memory MB of our VMs still being made there, count of our VMs) per node, counted in SQL."""
-    from peewee import fn
 
-    from .plans import load_plans
     plan_memory = {name: plan.memory_mb for name, plan in load_plans(settings.plans_file).items()}
     since = utcnow() - RECENT
     live = Desktop.status != Status.DELETED.value
@@ -73,7 +75,6 @@ def choose_node(settings: Settings, memory_mb: int, template: str) -> Choice:
     """The node for a new VM of `memory_mb` cloned from `template`. Raises PlacementError when no
     node can take it; when Proxmox cannot be read, falls back to CONTROLPLANE_PROXMOX_NODE (the
     clone then meets whatever Proxmox says, and the job's retries handle it)."""
-    from .policies import is_draining
     try:
         nodes, templates = _resources(settings)
         home = None if settings.proxmox_shared_storage else templates.get(template)
@@ -117,3 +118,19 @@ def choose_node(settings: Settings, memory_mb: int, template: str) -> Choice:
     reason = f"{free_gib:.1f} GiB free, {count.get(str(best['node']), 0)} of our VMs" + (
         f"; skipped {', '.join(skipped)}" if skipped else "")
     return Choice(str(best["node"]), reason)
+
+
+def place_desktop(settings: Settings, desktop: Desktop, plan) -> str:
+    """The node a new desktop's VM is cloned to, written on the record. When no node qualifies,
+    the configured node: the clone then meets Proxmox's own error, which the job retries as an
+    infrastructure error."""
+    try:
+        choice = choose_node(settings, plan.memory_mb, plan.template)
+        node, why = choice.node, choice.reason
+    except PlacementError as exc:
+        node, why = settings.proxmox_node, str(exc)
+    log.info("desktop %s goes to node %s (%s)", desktop.id, node, why)
+    if desktop.node != node:
+        Desktop.update(node=node).where(Desktop.id == desktop.id).execute()
+        desktop.node = node
+    return node

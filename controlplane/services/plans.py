@@ -1,15 +1,17 @@
-"""Desktop plans from the one plans file (config/plans.yml), shared with the playbooks."""
+"""What users can ask for: desktop plans from the one plans file (config/plans.yml), and projects'
+operating systems and network pool (config/projects.yml); both shared with the playbooks."""
 from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError
+from ..config import ConfigError, Settings
 
 
 @dataclass(frozen=True)
@@ -102,3 +104,35 @@ def load_plans(path: Path) -> dict[str, Plan]:
 
 
 DEFAULT_PLAN = "BASIC"
+
+
+# ---- projects (config/projects.yml) ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProjectsConfig:
+    os_templates: dict[str, str]
+    default_os: str
+    network_pool: ipaddress.IPv4Network
+    default_estimate_seconds: int
+
+
+_config_cache: dict[Path, tuple[float, ProjectsConfig]] = {}
+
+
+def projects_config(settings: Settings) -> ProjectsConfig:
+    """config/projects.yml (CONTROLPLANE_PROJECTS_FILE), re-read when it changes."""
+    path = Path(settings.projects_file)
+    mtime = path.stat().st_mtime
+    cached = _config_cache.get(path)
+    if cached and cached[0] == mtime:
+        return cached[1]
+    data = yaml.safe_load(path.read_text()) or {}
+    templates = {str(k): str(v) for k, v in (data.get("os_templates") or {}).items()}
+    if not templates:
+        raise ValueError(f"{path}: os_templates is empty")
+    default_os = str(data.get("default_os") or next(iter(templates)))
+    config = ProjectsConfig(os_templates=templates, default_os=default_os,
+                            network_pool=ipaddress.ip_network(str(data.get("network_pool", "172.30.0.0/16"))),
+                            default_estimate_seconds=int(data.get("default_estimate_seconds", 150)))
+    _config_cache[path] = (mtime, config)
+    return config

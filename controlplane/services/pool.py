@@ -27,9 +27,13 @@ from ..config import Settings
 from ..errors import NotFound, ValidationFailed
 from ..extensions import db
 from ..models import Desktop, PoolSetting, PoolVm, PoolVmState, VmidLease, utcnow
+from ..timestamps import utc_iso
 from . import vmids
+from .maintenance import is_draining
+from .placement import PlacementError, choose_node
 from .plans import POOL_POWERS, load_plans
 from .queue import POOL_QUEUE_NAME, get_queue, get_redis
+from .reaper import job_is_alive, live_workers
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +113,6 @@ def take(settings: Settings, desktop: Desktop, template: str) -> PoolVm | None:
     desktop, inside the caller's transaction: running ones first, the longest waiting first, none
     on a node in maintenance. Returns it, or None when the pool has none. The desktop gets its VM
     id (the lease moves) and node."""
-    from .policies import is_draining
     mine = (PoolVm.plan == desktop.plan) & (PoolVm.template == template) & (PoolVm.state == PoolVmState.READY.value)
     nodes = {vm.node for vm in PoolVm.select(PoolVm.node).where(mine)}
     if not nodes:
@@ -144,11 +147,6 @@ def give_back(desktop: Desktop) -> None:
 
 def taken_by(desktop_id: int) -> PoolVm | None:
     return PoolVm.get_or_none(PoolVm.desktop == desktop_id)
-
-
-def forget_taken(desktop_id: int) -> None:
-    """The desktop is deleted: the record of the pool VM it took goes with it."""
-    PoolVm.delete().where(PoolVm.desktop == desktop_id).execute()
 
 
 # ---- refilling -----------------------------------------------------------------------------------
@@ -190,8 +188,6 @@ def refill(settings: Settings) -> dict:
 
 
 def _pass(settings: Settings, conn, done: dict) -> None:
-    from .placement import PlacementError, choose_node
-    from .reaper import live_workers, job_is_alive
     now = utcnow()
     live = live_workers(conn, settings.worker_stale_after)
     settled_before = now - dt.timedelta(seconds=settings.abandoned_after)
@@ -205,7 +201,6 @@ def _pass(settings: Settings, conn, done: dict) -> None:
             _remove(settings, vm, f"{'its fill' if vm.state == PoolVmState.FILLING.value else 'its removal'} "
                                   "job is no longer running", done)
 
-    from .policies import is_draining
     plans = load_plans(settings.plans_file)
     pools = configs(settings)
     for vm in PoolVm.select().where(PoolVm.state == PoolVmState.READY.value):
@@ -323,7 +318,6 @@ def report(settings: Settings) -> list[dict]:
 
 
 def _pool_entry(config: PoolConfig, vms: list[PoolVm], last_failure: str | None) -> dict:
-    from .policies import iso
     def count(state: PoolVmState) -> int:
         return sum(1 for v in vms if v.state == state.value)
     return {"plan": config.plan, "template": config.template, "size": config.size, "power": config.power,
@@ -331,6 +325,6 @@ def _pool_entry(config: PoolConfig, vms: list[PoolVm], last_failure: str | None)
             "failed": count(PoolVmState.FAILED), "removing": count(PoolVmState.REMOVING),
             "lastFailure": last_failure,
             "vms": [{"id": v.id, "name": v.name, "vmid": v.vmid, "node": v.node, "state": v.state, "power": v.power,
-                     "ipAddress": v.ip_address, "message": v.message, "createdAt": iso(v.created_at),
-                     "readyAt": iso(v.ready_at)} for v in vms]}
+                     "ipAddress": v.ip_address, "message": v.message, "createdAt": utc_iso(v.created_at),
+                     "readyAt": utc_iso(v.ready_at)} for v in vms]}
 

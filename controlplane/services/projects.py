@@ -11,56 +11,25 @@ import enum
 import ipaddress
 import logging
 import statistics
-from dataclasses import dataclass
-from pathlib import Path
 
 import peewee as pw
 import redis
-import yaml
 
 from ..config import Settings
 from ..errors import ApiError, Forbidden, InfrastructureError, InvalidOperation, NotFound, ValidationFailed
 from ..extensions import db
-from ..models import (ChatMessage, Invitation, NetworkLease, Project, ProjectMember, VmidLease,
-                      utcnow)
-from . import jobs, lifecycle, shares
-from .desktops import Identity
-from .project_states import ACCEPTED, ALLOWED_FROM, ProjectStatus
-from .states import Operation
+from ..models import Invitation, NetworkLease, Project, ProjectMember, VmidLease, utcnow
+from ..project_states import ACCEPTED, ALLOWED_FROM, ProjectStatus
+from ..states import Operation
+from . import jobs, lifecycle, share_locks, shares
+from .identity import Identity
+from .kinds import dumps
+from .maintenance import maintenance_refusal
+from .plans import projects_config
+from .queue import get_redis, project_channel
+from .vmids import VmidRangeExhausted, allocate
 
 log = logging.getLogger(__name__)
-
-
-# ---- configuration ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ProjectsConfig:
-    os_templates: dict[str, str]
-    default_os: str
-    network_pool: ipaddress.IPv4Network
-    default_estimate_seconds: int
-
-
-_config_cache: dict[Path, tuple[float, ProjectsConfig]] = {}
-
-
-def projects_config(settings: Settings) -> ProjectsConfig:
-    """config/projects.yml (CONTROLPLANE_PROJECTS_FILE), re-read when it changes."""
-    path = Path(settings.projects_file)
-    mtime = path.stat().st_mtime
-    cached = _config_cache.get(path)
-    if cached and cached[0] == mtime:
-        return cached[1]
-    data = yaml.safe_load(path.read_text()) or {}
-    templates = {str(k): str(v) for k, v in (data.get("os_templates") or {}).items()}
-    if not templates:
-        raise ValueError(f"{path}: os_templates is empty")
-    default_os = str(data.get("default_os") or next(iter(templates)))
-    config = ProjectsConfig(os_templates=templates, default_os=default_os,
-                            network_pool=ipaddress.ip_network(str(data.get("network_pool", "172.30.0.0/16"))),
-                            default_estimate_seconds=int(data.get("default_estimate_seconds", 150)))
-    _config_cache[path] = (mtime, config)
-    return config
 
 
 # ---- permissions -------------------------------------------------------------------------------
@@ -167,7 +136,6 @@ def create(settings: Settings, identity: Identity, name: str, description: str, 
     _refuse_on_draining_node(settings, settings.proxmox_node, "create project")
     accepted, message = ACCEPTED[Operation.CREATE]
     now = utcnow()
-    from .vmids import VmidRangeExhausted, allocate
     try:
         with db.atomic():
             project = Project.create(owner_id=identity.user_id, name=name, description=description or "",
@@ -229,7 +197,6 @@ class ServiceUnavailable(ApiError):
 # ---- operations ----------------------------------------------------------------------------------------
 
 def _refuse_on_draining_node(settings: Settings, node: str | None, what: str) -> None:
-    from .policies import maintenance_refusal
     refusal = maintenance_refusal(settings, node, what)
     if refusal:
         raise ServiceUnavailable(refusal, details={"node": node})
@@ -254,18 +221,6 @@ def request(settings: Settings, identity: Identity, project_id: str, operation: 
         current = Project.get_by_id(project.id)
         raise InvalidOperation(f"Cannot {operation.value} project in {current.status} state")
     return fresh
-
-
-def forget_contents(settings: Settings, project: Project) -> None:
-    """Once the project's VM and network are gone: its chat, members, invitations and shared
-    folder go too. (Called in the transaction that marks the project deleted: the share is
-    refused from then on, whether or not its folder could be removed.)"""
-    ChatMessage.delete().where(ChatMessage.project == project.id).execute()
-    Invitation.delete().where(Invitation.project == project.id).execute()
-    ProjectMember.delete().where(ProjectMember.project == project.id).execute()
-    shares.remove_folder(settings, project.public_id)
-    from . import share_locks
-    share_locks.drop(settings, project.public_id)
 
 
 # ---- collaborators ---------------------------------------------------------------------------------------
@@ -358,7 +313,6 @@ def remove_member(settings: Settings, identity: Identity, project_id: str, user_
             Project.update(share_generation=Project.share_generation + 1).where(Project.id == project.id).execute()
     # Their WebDAV locks go: those taken with their own token, and, when they had the password,
     # those taken with it (the password's holders are one principal: any of them may be theirs).
-    from . import share_locks
     share_locks.drop(settings, project.public_id, {user_id, project.public_id} if had_password else {user_id})
     lifecycle_notify(settings, project, {"type": "collaborator_activity", "project_id": project.public_id,
                                          "user": {"id": user_id, "name": member.name},
@@ -367,8 +321,6 @@ def remove_member(settings: Settings, identity: Identity, project_id: str, user_
 
 def lifecycle_notify(settings: Settings, project: Project, payload: dict) -> None:
     """Publish an event to the project's room (best effort)."""
-    from .queue import get_redis, project_channel
-    from .kinds import dumps
     try:
         get_redis(settings.redis_url).publish(project_channel(project.public_id), dumps(payload))
     except Exception as exc:

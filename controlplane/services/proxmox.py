@@ -16,8 +16,8 @@ from proxmoxer.core import ResourceException
 from ..config import Settings
 from ..errors import InfrastructureError
 from ..models import Desktop
+from ..states import TRANSITIONAL, Status
 from . import lifecycle
-from .states import TRANSITIONAL, Status
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

@@ -2,8 +2,9 @@
 commit and enqueue, Redis lost the job) are found here and resumed or failed.
 
 Policy: an abandoned operation is enqueued again up to `max_resumes` times (the playbooks are
-idempotent); after that the record is FAILED with the reason, and can be deleted. The private
-folders such a killed job's playbook run left on this host are removed (remove_leftover_runs).
+idempotent); after that the record is FAILED with the reason, and can be deleted. (The private
+folders such a killed job's playbook run left on its host are removed by every worker and reaper
+process: cli.remove_leftover_runs.)
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from rq.worker import Worker
 from ..config import Settings
 from ..extensions import db
 from ..models import utcnow
+from ..states import Operation
 from . import jobs, kinds, lifecycle
+from .audit import record_outcome
 from .queue import get_redis
-from .states import Operation
 
 log = logging.getLogger(__name__)
 
@@ -104,24 +106,11 @@ def resolve_abandoned(settings: Settings, row, reason: str) -> str:
     message = f"{kind.failure_verb[op]}: the worker running it stopped ({reason}) and it was not resumed"
     if lifecycle.set_status(row, kind.failed, message, "reaper", job_id=row.job_id,
                             publish_to=settings.redis_url, settings=settings, operation=None):
-        from .audit import record_outcome
         meta = _old_meta(settings, row.job_id)
         record_outcome(row, op, ok=False, requested_by=meta.get("requested_by") or "reaper",
                        request_id=meta.get("request_id") or row.job_id)
     log.warning("%s %s: %s", kind.name, row.id, message)
     return "failed"
-
-
-def remove_leftover_runs(settings: Settings) -> list[str]:
-    """Delete the private folders of playbook runs killed with their worker, on this host (they may
-    hold a run's extra vars and output); a live run's folder is kept (runner/ansible.py). Called at
-    worker start and on every pass of the reaper process. A folder of an older version (unlocked)
-    goes once unchanged for longer than any job may run."""
-    from ..runner.ansible import remove_leftover_runs as remove
-    removed = remove(unlocked_after=settings.job_timeout + 300)
-    if removed:
-        log.warning("removed the folders of %d playbook run(s) killed with their worker", len(removed))
-    return removed
 
 
 def reap(settings: Settings) -> dict[str, int]:

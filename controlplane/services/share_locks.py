@@ -24,6 +24,8 @@ from wsgidav.lock_man.lock_storage import LockStorageDict
 from wsgidav.lock_man.lock_storage_redis import LockStorageRedis
 
 from ..config import Settings
+from . import shares
+from .queue import get_redis
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,6 @@ class RedisLockStorage(CappedTimeouts, LockStorageRedis):
         self._redis_url2token_prefix = self._redis_prefix.format("URL2TOKEN:{}")
 
     def open(self):
-        from .queue import get_redis
         self._redis = get_redis(self._url)
 
     def create(self, path, lock):
@@ -126,7 +127,6 @@ def drop(settings: Settings, project_id: str, principals: set[str] | None = None
     """Remove the locks in a project's folder taken by `principals` (every lock: None). Returns how
     many went. Best effort: a failure is logged (the locks then expire after at most
     shares_lock_timeout_max)."""
-    from . import shares
     if not settings.redis_url or not shares.is_project_id(project_id):
         return 0
     store = RedisLockStorage(settings.redis_url, settings.shares_lock_timeout_max)

@@ -1,6 +1,7 @@
-"""The one job function behind every operation on a desktop or a project.
+"""The one job class behind every operation on a desktop or a project (VmJob; its subclasses are
+tasks/desktops.py DesktopJob and tasks/projects.py ProjectJob).
 
-It takes ids, loads the record, runs the operation's playbook through ansible-runner, maps task
+A job takes ids, loads the record, runs the operation's playbook through ansible-runner, maps task
 events to status steps, writes the final state once (conditional on still owning the record),
 and raises on failure.
 """
@@ -13,13 +14,14 @@ import time
 
 from rq import get_current_job
 
-from ..config import Settings
+from ..config import Settings, parse_backoff
 from ..extensions import db
 from ..models import init_db, utcnow
 from ..runner.ansible import PlaybookResult, run_playbook
-from ..services import failures, kinds, lifecycle, reaper
+from ..services import failures, kinds, lifecycle, proxmox, reaper
+from ..services.audit import record_outcome
 from ..services.kinds import JobFailed
-from ..services.states import Operation
+from ..states import Operation
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,29 @@ def settings() -> Settings:
     return _settings
 
 
-def run_job(kind_name: str, resource_id: int, operation: str, force: bool = False) -> dict:
-    kind = kinds.get(kind_name)
+class VmJob:
+    """One operation on a record whose VM a playbook makes and keeps (AWX's BaseTask, in small).
+
+    The class owns what every such job does: the stale-job check, the playbook run with its
+    retries, task events mapped to status steps, the heartbeat, the audit entry and the one final
+    write (conditional on the record still being this job's). A subclass says what differs:
+    `kind` (the record: kinds.DESKTOP, kinds.PROJECT), `extravars` (what the playbook is given)
+    and `result_fields` (what the playbook's stats put on the record); both raise JobFailed."""
+
+    kind: kinds.Kind
+
+    def extravars(self, cfg: Settings, row, op: Operation, force: bool) -> dict:
+        raise NotImplementedError
+
+    def result_fields(self, cfg: Settings, op: Operation, stats: dict) -> dict:
+        raise NotImplementedError
+
+    def run(self, resource_id: int, operation: str, force: bool = False) -> dict:
+        return _run(self, resource_id, operation, force)
+
+
+def _run(vm_job: VmJob, resource_id: int, operation: str, force: bool) -> dict:
+    kind = vm_job.kind
     cfg = settings()
     job = get_current_job()
     job_id = job.id if job is not None else None
@@ -64,7 +87,7 @@ def run_job(kind_name: str, resource_id: int, operation: str, force: bool = Fals
                                      settings=cfg)
 
         try:
-            extravars = kind.extravars(cfg, row, op, force)
+            extravars = vm_job.extravars(cfg, row, op, force)
         except JobFailed as exc:
             _fail(cfg, kind, row, op, str(exc))
             _audit(job, row, op, ok=False)
@@ -75,7 +98,7 @@ def run_job(kind_name: str, resource_id: int, operation: str, force: bool = Fals
             _audit(job, row, op, ok=False)
             raise JobFailed(f"{op.value} of {kind.name} {row.id} failed: {row.status_message}")
         try:
-            fields = kind.result_fields(cfg, op, result.stats)
+            fields = vm_job.result_fields(cfg, op, result.stats)
         except JobFailed as exc:
             _fail(cfg, kind, row, op, str(exc))
             _audit(job, row, op, ok=False)
@@ -129,7 +152,7 @@ def _run_with_retries(cfg: Settings, kind: kinds.Kind, row, op: Operation, extra
     says (services/failures.py), within the job's time budget, while the record still belongs to
     this job. The record shows each wait ("... retry 2 of 4 in 2 s"); a failure that is not
     retried, or the last one, makes it FAILED. Returns the last result."""
-    plan = failures.RetryPlan(failures.parse_backoff(cfg.retry_backoff), cfg.provisioning_attempts,
+    plan = failures.RetryPlan(parse_backoff(cfg.retry_backoff), cfg.provisioning_attempts,
                               cfg.provisioning_retry_delay)
     deadline = time.monotonic() + cfg.job_timeout
     first_status, _ = kind.accepted[op]
@@ -178,7 +201,6 @@ def _run_with_retries(cfg: Settings, kind: kinds.Kind, row, op: Operation, extra
 
 
 def _audit(job, row, op: Operation, ok: bool) -> None:
-    from ..services.audit import record_outcome
     meta = (job.meta or {}) if job is not None else {}
     record_outcome(row, op, ok=ok and row.status != kinds.of(row).failed.value,
                    requested_by=meta.get("requested_by"), request_id=meta.get("request_id") or (job and job.id))
@@ -187,7 +209,6 @@ def _audit(job, row, op: Operation, ok: bool) -> None:
 def _still_running(cfg: Settings, row) -> bool:
     """Whether Proxmox says the record's VM is running, wherever the cluster has it (False when it
     cannot be asked)."""
-    from ..services import proxmox
     if row.vmid is None:
         return False
     try:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from ..services import policies
+from ..runner.ansible import run_playbook
+from ..services import policies, policy_runs
 from ..services.queue import get_queue
 from .engine import settings
 
@@ -29,7 +30,7 @@ def run_policies() -> dict:
         summary[name] = {"done": sum(1 for a in result["actions"] if a["done"]),
                          "not_done": sum(1 for a in result["actions"] if not a["done"]),
                          "notes": result["notes"]}
-    policies.prune_records(cfg)
+    policy_runs.prune_records(cfg)
     return summary
 
 
@@ -47,7 +48,6 @@ def enqueue_if_due(cfg, conn) -> bool:
 def remove_orphans(vms: list[dict], connections: list[str]) -> dict:
     """Remove VMs and Guacamole connections that reconciliation found no live record owns, with
     playbooks/remove_orphans.yml (each VM's name is checked again before it is deleted)."""
-    from ..runner.ansible import run_playbook
     cfg = settings()
     extravars = {"orphan_vms": [{"vmid": int(vm["vmid"]), "name": str(vm["name"]), "node": str(vm["node"])}
                                 for vm in vms],

@@ -11,7 +11,7 @@ import urllib.parse
 import pytest
 
 from controlplane.config import ConfigError, Settings
-from controlplane.services import guacamole_json
+from controlplane.lab import guacamole_auth_json
 from tests.api.test_desktops_api import BASE, running
 
 SECRET = "0123456789abcdef0123456789ABCDEF"
@@ -27,7 +27,7 @@ def json_client(base_settings, database, client):
 
 def _payload(url: str) -> dict:
     data = urllib.parse.unquote(url.split("?data=", 1)[1].split("#", 1)[0])
-    return guacamole_json.decrypt(SECRET, data)
+    return guacamole_auth_json.decrypt(SECRET, data)
 
 
 def test_connect_answers_an_expiring_single_use_link(json_client, auth, base_settings):

@@ -15,7 +15,7 @@ from rq import Queue
 from controlplane.extensions import db
 from controlplane.lab.guacamole import GuacamoleStandIn
 from controlplane.models import Desktop, DesktopEvent, utcnow
-from controlplane.services import policies
+from controlplane.services import policies, policy_runs
 from controlplane.services.queue import QUEUE_NAME
 from tests.loop import LoopThread
 
@@ -423,7 +423,7 @@ def test_old_records_are_pruned(settings, client, auth):
         PolicyRun.create(policy="expire", ran_by="periodic job")
         AuditEntry.create(request_id="old", method="POST", path="/api/x", action="a", status=200, result="ok", at=old)
         AuditEntry.create(request_id="new", method="POST", path="/api/x", action="a", status=200, result="ok")
-    assert policies.prune_records(settings.replace(audit_retention_days=0)) == 0
-    assert policies.prune_records(settings) == 2
+    assert policy_runs.prune_records(settings.replace(audit_retention_days=0)) == 0
+    assert policy_runs.prune_records(settings) == 2
     with db.connection_context():
         assert PolicyRun.select().count() == 1 and [e.request_id for e in AuditEntry.select()] == ["new"]

@@ -152,8 +152,8 @@ def test_running_and_longest_waiting_pool_vms_go_first(client, auth):
 
 def test_a_pool_vm_on_a_node_in_maintenance_is_not_taken(client, auth, base_settings, redis_conn):
     ready_vm(vmid=20031, node="pve2")
-    from controlplane.services.policies import _draining_key, is_draining
-    redis_conn.set(_draining_key("pve2"), "1")  # what a drain of pve2 leaves until it is released
+    from controlplane.services.maintenance import draining_key, is_draining
+    redis_conn.set(draining_key("pve2"), "1")  # what a drain of pve2 leaves until it is released
     assert is_draining(base_settings, "pve2")
     data = client.post(BASE, json={"userId": "user_drain", "plan": "STANDARD"},
                        headers=auth("user_drain")).get_json()["data"]
@@ -217,7 +217,7 @@ def test_a_refill_removes_abandoned_surplus_stale_and_drained_pool_vms(client, b
     import datetime as dt
 
     from controlplane.models import PoolSetting, utcnow
-    from controlplane.services.policies import _draining_key
+    from controlplane.services.maintenance import draining_key
     old = utcnow() - dt.timedelta(seconds=base_settings.abandoned_after + 30)
     with db.connection_context():
         PoolSetting.create(plan="STANDARD", size=1, power="running", updated_by="ops")
@@ -229,7 +229,7 @@ def test_a_refill_removes_abandoned_surplus_stale_and_drained_pool_vms(client, b
     with db.connection_context():
         stale = PoolVm.create(plan="BASIC", template="an-old-template", vmid=20205, node="pve1", power="running",
                               state="READY")
-    redis_conn.set(_draining_key("pve9"), "1")
+    redis_conn.set(draining_key("pve9"), "1")
     with db.connection_context():
         done = pool.refill(base_settings)
     assert {r["vmid"]: r["why"] for r in done["removing"]} == {

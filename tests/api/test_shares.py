@@ -19,7 +19,7 @@ from controlplane import create_app
 from controlplane.extensions import db
 from controlplane.models import Project
 from controlplane.services import lifecycle, shares
-from controlplane.services.project_states import ProjectStatus
+from controlplane.project_states import ProjectStatus
 from tests.conftest import ServerThread, free_port
 
 PROPFIND_ALL = ('<?xml version="1.0" encoding="utf-8"?>'

@@ -34,7 +34,7 @@ from controlplane.config import ConfigError, Settings
 from controlplane.extensions import db
 from controlplane.models import Project
 from controlplane.services import lifecycle
-from controlplane.services.project_states import ProjectStatus
+from controlplane.project_states import ProjectStatus
 from tests.api.test_shares import people  # noqa: F401 (a fixture)
 from tests.api.test_shares import PROPFIND_ALL, add_member, creds, dav, details, new_project, remove_member
 from tests.conftest import REPO, ServerThread, free_port

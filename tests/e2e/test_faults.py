@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from controlplane.services.failures import parse_backoff
+from controlplane.config import parse_backoff
 
 from .helpers import Api, desktop_row, events
 from .test_failures import (assert_nothing_left, connections_named, create, delete_and_check, guacamole_fault,

@@ -308,7 +308,7 @@ def test_drain_node_stops_everything_there_waits_and_reports(lab, fresh_user):
         assert f"stop desktop {desktop_id} of {user} (RUNNING): node {node} is drained for maintenance" in dry.stdout
     assert [api.status(i).json()["data"]["status"] for api, i in zip(apis, ids)] == ["RUNNING", "RUNNING"]
 
-    from controlplane.services import policies
+    from controlplane.services import maintenance
     try:
         drained = playbook(lab, "drain_node.yml", "-e", f"node={node}", "-e", "drain_wait_timeout=180", token=admin)
         assert drained.returncode == 0, drained.stdout + drained.stderr
@@ -323,9 +323,9 @@ def test_drain_node_stops_everything_there_waits_and_reports(lab, fresh_user):
 
         released = playbook(lab, "drain_node.yml", "-e", f"node={node}", "-e", "drain_release=true", token=admin)
         assert released.returncode == 0, released.stdout + released.stderr
-        assert not policies.is_draining(lab.settings, node)
+        assert not maintenance.is_draining(lab.settings, node)
     finally:
-        policies.release(lab.settings, node)  # whatever happened above: the node serves again
+        maintenance.release(lab.settings, node)  # whatever happened above: the node serves again
     assert apis[0].start(ids[0]).status_code == 200
     running(apis[0], ids[0])
     for api, desktop_id in zip(apis, ids):

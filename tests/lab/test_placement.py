@@ -80,12 +80,12 @@ def test_equal_nodes_share_the_desktops_and_the_pool(settings):
 
 
 def test_offline_nodes_and_nodes_in_maintenance_are_skipped(settings, cluster, redis_conn):
-    from controlplane.services.policies import _draining_key
+    from controlplane.services.maintenance import draining_key
     shared = settings.replace(proxmox_shared_storage=True)
     desktop_on("pve3")
     desktop_on("pve3")
     offline(cluster, "pve1")
-    redis_conn.set(_draining_key("pve2"), "1")
+    redis_conn.set(draining_key("pve2"), "1")
     try:
         choice = choose(shared)
         assert choice.node == "pve3", choice

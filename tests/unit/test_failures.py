@@ -7,7 +7,8 @@ import time
 import pytest
 
 from controlplane.config import ConfigError, Settings
-from controlplane.services.failures import FailureClass, RetryPlan, classify, parse_backoff
+from controlplane.config import parse_backoff
+from controlplane.services.failures import FailureClass, RetryPlan, classify
 
 INFRA, PROV, PERM = FailureClass.INFRASTRUCTURE, FailureClass.PROVISIONING, FailureClass.PERMANENT
 
@@ -169,7 +170,7 @@ def test_the_worker_waits_the_contracts_schedule_between_runs(client, base_setti
     from controlplane.runner.ansible import PlaybookResult
     from controlplane.services import jobs
     from controlplane.services.queue import QUEUE_NAME
-    from controlplane.services.states import Operation
+    from controlplane.states import Operation
     from controlplane.tasks import engine
 
     defaults = Settings.from_env({})

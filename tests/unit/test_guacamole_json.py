@@ -14,6 +14,7 @@ import requests
 
 from controlplane.lab.guacamole import GuacamoleStandIn
 from controlplane.services import guacamole_json
+from controlplane.lab import guacamole_auth_json
 from tests.loop import LoopThread
 
 # The documentation's example (Guacamole manual, "Encrypted JSON authentication"): its key is
@@ -57,7 +58,7 @@ def reference(key: str, document: bytes, tmp_path) -> str:
 def test_the_encoder_matches_the_reference_implementation_on_the_documented_example(tmp_path):
     ours = guacamole_json.sign_and_encrypt(DOC_KEY, DOC_JSON)
     assert ours == reference(DOC_KEY, DOC_JSON, tmp_path)
-    assert guacamole_json.decrypt(DOC_KEY, ours)["connections"]["My OTHER Connection"]["parameters"]["hostname"] \
+    assert guacamole_auth_json.decrypt(DOC_KEY, ours)["connections"]["My OTHER Connection"]["parameters"]["hostname"] \
         == "10.10.209.64"
 
 
@@ -69,15 +70,15 @@ def test_the_encoder_matches_the_reference_for_every_padding(tmp_path, length):
 
 def test_forged_or_foreign_data_is_refused():
     data = guacamole_json.sign_and_encrypt(DOC_KEY, DOC_JSON)
-    with pytest.raises(guacamole_json.InvalidData):
-        guacamole_json.decrypt("00112233445566778899aabbccddeeff", data)  # another key
+    with pytest.raises(guacamole_auth_json.InvalidData):
+        guacamole_auth_json.decrypt("00112233445566778899aabbccddeeff", data)  # another key
     raw = bytearray(base64.b64decode(data))
     raw[20] ^= 1  # one bit of the signature's block
-    with pytest.raises(guacamole_json.InvalidData):
-        guacamole_json.decrypt(DOC_KEY, base64.b64encode(bytes(raw)).decode())
+    with pytest.raises(guacamole_auth_json.InvalidData):
+        guacamole_auth_json.decrypt(DOC_KEY, base64.b64encode(bytes(raw)).decode())
     for junk in ("", "not base64!", base64.b64encode(b"short").decode()):
-        with pytest.raises(guacamole_json.InvalidData):
-            guacamole_json.decrypt(DOC_KEY, junk)
+        with pytest.raises(guacamole_auth_json.InvalidData):
+            guacamole_auth_json.decrypt(DOC_KEY, junk)
     with pytest.raises(ValueError):
         guacamole_json.sign_and_encrypt("too-short", DOC_JSON)
 
@@ -90,13 +91,13 @@ def test_a_link_carries_one_connection_its_expiry_and_single_use():
     assert fragment == "/client/" + base64.urlsafe_b64encode(b"cds-desktop-7\0c\0json").decode().rstrip("=")
     assert base.startswith("https://guac.example/guacamole/?data=")
     data = urllib.parse.unquote(base.split("?data=", 1)[1])
-    payload = guacamole_json.decrypt(DOC_KEY, data)
+    payload = guacamole_auth_json.decrypt(DOC_KEY, data)
     assert len(payload["connections"]["cds-desktop-7"].pop("id")) == 32  # unique per link
     assert payload == {
         "username": "user_1", "expires": 1893553445000, "singleUse": True,
         "connections": {"cds-desktop-7": {"protocol": "vnc", "parameters": {"hostname": "10.0.0.7", "port": "5900"}}}}
     naive = guacamole_json.link("https://g", DOC_KEY, "u", "c", "vnc", {}, expires.replace(tzinfo=None), single_use=False)
-    payload = guacamole_json.decrypt(DOC_KEY, urllib.parse.unquote(naive.split("?data=")[1].split("#")[0]))
+    payload = guacamole_auth_json.decrypt(DOC_KEY, urllib.parse.unquote(naive.split("?data=")[1].split("#")[0]))
     assert payload["expires"] == 1893553445000 and "singleUse" not in payload  # naive means UTC
 
 

@@ -13,7 +13,7 @@ from controlplane.models import Desktop, DesktopEvent, utcnow
 from controlplane.services import jobs
 from controlplane.services.queue import QUEUE_NAME
 from controlplane.services.reaper import reap
-from controlplane.services.states import Operation
+from controlplane.states import Operation
 
 
 def stuck_desktop(settings, redis_conn, status="STOPPING", operation=Operation.STOP, force=True, worker="ghost"):

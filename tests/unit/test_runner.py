@@ -16,7 +16,7 @@ import pytest
 
 from controlplane.logs import REDACTED
 from controlplane.runner.ansible import PlaybookResult, run_playbook
-from controlplane.services.states import TASK_FILE_STATUS, Status
+from controlplane.states import TASK_FILE_STATUS, Status
 
 SECRET = "Pve-Pa55word-7f3a"
 

@@ -1,4 +1,4 @@
-"""The desktop state machine (controlplane/services/states.py) against the desktop contract."""
+"""The desktop state machine (controlplane/states.py) against the desktop contract."""
 from __future__ import annotations
 
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from controlplane.config import REPO_ROOT
-from controlplane.services.states import (ACCEPTED, ALLOWED_FROM, FAILURE_VERB, FINAL_STATUS, INACTIVE, PLAYBOOK,
+from controlplane.states import (ACCEPTED, ALLOWED_FROM, FAILURE_VERB, FINAL_STATUS, INACTIVE, PLAYBOOK,
                                           PROGRESSION, TASK_FILE_STATUS, TRANSITIONAL, Operation, Status,
                                           can)
 
@@ -165,7 +165,7 @@ def test_task_file_statuses_name_real_task_files_and_transitional_statuses():
 
 def test_project_steps_move_the_message_forward_within_a_status():
     from controlplane.services.kinds import PROJECT
-    from controlplane.services.project_states import ProjectStatus as P
+    from controlplane.project_states import ProjectStatus as P
     assert PROJECT.advances(Operation.CREATE, P.PROVISIONING, P.PROVISIONING, "Project creation queued",
                             "Cloning VM from template")
     assert not PROJECT.advances(Operation.CREATE, P.PROVISIONING, P.PROVISIONING, "Cloning VM from template",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from controlplane.api.ws import Session
-from controlplane.services.desktops import Identity
+from controlplane.services.identity import Identity
 from controlplane.services.queue import project_channel, user_channel
 
 

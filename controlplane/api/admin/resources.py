@@ -12,8 +12,9 @@ from flask.views import MethodView
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from ...errors import ValidationFailed
-from ...services import policies
-from ..common import JsonBoolean, settings
+from ...models import AuditEntry
+from ...services import maintenance, policies, policy_runs
+from ..common import JsonBoolean, iso, settings
 from ..desktops.resources import envelope
 from ..desktops.schemas import DesktopError, Envelope
 from .blueprint import blp
@@ -88,7 +89,7 @@ class PolicyRuns(MethodView):
     def get(self, query):
         """Every automatic action, newest first: the recorded passes of the policies, the
         reconciliation and drains that did or found something (who ran them, when, what, why)."""
-        return envelope({"runs": policies.runs(query.get("policy"), query["limit"])})
+        return envelope({"runs": policy_runs.runs(query.get("policy"), query["limit"])})
 
 
 # Only the policies' names: /policies/runs is another resource (GET), so POST is not allowed there.
@@ -150,7 +151,7 @@ class Node(MethodView):
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
     def get(self, node):
         """What is on a node (desktops and projects by status) and whether it is in maintenance."""
-        return envelope(policies.node_report(settings(), _node(node)))
+        return envelope(maintenance.node_report(settings(), _node(node)))
 
 
 @blp.route("/nodes/<node>/drain", parameters=[NODE])
@@ -166,7 +167,7 @@ class NodeDrain(MethodView):
         or created) and stop every RUNNING desktop and project on it (gracefully unless `force`).
         Poll GET /nodes/<node> until `settled`; DELETE ends the maintenance."""
         body = body or {}
-        return envelope(policies.drain(settings(), _node(node), dry_run=bool(body.get("dryRun", False)),
+        return envelope(maintenance.drain(settings(), _node(node), dry_run=bool(body.get("dryRun", False)),
                                        force=bool(body.get("force", False)), ran_by=f"admin {g.identity.user_id}"))
 
     @blp.response(200, NodeReportEnvelope)
@@ -176,8 +177,8 @@ class NodeDrain(MethodView):
     def delete(self, node):
         """End the node's maintenance: desktops and projects there can be started again."""
         cfg = settings()
-        policies.release(cfg, _node(node), ran_by=f"admin {g.identity.user_id}")
-        return envelope(policies.node_report(cfg, node))
+        maintenance.release(cfg, _node(node), ran_by=f"admin {g.identity.user_id}")
+        return envelope(maintenance.node_report(cfg, node))
 
 
 class AuditQuery(Schema):
@@ -225,8 +226,6 @@ class Audit(MethodView):
         out (method JOB, action `desktop.create`..., result the final status), under the request id
         of the request that asked for it (or the policy or reaper that did). Each automatic action
         is also in GET /policies/runs and in its desktop's events."""
-        from ...models import AuditEntry
-        from ..common import iso
         found = AuditEntry.select().order_by(AuditEntry.id.desc()).limit(query["limit"])
         if "userId" in query:
             found = found.where(AuditEntry.user_id == query["userId"])

@@ -13,7 +13,7 @@ from ...errors import DesktopNotFound, ValidationFailed
 from ...models import Desktop
 from ...services import desktops as service
 from ...services import proxmox
-from ...services.states import Operation, Status
+from ...states import Operation, Status
 from ..audit import caller_request_id
 from ..common import iso, now_iso, refuse_unusable_input, settings
 from . import schemas

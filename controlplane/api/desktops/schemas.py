@@ -4,8 +4,9 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
 
 from ... import user_ids
+from ...services.desktops import plan_choices
 from ...services.plans import load_plans
-from ...services.states import Status
+from ...states import Status
 from ..common import NOT_BLANK, JsonBoolean, settings
 
 STATUS_CHOICES = [s.value for s in Status]
@@ -16,7 +17,6 @@ USER_ID_PATTERN = rf"^[^{_USER_ID_CONTROL}]*[^\s{_USER_ID_CONTROL}][^{_USER_ID_C
 
 
 def _plans_text() -> str:
-    from ...services.desktops import plan_choices
     return plan_choices(settings())
 
 

@@ -5,8 +5,6 @@ Errors are rendered by api/errors.py in the contract's {"error": {code, message,
 """
 from __future__ import annotations
 
-import datetime as dt
-
 from flask import g, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -15,7 +13,8 @@ from ...auth import current_identity
 from ...models import Invitation, Project, ProjectMember
 from ...services import projects as service
 from ...services import shares
-from ...services.states import Operation
+from ...states import Operation
+from ...timestamps import utc_z
 from ..common import refuse_unusable_input, settings
 from . import schemas
 
@@ -32,15 +31,6 @@ def _authenticate():
         return
     g.identity = current_identity(settings())
     refuse_unusable_input()
-
-
-def utc(value: dt.datetime | None) -> str | None:
-    """The projects contract's timestamps: UTC with a Z, e.g. 2026-02-23T10:00:00Z."""
-    if value is None:
-        return None
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return value.isoformat(timespec="seconds") + "Z"
 
 
 def with_errors(*codes):
@@ -69,19 +59,19 @@ def shared_folder(project: Project, role) -> dict | None:
 
 def summary(project: Project) -> dict:
     return {"id": project.public_id, "name": project.name, "status": project.status,
-            "created_at": utc(project.created_at), "vm_ip": project.vm_ip,
+            "created_at": utc_z(project.created_at), "vm_ip": project.vm_ip,
             "shared_folder_url": shared_folder_url(project)}
 
 
 def collaborator(member: ProjectMember) -> dict:
     return {"user_id": member.user_id, "email": member.email, "name": member.name, "role": member.role,
-            "joined_at": utc(member.joined_at)}
+            "joined_at": utc_z(member.joined_at)}
 
 
 def invitation_data(invitation: Invitation) -> dict:
     return {"id": invitation.public_id, "project_id": invitation.project.public_id,
             "project_name": invitation.project.name, "role": invitation.role, "invited_by": invitation.invited_by,
-            "status": invitation.status, "created_at": utc(invitation.created_at)}
+            "status": invitation.status, "created_at": utc_z(invitation.created_at)}
 
 
 @blp.route("/projects")
