@@ -31,7 +31,7 @@ help:
 	@echo "make lab     run the whole system on this machine (API, workers, Proxmox and Guacamole stand-ins, Redis)"
 	@echo "make test    install test dependencies and run the test suite on SQLite and on PostgreSQL"
 	@echo "make check   the inner loop: lint, unit and API tests without the lab (SQLite)"
-	@echo "make lint    ruff, the import layers (import-linter), ansible-lint and yamllint"
+	@echo "make lint    ruff, the import layers (import-linter), duplicate code (pylint), ansible-lint and yamllint"
 	@echo "make molecule  the roles' Molecule scenarios (molecule/), against lab stand-ins on free ports"
 	@echo "make bench   benchmarks: API load (wrk, flat out and paced), WebSocket fan-out, create overhead by phase,"
 	@echo "             concurrent creates and peak memory, on SQLite and PostgreSQL (benchmarks/)"
@@ -73,6 +73,7 @@ check: install lint
 lint: install
 	$(VENV)/bin/ruff check controlplane tests benchmarks scripts roles
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/pylint controlplane roles/*/action_plugins roles/*/library
 	$(VENV)/bin/ansible-lint --profile production roles playbooks molecule
 	$(VENV)/bin/yamllint -s roles playbooks inventory config molecule
 

@@ -1,15 +1,14 @@
-"""Domain errors. Services raise them; each API's error handler renders its own envelope.
-
-`code` is the desktop contract's error code; the projects API maps the status to its own codes
-(api/errors.py, PROJECT_CODES).
+"""Domain errors. Services raise them; they say what went wrong (a code from the contracts'
+vocabulary, a message, details), never how HTTP answers it: each API's error handler maps a code to
+its own envelope and status (api/errors.py, STATUS and PROJECT_CODES).
 """
 from __future__ import annotations
 
 
-class ApiError(Exception):
-    status = 500
+class DomainError(Exception):
     code = "INTERNAL_SERVER_ERROR"
     default_message = "Unexpected server error"
+    headers: dict[str, str] | None = None  # e.g. Retry-After, Allow: sent with the error by the API
 
     def __init__(self, message: str | None = None, details: dict | None = None):
         super().__init__(message or self.default_message)
@@ -17,31 +16,31 @@ class ApiError(Exception):
         self.details = details
 
 
-class ValidationFailed(ApiError):
-    status, code = 400, "VALIDATION_ERROR"
+class ValidationFailed(DomainError):
+    code = "VALIDATION_ERROR"
     default_message = "Invalid request parameters"
 
 
-class InvalidOperation(ApiError):
-    status, code = 400, "INVALID_OPERATION"
+class InvalidOperation(DomainError):
+    code = "INVALID_OPERATION"
 
 
-class DesktopNotReady(ApiError):
-    status, code = 400, "DESKTOP_NOT_READY"
+class DesktopNotReady(DomainError):
+    code = "DESKTOP_NOT_READY"
 
 
-class Unauthorized(ApiError):
-    status, code = 401, "UNAUTHORIZED"
+class Unauthorized(DomainError):
+    code = "UNAUTHORIZED"
     default_message = "Missing or invalid bearer token"
 
 
-class Forbidden(ApiError):
-    status, code = 403, "FORBIDDEN"
+class Forbidden(DomainError):
+    code = "FORBIDDEN"
     default_message = "You may only access your own desktops"
 
 
-class NotFound(ApiError):
-    status, code = 404, "NOT_FOUND"
+class NotFound(DomainError):
+    code = "NOT_FOUND"
     default_message = "Resource not found"
 
 
@@ -52,25 +51,53 @@ class DesktopNotFound(NotFound):
         super().__init__(message or f"Desktop with ID {desktop_id} not found")
 
 
-class MethodNotAllowed(ApiError):
-    status, code = 405, "METHOD_NOT_ALLOWED"
+class MethodNotAllowed(DomainError):
+    code = "METHOD_NOT_ALLOWED"
     default_message = "Method not allowed"
 
 
-class DesktopAlreadyExists(ApiError):
-    status, code = 409, "DESKTOP_ALREADY_EXISTS"
+class DesktopAlreadyExists(DomainError):
+    code = "DESKTOP_ALREADY_EXISTS"
     default_message = "User already has an active desktop"
 
 
-class PayloadTooLarge(ApiError):
-    status, code = 413, "PAYLOAD_TOO_LARGE"
+class Busy(DomainError):
+    """One at a time: another run of the same thing holds its lock (a policy pass, a drain)."""
+    code = "POLICY_RUNNING"
+    default_message = "This policy is already running"
+
+
+class PayloadTooLarge(DomainError):
+    code = "PAYLOAD_TOO_LARGE"
     default_message = "Request body is too large"
 
 
-class ProvisioningFailed(ApiError):
-    status, code = 500, "PROVISIONING_FAILED"
+class RateLimited(DomainError):
+    code = "RATE_LIMIT_EXCEEDED"
+    default_message = "Too many requests"
 
 
-class InfrastructureError(ApiError):
-    status, code = 500, "INFRASTRUCTURE_ERROR"
+class ProvisioningFailed(DomainError):
+    code = "PROVISIONING_FAILED"
+
+
+class InfrastructureError(DomainError):
+    """Proxmox, Guacamole or our own queue could not do it now (the desktop contract's code)."""
+    code = "INFRASTRUCTURE_ERROR"
     default_message = "Proxmox or Guacamole communication error"
+
+
+class Unavailable(DomainError):
+    """The same for the projects API, whose contract calls it SERVICE_UNAVAILABLE."""
+    code = "SERVICE_UNAVAILABLE"
+    default_message = "Service temporarily unavailable"
+
+
+class ChatFailed(DomainError):
+    """A model provider's failure (services/chat.py ChatError): `chat_kind` says which, and
+    `key_source` whose key it was; the projects API picks the status."""
+    code = "CHAT_FAILED"
+
+    def __init__(self, message: str, details: dict | None, chat_kind: str, key_source: str | None = None):
+        super().__init__(message, details)
+        self.chat_kind, self.key_source = chat_kind, key_source

@@ -2,8 +2,9 @@
 
 /api/v1/... (the Desktop API): {"success": false, "error", "message", "details"?, "path", "timestamp"}.
 /api/... and /ws (the projects API): {"error": {"code", "message", "details"?}}.
-Views never build error JSON: they raise controlplane.errors.ApiError subclasses, and HTTP errors
-from routing, webargs validation and Werkzeug are translated here.
+Views never build error JSON: services and views raise controlplane.errors.DomainError subclasses,
+which say nothing of HTTP; each one's status is decided here (STATUS, chat_status), and HTTP errors
+from routing, webargs validation and Werkzeug are translated here too.
 """
 from __future__ import annotations
 
@@ -14,12 +15,48 @@ from werkzeug.exceptions import HTTPException
 
 from .. import errors
 from .common import now_iso
-from .limits import RateLimited
 
 log = logging.getLogger(__name__)
 
 # Validation messages per field, as the contract words them, keyed by the field's data key.
 BODY_KEY = "body"
+
+
+# Each domain error's HTTP status, by its code (the Desktop API's table; the projects API answers the
+# same statuses with its own codes, PROJECT_CODES). Unknown codes are 500s.
+STATUS = {"VALIDATION_ERROR": 400, "INVALID_OPERATION": 400, "DESKTOP_NOT_READY": 400, "UNAUTHORIZED": 401,
+          "FORBIDDEN": 403, "NOT_FOUND": 404, "DESKTOP_NOT_FOUND": 404, "METHOD_NOT_ALLOWED": 405,
+          "DESKTOP_ALREADY_EXISTS": 409, "POLICY_RUNNING": 409, "PAYLOAD_TOO_LARGE": 413,
+          "RATE_LIMIT_EXCEEDED": 429, "PROVISIONING_FAILED": 500, "INFRASTRUCTURE_ERROR": 500,
+          "SERVICE_UNAVAILABLE": 503}
+
+# A model provider's failure (errors.ChatFailed), by its kind (services/chat.py KINDS): 400 for the
+# request's own faults (a refused key of the user's own too), 429 for the provider's rate limit,
+# 502/503/504 for the provider's failures.
+CHAT_STATUS = {"invalid_model": 400, "invalid_parameters": 400, "auth": 502, "rate_limited": 429, "timeout": 504,
+               "unavailable": 503, "bad_response": 502}
+
+
+class HttpError(errors.DomainError):
+    """An HTTP error Werkzeug raised that no domain error stands for (406, 501...): its own status."""
+
+    def __init__(self, message: str, status: int, code: str):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def chat_status(kind: str, key_source: str | None = None) -> int:
+    if kind == "auth" and key_source == "user":
+        return 400
+    return CHAT_STATUS[kind]
+
+
+def status_of(exc: errors.DomainError) -> int:
+    if isinstance(exc, HttpError):
+        return exc.status
+    if isinstance(exc, errors.ChatFailed):
+        return chat_status(exc.chat_kind, exc.key_source)
+    return STATUS.get(exc.code, 500)
 
 
 # The projects contract's codes, by HTTP status (its table has no code for 405, 409 or 413: those
@@ -34,15 +71,15 @@ def is_projects_api(path: str) -> bool:
     return (path.startswith("/api/") and not path.startswith("/api/v1/")) or path == "/ws"
 
 
-def project_error_body(exc: errors.ApiError) -> dict:
-    code = PROJECT_CODES.get(exc.status, "INTERNAL_ERROR")
+def project_error_body(exc: errors.DomainError) -> dict:
+    code = PROJECT_CODES.get(status_of(exc), "INTERNAL_ERROR")
     error = {"code": code, "message": exc.message}
     if exc.details:
         error["details"] = exc.details
     return {"error": error}
 
 
-def render_error(exc: errors.ApiError):
+def render_error(exc: errors.DomainError):
     if is_projects_api(request.path):
         response = jsonify(project_error_body(exc))
     else:
@@ -54,7 +91,7 @@ def render_error(exc: errors.ApiError):
         response = jsonify(body)
     for name, value in (getattr(exc, "headers", None) or {}).items():
         response.headers[name] = value
-    return response, exc.status
+    return response, status_of(exc)
 
 
 def _flatten(messages) -> dict[str, str]:
@@ -84,7 +121,7 @@ def _flatten(messages) -> dict[str, str]:
     return details
 
 
-def _from_http(exc: HTTPException) -> errors.ApiError:
+def _from_http(exc: HTTPException) -> errors.DomainError:
     data = getattr(exc, "data", None) or {}
     if exc.code in (400, 422) and "messages" in data:
         details = _flatten(data["messages"])
@@ -105,17 +142,15 @@ def _from_http(exc: HTTPException) -> errors.ApiError:
     if exc.code == 413:
         return errors.PayloadTooLarge()
     if exc.code == 429:  # Flask-Limiter's RateLimitExceeded: its description is the limit
-        return RateLimited(f"Rate limit exceeded: {exc.description}", details={"limit": str(exc.description)})
+        return errors.RateLimited(f"Rate limit exceeded: {exc.description}", details={"limit": str(exc.description)})
     if exc.code == 415:
         return errors.ValidationFailed(details={BODY_KEY: "Content-Type must be application/json"})
-    generic = errors.ApiError(exc.description or exc.name)
-    generic.status, generic.code = exc.code or 500, (exc.name or "ERROR").upper().replace(" ", "_")
-    return generic
+    return HttpError(exc.description or exc.name, exc.code or 500, (exc.name or "ERROR").upper().replace(" ", "_"))
 
 
 def init_error_handlers(app: Flask) -> None:
-    @app.errorhandler(errors.ApiError)
-    def _domain(exc: errors.ApiError):
+    @app.errorhandler(errors.DomainError)
+    def _domain(exc: errors.DomainError):
         return render_error(exc)
 
     @app.errorhandler(HTTPException)
@@ -125,4 +160,4 @@ def init_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return render_error(errors.ApiError())
+        return render_error(errors.DomainError())

@@ -26,15 +26,9 @@ from flask import Flask, g, request
 from flask_limiter import Limiter
 
 from ..config import Settings
-from ..errors import ApiError
 from ..services.projects import Action, access
 
 LIMITED_PREFIXES = ("/api/v1/desktops", "/api/projects", "/api/chat", "/api/user", "/api/invitations")
-
-
-class RateLimited(ApiError):
-    status, code, kind = 429, "RATE_LIMIT_EXCEEDED", "rate_limited"
-    default_message = "Too many requests"
 
 
 def _user_key() -> str | None:

@@ -56,7 +56,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from ..auth import identity_from_token
 from ..config import Settings
-from ..errors import ApiError
+from ..errors import DomainError
 from ..extensions import db
 from ..models import Project, ProjectMember
 from ..project_states import ProjectStatus
@@ -217,7 +217,7 @@ class ShareGate(BaseMiddleware):
         with self.context.flask_app.app_context():
             try:
                 identity = identity_from_token(self.context.settings, token)
-            except ApiError:
+            except DomainError:
                 return "", "401 Not Authorized"
         role = self.context.role(realm, identity.user_id)
         if role is None:

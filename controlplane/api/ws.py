@@ -28,7 +28,7 @@ from flask import current_app, request
 from simple_websocket import ConnectionClosed
 
 from ..auth import identity_from_token
-from ..errors import ApiError, Unauthorized, ValidationFailed
+from ..errors import DomainError, RateLimited, Unauthorized, ValidationFailed
 from ..extensions import db
 from ..services import projects
 from ..services.identity import Identity
@@ -36,7 +36,6 @@ from ..services.queue import get_redis, project_channel, user_channel
 from . import jsonbody
 from .common import settings
 from .errors import project_error_body
-from .limits import RateLimited
 from .wsserver import FrameGuard, serve
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ def _send(ws, payload: dict) -> None:
     ws.send(json.dumps(payload, default=str))
 
 
-def _error(ws, exc: ApiError) -> None:
+def _error(ws, exc: DomainError) -> None:
     _send(ws, {"type": "error", **project_error_body(exc)})
 
 
@@ -144,7 +143,7 @@ class Session:
         self.ws.send(payload)
 
 
-def _invalid(message: str, details: dict | None = None) -> ApiError:
+def _invalid(message: str, details: dict | None = None) -> DomainError:
     return ValidationFailed(message, details)
 
 
@@ -186,7 +185,7 @@ def _converse(ws, guard: FrameGuard, config) -> None:  # noqa: C901
             return
         try:
             message = _receive_json(ws, remaining)
-        except ApiError as exc:
+        except DomainError as exc:
             _error(ws, exc)
             ws.close(CLOSE_PROTOCOL, "protocol error")
             return
@@ -198,7 +197,7 @@ def _converse(ws, guard: FrameGuard, config) -> None:  # noqa: C901
             return
         try:
             identity = _identity(message["token"])
-        except ApiError as exc:
+        except DomainError as exc:
             _error(ws, exc)
             ws.close(CLOSE_UNAUTHORIZED, "invalid token")
             return
@@ -223,7 +222,7 @@ def _converse(ws, guard: FrameGuard, config) -> None:  # noqa: C901
                         raise RateLimited(f"Too many messages: at most {config.ws_message_rate} per socket",
                                           {"limit": config.ws_message_rate})
                     session.handle(message)
-            except ApiError as exc:
+            except DomainError as exc:
                 _error(ws, exc)
             # After a message, the next one (if queued) is read at once; else this waits for events.
             event = session.pubsub.get_message(timeout=0 if message is not None else POLL)

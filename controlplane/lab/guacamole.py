@@ -66,7 +66,7 @@ from typing import Any
 from aiohttp import web
 
 from . import guacamole_auth_json
-from .http import serve
+from .http import base_url, serve, take_fault
 
 log = logging.getLogger("controlplane.lab.guacamole")
 
@@ -415,14 +415,7 @@ class GuacamoleStandIn:
 
     @property
     def url(self) -> str:
-        host = self.host
-        if host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}{self.base_path}"
+        return base_url(self.host, self.port) + self.base_path
 
     def connection_url(self, identifier: str) -> str:
         return f"{self.url}/#/client/{client_identifier(str(identifier), self.data_source)}"
@@ -584,17 +577,7 @@ class GuacamoleStandIn:
 
     def _take_fault(self, method: str, path: str) -> dict | None:
         with self._faults_lock:
-            for fault in self._faults:
-                if fault["method"] not in ("*", method):
-                    continue
-                if not fault["regex"].search(path):
-                    continue
-                if fault["times"] is not None:
-                    fault["times"] -= 1
-                    if fault["times"] <= 0:
-                        self._faults.remove(fault)
-                return fault
-        return None
+            return take_fault(self._faults, lambda f: f["method"] in ("*", method) and f["regex"].search(path))
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler):

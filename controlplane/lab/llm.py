@@ -49,7 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .http import serve
+from .http import base_url, serve, take_fault
 
 log = logging.getLogger("controlplane.lab.llm")
 
@@ -226,14 +226,7 @@ class LabLlm:
 
     @property
     def url(self) -> str:
-        host = self.host
-        if host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}/v1"
+        return base_url(self.host, self.port) + "/v1"
 
     # ------------------------------------------------------------ fault switches
 
@@ -256,15 +249,7 @@ class LabLlm:
 
     def _take_fault(self, path: str) -> dict | None:
         with self._lock:
-            for fault in self._faults:
-                if fault["path"] != path:
-                    continue
-                if fault["times"] is not None:
-                    fault["times"] -= 1
-                    if fault["times"] <= 0:
-                        self._faults.remove(fault)
-                return fault
-        return None
+            return take_fault(self._faults, lambda f: f["path"] == path)
 
     # ------------------------------------------------------------ lifecycle
 

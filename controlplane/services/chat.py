@@ -82,18 +82,6 @@ class ChatResult:
     cost_known: bool  # False: the price table has no price for this model (or it is self-hosted)
 
 
-# Suggested HTTP statuses for the API (projects-api.md's error codes in comments).
-_HTTP_STATUS = {
-    "invalid_model": 400,  # INVALID_REQUEST
-    "invalid_parameters": 400,  # INVALID_REQUEST
-    "auth": 502,  # the server's provider key was refused (400 when it was the user's own key)
-    "rate_limited": 429,  # RATE_LIMIT_EXCEEDED (the provider's limit)
-    "timeout": 504,
-    "unavailable": 503,  # SERVICE_UNAVAILABLE
-    "bad_response": 502,
-}
-
-
 class ChatError(Exception):
     """A chat completion that could not be made.
 
@@ -109,14 +97,6 @@ class ChatError(Exception):
         self.kind = kind
         self.message = message
         self.details = details or {}
-
-    @property
-    def http_status(self) -> int:
-        """A suggested status for the API: 400 for the request's own faults (including a refused user
-        key), 429 for the provider's rate limit, 502/503/504 for the provider's failures."""
-        if self.kind == "auth" and self.details.get("key_source") == "user":
-            return 400
-        return _HTTP_STATUS[self.kind]
 
     def __repr__(self) -> str:
         return f"ChatError({self.kind!r}, {self.message!r}, {self.details!r})"

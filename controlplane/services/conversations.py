@@ -12,7 +12,7 @@ import json
 import logging
 
 from ..config import Settings
-from ..errors import ApiError, ValidationFailed
+from ..errors import ChatFailed, ValidationFailed
 from ..extensions import db
 from ..models import ChatMessage, Project, UsageRecord, UserSettings, utcnow
 from ..timestamps import utc_z
@@ -29,19 +29,16 @@ PERIODS = {"last_24_hours": dt.timedelta(hours=24), "last_7_days": dt.timedelta(
            "last_30_days": dt.timedelta(days=30), "last_90_days": dt.timedelta(days=90), "all_time": None}
 
 
-class ChatFailed(ApiError):
-    """A provider error, in the projects API's envelope (INVALID_REQUEST, RATE_LIMIT_EXCEEDED or
-    SERVICE_UNAVAILABLE by status)."""
-    kind = "chat"
-
-    def __init__(self, error: chat.ChatError, message_id: str | None):
-        details = dict(error.details)
-        if message_id:
-            details["message_id"] = message_id  # the user's message was saved
-        super().__init__(error.message, details)
-        self.status = error.http_status
-        if error.kind == "rate_limited" and details.get("retry_after"):
-            self.headers = {"Retry-After": str(int(float(details["retry_after"])) or 1)}
+def _chat_failed(error: chat.ChatError, message_id: str | None) -> ChatFailed:
+    """A provider error for the projects API, which picks INVALID_REQUEST, RATE_LIMIT_EXCEEDED or
+    SERVICE_UNAVAILABLE and the status by its kind."""
+    details = dict(error.details)
+    if message_id:
+        details["message_id"] = message_id  # the user's message was saved
+    failed = ChatFailed(error.message, details, error.kind, error.details.get("key_source"))
+    if error.kind == "rate_limited" and details.get("retry_after"):
+        failed.headers = {"Retry-After": str(int(float(details["retry_after"])) or 1)}
+    return failed
 
 
 # ---- settings ------------------------------------------------------------------------------------------
@@ -163,7 +160,7 @@ def send(settings: Settings, identity: Identity, project_id: str, text: str, mod
     except chat.ChatError as exc:
         ChatMessage.update(error=exc.message).where(ChatMessage.id == question.id).execute()
         log.warning("chat in project %s: %s (%s)", project.public_id, exc.kind, exc.message)
-        raise ChatFailed(exc, question.public_id) from None
+        raise _chat_failed(exc, question.public_id) from None
     with db.atomic():
         answer = ChatMessage.create(project=project.id, role="assistant", content=result.content, model=model,
                                     tokens=result.total_tokens, cost=result.cost)

@@ -9,7 +9,6 @@ import datetime as dt
 import logging
 
 import peewee as pw
-import redis
 
 from ..config import Settings
 from ..errors import (
@@ -183,18 +182,16 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
         raise DesktopAlreadyExists() from None
     except vmids.VmidRangeExhausted as exc:
         raise InfrastructureError(f"Failed to create desktop: {exc}") from None
+    def undo():
+        pool.give_back(desktop)
+        VmidLease.delete().where(VmidLease.desktop == desktop.id).execute()
+        desktop.delete_instance(recursive=True)
     try:
-        jobs.enqueue(settings, Operation.CREATE, desktop.id, desktop.job_id)
-    except redis.RedisError as exc:
-        log.error("enqueue of create for desktop %s failed: %s", desktop.id, exc)
-        with db.atomic():  # nothing was made yet: undo the record so the user can retry
-            pool.give_back(desktop)
-            VmidLease.delete().where(VmidLease.desktop == desktop.id).execute()
-            desktop.delete_instance(recursive=True)
+        lifecycle.enqueue_create(settings, desktop, undo)
+    except lifecycle.QueueUnavailable:
         raise InfrastructureError("Failed to create desktop: the job queue is unavailable") from None
     if warm is not None:
         pool.request_refill(settings)
-    lifecycle.publish(settings.redis_url, desktop)
     return desktop, False
 
 

@@ -69,8 +69,8 @@ _INFRASTRUCTURE = [re.compile(p, re.I) for p in (
 
 
 def classify(operation: Operation | str, message: str | None, *, from_step: bool) -> FailureClass:
-    """The class of a failed run. `from_step`: the failure went through the playbook's own step
-    report (a create's rescue: "Create failed at '<task>': ..."), so what it made was removed."""
+    """The class of a failed run. `from_step`: the playbook's rescue reported the failed step (set_stats
+    failed_step, tasks/engine.py failed_step) after removing what it had made."""
     text = message or ""
     if any(p.search(text) for p in _PERMANENT):
         return FailureClass.PERMANENT

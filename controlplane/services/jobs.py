@@ -4,17 +4,12 @@ from __future__ import annotations
 import logging
 import uuid
 
-from rq import Callback
-
 from ..config import Settings
 from ..states import Operation
-from . import kinds
-from .queue import get_queue
+from . import kinds, queue
 
 log = logging.getLogger(__name__)
 
-FAILURE_TTL = 7 * 24 * 3600
-RESULT_TTL = 24 * 3600
 
 
 def new_job_id(resource_id: int, operation: Operation, kind: str = "desktop") -> str:
@@ -52,14 +47,7 @@ def enqueue(settings: Settings, operation: Operation, resource_id: int, job_id: 
     meta["request_id"] = request_id or asked.get("request_id") or job_id
     if kind == "desktop":
         meta["desktop_id"] = resource_id
-    return get_queue(settings.redis_url).enqueue(
-        described.job_function, resource_id, operation.value, force,
-        job_id=job_id,
-        # The playbook has its own timeout inside (ansible-runner); RQ's is the backstop.
-        job_timeout=settings.job_timeout + 120,
-        failure_ttl=FAILURE_TTL,
-        result_ttl=RESULT_TTL,
-        meta=meta,
-        on_failure=Callback("controlplane.tasks.engine.on_job_failure"),
-        description=f"{operation.value} {kind} {resource_id}",
-    )
+    return queue.enqueue(settings.redis_url, described.job_function, resource_id, operation.value, force,
+                         job_id=job_id, timeout=settings.job_timeout + queue.TIMEOUT_MARGIN, meta=meta,
+                         on_failure="controlplane.tasks.engine.on_job_failure",
+                         description=f"{operation.value} {kind} {resource_id}")

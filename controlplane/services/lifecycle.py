@@ -8,11 +8,13 @@ overwrite a newer operation's state.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import redis
 
 from ..extensions import db
 from ..models import utcnow
+from ..states import Operation
 from . import jobs, kinds
 from .queue import get_redis
 
@@ -70,7 +72,24 @@ def publish(redis_url: str, row, extra: dict | None = None) -> None:
 
 
 class QueueUnavailable(Exception):
-    """The operation could not be enqueued; the record was put back as it was."""
+    """The operation could not be enqueued; the record was put back as it was (or, for a create,
+    removed)."""
+
+
+def enqueue_create(settings, row, undo: Callable[[], None]) -> None:
+    """Enqueue the CREATE job of a record just committed with its job id (the one create path of
+    desktops and projects). If Redis refuses it, nothing was made yet: `undo` removes the record
+    and what it holds, in one transaction, so that the user can simply retry; QueueUnavailable is
+    raised. Published once enqueued."""
+    kind = kinds.of(row)
+    try:
+        jobs.enqueue(settings, Operation.CREATE, row.id, row.job_id, kind=kind.name)
+    except redis.RedisError as exc:
+        log.error("enqueue of create for %s %s failed: %s", kind.name, row.id, exc)
+        with db.atomic():
+            undo()
+        raise QueueUnavailable(str(exc)) from None
+    publish(settings.redis_url, row)
 
 
 def accept(settings, row, operation, accepted, message: str, force: bool = False, source: str = "api",

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..config import Settings
-from ..errors import ApiError
+from ..errors import Busy
 from ..extensions import db
 from ..models import AuditEntry, PolicyRun, utcnow
 from ..states import Operation
@@ -27,9 +27,8 @@ log = logging.getLogger(__name__)
 LOCK_TTL = 600  # seconds: longer than any pass; a crashed pass's lock expires by itself
 
 
-class PolicyRunning(ApiError):
-    status, code = 409, "POLICY_RUNNING"
-    default_message = "This policy is already running"
+class PolicyRunning(Busy):
+    """Another pass of the same policy runs."""
 
 
 @dataclass

@@ -32,7 +32,7 @@ from . import vmids
 from .maintenance import is_draining
 from .placement import PlacementError, choose_node
 from .plans import POOL_POWERS, load_plans
-from .queue import POOL_QUEUE_NAME, get_queue, get_redis
+from .queue import POOL_QUEUE_NAME, TIMEOUT_MARGIN, enqueue, get_redis
 from .reaper import job_is_alive, live_workers
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,7 @@ def request_refill(settings: Settings) -> None:
         conn = get_redis(settings.redis_url)
         conn.set(REFILL_AGAIN, "1", ex=300)  # a pass running now goes round once more
         if conn.set(REFILL_QUEUED, "1", nx=True, ex=30):
-            get_queue(settings.redis_url).enqueue(REFILL_JOB, job_timeout=300, result_ttl=3600, failure_ttl=86400,
-                                                  description="refill the warm pool")
+            enqueue(settings.redis_url, REFILL_JOB, timeout=300, description="refill the warm pool")
     except redis.RedisError as exc:
         log.warning("could not queue a pool refill: %s", exc)
 
@@ -252,10 +251,9 @@ def _new_pool_vm(settings: Settings, config: PoolConfig, node: str) -> PoolVm | 
     except vmids.VmidRangeExhausted:
         return None
     try:
-        get_queue(settings.redis_url, POOL_QUEUE_NAME).enqueue(FILL_JOB, vm.id, job_id=job_id, job_timeout=settings.job_timeout + 120,
-                                              result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
-                                              meta={"kind": "pool", "pool_vm_id": vm.id},
-                                              description=f"fill pool VM {vm.id} ({vm.plan})")
+        enqueue(settings.redis_url, FILL_JOB, vm.id, queue=POOL_QUEUE_NAME, job_id=job_id,
+                timeout=settings.job_timeout + TIMEOUT_MARGIN, meta={"kind": "pool", "pool_vm_id": vm.id},
+                description=f"fill pool VM {vm.id} ({vm.plan})")
     except redis.RedisError:
         with db.atomic():
             VmidLease.delete().where(VmidLease.vmid == vm.vmid).execute()
@@ -273,10 +271,9 @@ def _remove(settings: Settings, vm: PoolVm, why: str, done: dict) -> None:
                .where(PoolVm.id == vm.id, PoolVm.state == vm.state, PoolVm.job_id == vm.job_id).execute())
     if not changed:
         return
-    get_queue(settings.redis_url, POOL_QUEUE_NAME).enqueue(REMOVE_JOB, vm.id, job_id=job_id, job_timeout=settings.job_timeout + 120,
-                                          result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
-                                          meta={"kind": "pool", "pool_vm_id": vm.id},
-                                          description=f"remove pool VM {vm.id} ({vm.plan})")
+    enqueue(settings.redis_url, REMOVE_JOB, vm.id, queue=POOL_QUEUE_NAME, job_id=job_id,
+            timeout=settings.job_timeout + TIMEOUT_MARGIN, meta={"kind": "pool", "pool_vm_id": vm.id},
+            description=f"remove pool VM {vm.id} ({vm.plan})")
     done["removing"].append({"id": vm.id, "plan": vm.plan, "vmid": vm.vmid, "why": why})
 
 

@@ -13,10 +13,9 @@ import logging
 import statistics
 
 import peewee as pw
-import redis
 
 from ..config import Settings
-from ..errors import ApiError, Forbidden, InfrastructureError, InvalidOperation, NotFound, ValidationFailed
+from ..errors import Forbidden, InfrastructureError, InvalidOperation, NotFound, Unavailable, ValidationFailed
 from ..extensions import db
 from ..models import Invitation, NetworkLease, Project, ProjectMember, VmidLease, utcnow
 from ..project_states import ACCEPTED, ALLOWED_FROM, ProjectStatus
@@ -153,17 +152,15 @@ def create(settings: Settings, identity: Identity, name: str, description: str, 
         raise InfrastructureError(f"Failed to create project: {exc}") from None
     if shares.enabled(settings):
         shares.create_folder(settings, project.public_id)
-    try:
-        jobs.enqueue(settings, Operation.CREATE, project.id, project.job_id, kind="project")
-    except redis.RedisError as exc:
-        log.error("enqueue of create for project %s failed: %s", project.id, exc)
+    def undo():
         shares.remove_folder(settings, project.public_id)
-        with db.atomic():  # nothing was made yet: undo the record so the user can retry
-            VmidLease.delete().where(VmidLease.project_id == project.id).execute()
-            NetworkLease.delete().where(NetworkLease.project == project.id).execute()
-            project.delete_instance(recursive=True)
-        raise ServiceUnavailable("Failed to create project: the job queue is unavailable") from None
-    lifecycle.publish(settings.redis_url, project)
+        VmidLease.delete().where(VmidLease.project_id == project.id).execute()
+        NetworkLease.delete().where(NetworkLease.project == project.id).execute()
+        project.delete_instance(recursive=True)
+    try:
+        lifecycle.enqueue_create(settings, project, undo)
+    except lifecycle.QueueUnavailable:
+        raise Unavailable("Failed to create project: the job queue is unavailable") from None
     return project
 
 
@@ -189,17 +186,12 @@ def _allocate_network(pool: ipaddress.IPv4Network, project_id: int) -> str:
     raise NetworkPoolExhausted(f"no free /24 left in {pool}")
 
 
-class ServiceUnavailable(ApiError):
-    status, code = 503, "SERVICE_UNAVAILABLE"
-    default_message = "Service temporarily unavailable"
-
-
 # ---- operations ----------------------------------------------------------------------------------------
 
 def _refuse_on_draining_node(settings: Settings, node: str | None, what: str) -> None:
     refusal = maintenance_refusal(settings, node, what)
     if refusal:
-        raise ServiceUnavailable(refusal, details={"node": node})
+        raise Unavailable(refusal, details={"node": node})
 
 
 def request(settings: Settings, identity: Identity, project_id: str, operation: Operation,
@@ -216,7 +208,7 @@ def request(settings: Settings, identity: Identity, project_id: str, operation: 
     try:
         fresh = lifecycle.accept(settings, project, operation, accepted, message, force=force)
     except lifecycle.QueueUnavailable:
-        raise ServiceUnavailable(f"Failed to {operation.value} project: the job queue is unavailable") from None
+        raise Unavailable(f"Failed to {operation.value} project: the job queue is unavailable") from None
     if fresh is None:
         current = Project.get_by_id(project.id)
         raise InvalidOperation(f"Cannot {operation.value} project in {current.status} state")

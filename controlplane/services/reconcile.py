@@ -19,7 +19,7 @@ from ..project_states import ProjectStatus
 from ..states import Status
 from . import guacamole, kinds, lifecycle, proxmox
 from .policy_runs import Action
-from .queue import get_queue
+from .queue import TIMEOUT_MARGIN, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +169,9 @@ def _remove(settings: Settings, orphan_vms: list[dict], orphan_connections: list
     """Queue the job that removes the orphans (playbooks/remove_orphans.yml); the remove actions say
     whether it was queued."""
     try:
-        job = get_queue(settings.redis_url).enqueue(
-            "controlplane.tasks.maintenance.remove_orphans", orphan_vms, orphan_connections,
-            job_timeout=settings.job_timeout, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
-            description=f"remove {len(orphan_vms)} orphaned VM(s) and {len(orphan_connections)} connection(s)")
+        job = enqueue(settings.redis_url, "controlplane.tasks.maintenance.remove_orphans", orphan_vms,
+                      orphan_connections, timeout=settings.job_timeout + TIMEOUT_MARGIN,
+                      description=f"remove {len(orphan_vms)} orphaned VM(s) and {len(orphan_connections)} connection(s)")
     except redis.RedisError as exc:
         for action in actions:
             if action.action.startswith("remove-"):

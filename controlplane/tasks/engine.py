@@ -164,12 +164,11 @@ def _run_with_retries(cfg: Settings, kind: kinds.Kind, row, op: Operation, extra
                               on_task=on_task)
         if result.ok:
             return result
-        reason = result.reason()
-        from_step = result.status == "failed" and (result.failure or "").startswith(kind.failure_verb[op])
-        if from_step:
-            # The playbook reported the failed step itself ("Create failed at '<task>': <error>",
-            # the create playbooks' rescue): not prefixed with the name of the reporting task.
-            reason = result.failure
+        step = failed_step(result)
+        from_step = step is not None
+        # A create playbook's rescue cleans up, then hands the failed step to us through set_stats
+        # (failed_step, failed_message): a failure of that step, not of the infrastructure as such.
+        reason = f"{kind.failure_verb[op]} at {step}" if step else result.reason()
         failure = failures.classify(op, reason, from_step=from_step)
         delay = plan.next_delay(failure)
         if delay is not None and deadline - time.monotonic() < delay + 1:
@@ -198,6 +197,15 @@ def _run_with_retries(cfg: Settings, kind: kinds.Kind, row, op: Operation, extra
             log.warning("%s %s moved on while job %s was retrying; stopping", kind.name, row.id, row.job_id)
             return result
         time.sleep(delay)
+
+
+def failed_step(result: PlaybookResult) -> str | None:
+    """"'<task>': <error>" when the playbook's rescue reported the step that failed (set_stats
+    failed_step and failed_message, after its clean-up), else None."""
+    step = result.stats.get("failed_step") if result.status == "failed" else None
+    if not step:
+        return None
+    return f"'{step}': {result.stats.get('failed_message') or 'failed'}"
 
 
 def _audit(job, row, op: Operation, ok: bool) -> None:

@@ -10,7 +10,7 @@ import logging
 
 from ..runner.ansible import run_playbook
 from ..services import policies, policy_runs
-from ..services.queue import get_queue
+from ..services.queue import enqueue
 from .engine import settings
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,7 @@ def enqueue_if_due(cfg, conn) -> bool:
         return False
     if not conn.set("controlplane:maintenance:due", "1", nx=True, ex=cfg.policy_interval):
         return False
-    get_queue(cfg.redis_url).enqueue(JOB_FUNCTION, job_timeout=900, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
-                                     description="lifecycle policies (periodic)")
+    enqueue(cfg.redis_url, JOB_FUNCTION, timeout=900, description="lifecycle policies (periodic)")
     return True
 
 

@@ -13,7 +13,7 @@ from ..extensions import db
 from ..models import PoolVm, PoolVmState, VmidLease, utcnow
 from ..runner.ansible import run_playbook
 from ..services import pool
-from .engine import settings
+from .engine import failed_step, settings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def fill(pool_vm_id: int) -> dict:
                 log.warning("pool VM %s was given up while it was being made; the refill removes it", vm.id)
             pool.request_refill(cfg)  # a pass waiting on this one's slot may go on
             return {"id": vm.id, "vmid": vm.vmid, "state": "READY" if changed else "given up", "stats": stats}
-        reason = result.failure if (result.failure or "").startswith("Fill failed") else f"Fill failed: {result.reason()}"
+        step = failed_step(result)
+        reason = f"Fill failed at {step}" if step else f"Fill failed: {result.reason()}"
         PoolVm.update(state=PoolVmState.FAILED.value, message=reason, updated_at=utcnow()).where(owned).execute()
         pool.note_failure(cfg, vm.plan, reason)
         log.error("pool VM %s (%s): %s", vm.id, vm.plan, reason)

@@ -16,8 +16,9 @@ from tests.conftest import ServerThread
 
 @pytest.fixture
 def server(base_settings, database, llm, client):  # noqa: F811
-    from controlplane import create_app
+    from controlplane import create_app, gunicorn_conf
     llm.clear_faults()
+    gunicorn_conf.post_worker_init(None)  # as an API worker does: the model library loads in the background
     app = create_app(base_settings.replace(llm_openai_api_key=LAB_KEY, llm_openai_base_url=llm.url,
                                            llm_timeout=3.0, llm_user_keys_secret=USER_KEYS_SECRET))
     running = ServerThread(app).start()
@@ -72,7 +73,8 @@ def post(server):
     import requests
 
     def call(path, headers, body):
-        response = requests.post(server.url + path, json=body, headers=headers, timeout=10)
+        # 30 s: a chat may wait for the model library's import (seconds; more on a loaded machine)
+        response = requests.post(server.url + path, json=body, headers=headers, timeout=30)
         assert response.status_code < 300, response.text
         return response.json()
     return call

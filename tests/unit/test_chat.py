@@ -14,6 +14,7 @@ import pytest
 
 from controlplane.config import Settings
 from controlplane.lab.llm import LabLlm, count_tokens, reply_for
+from controlplane.api.errors import chat_status
 from controlplane.services import chat
 from controlplane.services.chat import ChatError, ChatResult
 from tests.loop import LoopThread
@@ -169,7 +170,7 @@ def test_validate_parameters_names_every_bad_field():
     with pytest.raises(ChatError) as err:
         chat.validate_parameters({"temperature": 2.5, "max_tokens": 0, "top_p": -0.1, "presence_penalty": 1})
     e = err.value
-    assert e.kind == "invalid_parameters" and e.http_status == 400
+    assert e.kind == "invalid_parameters" and chat_status(e.kind, e.details.get('key_source')) == 400
     assert set(e.details) == {"temperature", "max_tokens", "top_p", "presence_penalty"}
     assert "between 0 and 2" in e.details["temperature"]
     assert "between 1 and 32768" in e.details["max_tokens"]
@@ -257,7 +258,7 @@ def test_parse_model(model, expected):
 def test_parse_model_rejects(model):
     with pytest.raises(ChatError) as err:
         chat.parse_model(model)
-    assert err.value.kind == "invalid_model" and err.value.http_status == 400
+    assert err.value.kind == "invalid_model" and chat_status(err.value.kind, err.value.details.get('key_source')) == 400
 
 
 def test_a_provider_must_be_configured():
@@ -304,7 +305,7 @@ def test_a_wrong_server_key_is_auth_and_leaks_no_key(settings, lab):
     with pytest.raises(ChatError) as err:
         chat.complete(bad, "openai/gpt-4", user("Hi"))
     e = err.value
-    assert e.kind == "auth" and e.http_status == 502
+    assert e.kind == "auth" and chat_status(e.kind, e.details.get('key_source')) == 502
     assert e.details["key_source"] == "server" and e.details["provider_status"] == 401
     assert "provider_message" in e.details  # the provider's words, redacted
     assert_no_secret(e, WRONG_KEY, WRONG_KEY[:12], LAB_KEY, "j" * 32)
@@ -315,7 +316,7 @@ def test_a_wrong_user_key_is_auth_blamed_on_the_user(settings):
     with pytest.raises(ChatError) as err:
         chat.complete(settings, "openai/gpt-4", user("Hi"), api_key=WRONG_KEY)
     e = err.value
-    assert e.kind == "auth" and e.details["key_source"] == "user" and e.http_status == 400
+    assert e.kind == "auth" and e.details["key_source"] == "user" and chat_status(e.kind, e.details.get('key_source')) == 400
     assert "your API key" in e.message
     assert_no_secret(e, WRONG_KEY, LAB_KEY)
 
@@ -324,7 +325,7 @@ def test_a_provider_that_is_down_is_unavailable(settings, lab):
     lab.down = True
     with pytest.raises(ChatError) as err:
         chat.complete(settings, "openai/gpt-4", user("Hi"))
-    assert err.value.kind == "unavailable" and err.value.http_status == 503
+    assert err.value.kind == "unavailable" and chat_status(err.value.kind, err.value.details.get('key_source')) == 503
     assert err.value.details["provider_status"] == 503
     assert_no_secret(err.value, LAB_KEY)
 
@@ -343,7 +344,7 @@ def test_a_slow_provider_is_a_timeout(settings, lab):
         chat.complete(settings.replace(llm_timeout=0.5), "openai/gpt-4", user("Hi"))
     assert time.monotonic() - start < 20  # gave up, long before the answer (a margin for a loaded machine)
     e = err.value
-    assert e.kind == "timeout" and e.http_status == 504 and "0.5 seconds" in e.message
+    assert e.kind == "timeout" and chat_status(e.kind, e.details.get('key_source')) == 504 and "0.5 seconds" in e.message
 
 
 @pytest.mark.parametrize("status,kind,http", [
@@ -364,7 +365,7 @@ def test_provider_statuses_map_to_kinds_without_retries(settings, lab, status, k
     before = lab.calls
     with pytest.raises(ChatError) as err:
         chat.complete(settings, "openai/gpt-4", user("Hi"))
-    assert (err.value.kind, err.value.http_status) == (kind, http)
+    assert (err.value.kind, chat_status(err.value.kind, err.value.details.get('key_source'))) == (kind, http)
     assert lab.calls - before == 1  # num_retries=0, max_retries=0: retrying is the caller's business
     assert_no_secret(err.value, LAB_KEY)
 
@@ -389,7 +390,7 @@ def test_chat_error_kinds_are_checked():
     with pytest.raises(ValueError):
         ChatError("oops", "x")
     e = ChatError("timeout", "slow")
-    assert (str(e), e.details, e.http_status) == ("slow", {}, 504)
+    assert (str(e), e.details, chat_status(e.kind, e.details.get('key_source'))) == ("slow", {}, 504)
 
 
 def test_redact():
