@@ -59,6 +59,11 @@ GUACAMOLE_PLAYBOOKS = frozenset({"desktop_create.yml", "desktop_start.yml", "des
 LLM_PROVIDERS = ("openai", "anthropic", "openrouter", "compat")
 
 
+def refuse(name: str, what: str):
+    """ConfigError for setting `name` (without CONTROLPLANE_): "CONTROLPLANE_<NAME> <what>"."""
+    raise ConfigError(f"CONTROLPLANE_{name.upper()} {what}")
+
+
 def parse_backoff(text: str) -> tuple[float, ...]:
     """'1,2,4,8' → (1.0, 2.0, 4.0, 8.0); '' → () (no retries). Raises ValueError."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
@@ -340,7 +345,69 @@ class Settings:
         settings.validate()
         return settings
 
-    def validate(self) -> None:  # noqa: C901 - one check per setting, in a row (issue 19: settings to a page)
+    # What validate() checks, setting by setting (names without CONTROLPLANE_), as tables.
+    _POSITIVE = ("job_timeout", "reaper_interval", "abandoned_after", "port", "proxmox_timeout", "stop_timeout",
+                 "proxmox_api_timeout", "llm_timeout", "shares_max_file_bytes", "shares_quota_bytes",
+                 "shares_lock_timeout_max", "ws_send_timeout")
+    _NOT_NEGATIVE = ("ip_wait_retries", "ip_wait_delay", "max_resumes", "policy_interval", "expiry_grace",
+                     "stuck_after", "failed_retention", "audit_retention_days", "pool_max_size", "pool_retry_after",
+                     "provisioning_retry_delay", "ws_max_sockets_per_user")
+    _AT_LEAST_ONE = ("pool_fill_parallel", "provisioning_attempts")
+    _PORTS = (("port", 1), ("proxmox_port", 1), ("guacamole_port", 0))
+    _CHOICES = (("connect_mode", ("auto", "json", "connection"), ""),
+                ("guacamole_protocol", ("vnc", "rdp"), " (Guacamole has no SPICE)"))
+    _BETWEEN = (("connect_ttl", 10, 86400, "seconds"), ("ws_max_message", 1024, 16 * 1024 * 1024, "bytes"),
+                ("max_request_body", 1024, None, "bytes"))
+    _URLS = ("llm_openai_base_url", "llm_compat_base_url", "shares_public_url")
+    _LONG_SECRETS = ("jwt_secret", "llm_user_keys_secret", "shares_secret")  # at least 32 characters
+    _RATES = ("rate_limit_api", "rate_limit_desktop_create", "rate_limit_project_create", "rate_limit_chat",
+              "ws_message_rate")
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, naming the variable (ConfigError)."""
+        self._validate_numbers()
+        self._validate_texts()
+        self._validate_together()
+
+    def _validate_numbers(self) -> None:
+        for name in self._POSITIVE:
+            if getattr(self, name) <= 0:
+                refuse(name, "must be positive")
+        for name in self._NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                refuse(name, "must not be negative")
+        for name in self._AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                refuse(name, "must be at least 1")
+        for name, lowest in self._PORTS:
+            if not lowest <= getattr(self, name) <= 65535:
+                refuse(name, f"must be a port number ({lowest}-65535)")
+        for name, lowest, highest, unit in self._BETWEEN:
+            value = getattr(self, name)
+            if value < lowest or (highest is not None and value > highest):
+                refuse(name, f"must be between {lowest} and {highest} {unit}" if highest is not None
+                       else f"must be at least {lowest} {unit}")
+
+    def _validate_texts(self) -> None:
+        for name, allowed, note in self._CHOICES:
+            if getattr(self, name) not in allowed:
+                refuse(name, f"must be {', '.join(allowed[:-1])} or {allowed[-1]}{note}")
+        for name in self._URLS:
+            value = getattr(self, name)
+            if value and not value.startswith(("http://", "https://")):
+                refuse(name, f"must be an http:// or https:// URL, not {value!r}")
+        for name in self._LONG_SECRETS:
+            if getattr(self, name) and len(getattr(self, name)) < 32:
+                refuse(name, "must be at least 32 characters")
+        from limits import parse
+        for name in self._RATES:
+            try:
+                parse(getattr(self, name))
+            except ValueError:
+                refuse(name, f"must look like 100/minute, not {getattr(self, name)!r}")
+
+    def _validate_together(self) -> None:
+        """The checks that read more than one setting, or a file, a zone or a list."""
         try:
             _ = self.tz  # the property loads the zone
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -350,80 +417,22 @@ class Settings:
         if self.guacamole_json_secret and not re.match(r"^[0-9a-fA-F]{32}$", self.guacamole_json_secret):
             raise ConfigError("CONTROLPLANE_GUACAMOLE_JSON_SECRET must be 32 hexadecimal digits (Guacamole's "
                               "json-secret-key, e.g. `openssl rand -hex 16`)")
-        if self.connect_mode not in ("auto", "json", "connection"):
-            raise ConfigError("CONTROLPLANE_CONNECT_MODE must be auto, json or connection")
         if self.connect_mode == "json" and not self.guacamole_json_secret:
             raise ConfigError("CONTROLPLANE_CONNECT_MODE=json needs CONTROLPLANE_GUACAMOLE_JSON_SECRET")
-        if not 10 <= self.connect_ttl <= 86400:
-            raise ConfigError("CONTROLPLANE_CONNECT_TTL must be between 10 and 86400 seconds")
-        if self.guacamole_protocol not in ("vnc", "rdp"):
-            raise ConfigError("CONTROLPLANE_GUACAMOLE_PROTOCOL must be vnc or rdp (Guacamole has no SPICE)")
         if self.jwt_secret and (self.jwt_jwks_url or self.jwt_public_key):
             raise ConfigError("Set either CONTROLPLANE_JWT_SECRET (HS256) or CONTROLPLANE_JWT_JWKS_URL/"
                               "CONTROLPLANE_JWT_PUBLIC_KEY (RS256), not both")
-        if self.jwt_secret and len(self.jwt_secret) < 32:
-            raise ConfigError("CONTROLPLANE_JWT_SECRET must be at least 32 characters")
-        for name in ("job_timeout", "reaper_interval", "abandoned_after", "port", "proxmox_timeout", "stop_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"CONTROLPLANE_{name.upper()} must be positive")
         try:
             parse_backoff(self.retry_backoff)
         except ValueError:
             raise ConfigError("CONTROLPLANE_RETRY_BACKOFF must be seconds separated by commas (1,2,4,8) "
                               f"or empty, not {self.retry_backoff!r}") from None
-        if self.pool_fill_parallel < 1:
-            raise ConfigError("CONTROLPLANE_POOL_FILL_PARALLEL must be at least 1")
-        if self.provisioning_attempts < 1:
-            raise ConfigError("CONTROLPLANE_PROVISIONING_ATTEMPTS must be at least 1")
-        if self.provisioning_retry_delay < 0:
-            raise ConfigError("CONTROLPLANE_PROVISIONING_RETRY_DELAY must not be negative")
-        if self.proxmox_api_timeout <= 0:
-            raise ConfigError("CONTROLPLANE_PROXMOX_API_TIMEOUT must be positive")
-        for name in ("ip_wait_retries", "ip_wait_delay", "max_resumes", "policy_interval", "expiry_grace",
-                     "stuck_after", "failed_retention", "audit_retention_days", "pool_max_size", "pool_retry_after"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"CONTROLPLANE_{name.upper()} must not be negative")
-        for name, lowest in (("port", 1), ("proxmox_port", 1), ("guacamole_port", 0)):
-            if not lowest <= getattr(self, name) <= 65535:
-                raise ConfigError(f"CONTROLPLANE_{name.upper()} must be a port number ({lowest}-65535)")
-        if self.llm_timeout <= 0:
-            raise ConfigError("CONTROLPLANE_LLM_TIMEOUT must be positive")
+        if not 0 < self.ws_auth_timeout <= 300:
+            raise ConfigError("CONTROLPLANE_WS_AUTH_TIMEOUT must be more than 0 and at most 300 seconds")
         provider, _, name = self.llm_default_model.partition("/")
         if provider not in LLM_PROVIDERS or not name.strip() or any(c.isspace() for c in self.llm_default_model):
             raise ConfigError("CONTROLPLANE_LLM_DEFAULT_MODEL must be <provider>/<model> with provider one of "
                               f"{', '.join(LLM_PROVIDERS)}, not {self.llm_default_model!r}")
-        for name in ("llm_openai_base_url", "llm_compat_base_url"):
-            value = getattr(self, name)
-            if value and not value.startswith(("http://", "https://")):
-                raise ConfigError(f"CONTROLPLANE_{name.upper()} must be an http:// or https:// URL, not {value!r}")
-        if self.llm_user_keys_secret and len(self.llm_user_keys_secret) < 32:
-            raise ConfigError("CONTROLPLANE_LLM_USER_KEYS_SECRET must be at least 32 characters")
-        if self.shares_secret and len(self.shares_secret) < 32:
-            raise ConfigError("CONTROLPLANE_SHARES_SECRET must be at least 32 characters")
-        for name in ("shares_max_file_bytes", "shares_quota_bytes", "shares_lock_timeout_max"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"CONTROLPLANE_{name.upper()} must be positive")
-        if self.shares_public_url and not self.shares_public_url.startswith(("http://", "https://")):
-            raise ConfigError("CONTROLPLANE_SHARES_PUBLIC_URL must be an http:// or https:// URL, "
-                              f"not {self.shares_public_url!r}")
-        if not 1024 <= self.max_request_body:
-            raise ConfigError("CONTROLPLANE_MAX_REQUEST_BODY must be at least 1024 bytes")
-        if not 1024 <= self.ws_max_message <= 16 * 1024 * 1024:
-            raise ConfigError("CONTROLPLANE_WS_MAX_MESSAGE must be between 1024 and 16777216 bytes")
-        if not 0 < self.ws_auth_timeout <= 300:
-            raise ConfigError("CONTROLPLANE_WS_AUTH_TIMEOUT must be more than 0 and at most 300 seconds")
-        if self.ws_send_timeout <= 0:
-            raise ConfigError("CONTROLPLANE_WS_SEND_TIMEOUT must be positive")
-        if self.ws_max_sockets_per_user < 0:
-            raise ConfigError("CONTROLPLANE_WS_MAX_SOCKETS_PER_USER must not be negative")
-        for name in ("rate_limit_api", "rate_limit_desktop_create", "rate_limit_project_create", "rate_limit_chat",
-                     "ws_message_rate"):
-            try:
-                from limits import parse
-                parse(getattr(self, name))
-            except ValueError:
-                raise ConfigError(f"CONTROLPLANE_{name.upper()} must look like 100/minute, "
-                                  f"not {getattr(self, name)!r}") from None
         if not self.plans_file.is_file():
             raise ConfigError(f"CONTROLPLANE_PLANS_FILE: {self.plans_file} does not exist")
 

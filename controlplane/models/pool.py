@@ -37,6 +37,7 @@ class PoolVm(BaseModel):
     message = pw.TextField(default="")
     ip_address = pw.CharField(max_length=64, null=True)
     job_id = pw.CharField(max_length=128, null=True)
+    job_heartbeat_at = pw.DateTimeField(null=True)  # its running job's sign of life (tasks/engine.py)
     desktop = pw.ForeignKeyField(Desktop, null=True, backref="pool_vms", on_delete="SET NULL")
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)

@@ -196,7 +196,8 @@ def _pass(settings: Settings, conn, done: dict) -> None:
                                                       PoolVmState.FAILED.value])):
         if vm.state == PoolVmState.FAILED.value:
             _remove(settings, vm, "its fill failed", done)
-        elif vm.updated_at < settled_before and not job_is_alive(conn, vm.job_id, live):
+        elif vm.updated_at < settled_before and not job_is_alive(conn, vm.job_id, live, vm.job_heartbeat_at,
+                                                                 settings.worker_stale_after):
             _remove(settings, vm, f"{'its fill' if vm.state == PoolVmState.FILLING.value else 'its removal'} "
                                   "job is no longer running", done)
 

@@ -1,9 +1,10 @@
-"""The one job class behind every operation on a desktop or a project (VmJob; its subclasses are
-tasks/desktops.py DesktopJob and tasks/projects.py ProjectJob).
+"""The one job engine: PlaybookJob, the template every job that runs a playbook follows, and its
+subclasses: VmJob for the records (tasks/desktops.py DesktopJob, tasks/projects.py ProjectJob) and
+tasks/pool.py PoolVmJob for the warm pool's VMs.
 
-A job takes ids, loads the record, runs the operation's playbook through ansible-runner, maps task
-events to status steps, writes the final state once (conditional on still owning the record),
-and raises on failure.
+A job takes ids, loads its row, runs the operation's playbook through ansible-runner with the
+contract's retries and a heartbeat on the row, maps task events to status steps, writes the final
+state once (conditional on still owning the row), and raises on failure.
 """
 from __future__ import annotations
 
@@ -41,87 +42,215 @@ def settings() -> Settings:
     return _settings
 
 
-class VmJob:
-    """One operation on a record whose VM a playbook makes and keeps (AWX's BaseTask, in small).
+class PlaybookJob:
+    """A job that runs a playbook for one row (AWX's BaseTask, in small): the template every job
+    of the control plane follows, desktops', projects' and the warm pool's alike.
 
-    The class owns what every such job does: the stale-job check, the playbook run with its
-    retries, task events mapped to status steps, the heartbeat, the audit entry and the one final
-    write (conditional on the record still being this job's). A subclass says what differs:
-    `kind` (the record: kinds.DESKTOP, kinds.PROJECT), `extravars` (what the playbook is given)
-    and `result_fields` (what the playbook's stats put on the record); both raise JobFailed."""
+    `run` owns what every such job does: the stale-job check (the row names its current job), the
+    heartbeat on the row, the playbook run with the contract's retries (services/failures.py) within
+    the job's time budget, and the one final write. Subclasses say what differs through hooks:
+    `load`, `playbook`, `extravars`, `on_task`, `waiting` (a retry's wait shown on the row), `fail`,
+    `gave_up`, `succeed`, `audit`. `extravars` and `succeed` raise JobFailed for a result they refuse."""
 
-    kind: kinds.Kind
+    model: type  # the row's model: it has job_id and job_heartbeat_at
+    name: str  # for messages and logs: "desktop", "project", "pool VM"
+
+    # ---- hooks ---------------------------------------------------------------------------------------
+
+    def load(self, resource_id: int, job_id: str | None, op: Operation):
+        """The row, or None when this job no longer owns it (a stale or duplicate job)."""
+        row = self.model.get_or_none(self.model.id == resource_id)
+        if row is None or (job_id is not None and row.job_id != job_id):
+            return None
+        return row
+
+    def playbook(self, op: Operation) -> str:
+        raise NotImplementedError
+
+    def failure_verb(self, op: Operation) -> str:
+        raise NotImplementedError
 
     def extravars(self, cfg: Settings, row, op: Operation, force: bool) -> dict:
         raise NotImplementedError
 
+    def on_task(self, cfg: Settings, row, op: Operation, role: str, filename: str, task: str) -> None:
+        """A task of the playbook started (status steps)."""
+
+    def waiting(self, cfg: Settings, row, op: Operation, message: str) -> bool:
+        """Show a retry's wait on the row; False when the row moved on (the job then stops)."""
+        raise NotImplementedError
+
+    def fail(self, cfg: Settings, row, op: Operation, reason: str) -> None:
+        raise NotImplementedError
+
+    def gave_up(self, cfg: Settings, row, op: Operation, reason: str) -> None:
+        """The last run failed and no retry is left."""
+        self.fail(cfg, row, op, reason)
+
+    def succeed(self, cfg: Settings, job, row, op: Operation, result: PlaybookResult) -> dict:
+        raise NotImplementedError
+
+    def audit(self, job, row, op: Operation, ok: bool) -> None:
+        """Record the outcome (the audit log), when the row's kind has one."""
+
+    # ---- the template --------------------------------------------------------------------------------
+
+    def run(self, resource_id: int, operation: str, force: bool = False) -> dict:
+        cfg = settings()
+        job = get_current_job()
+        job_id = job.id if job is not None else None
+        op = Operation(operation)
+        with db.connection_context():
+            row = self.load(resource_id, job_id, op)
+            if row is None:
+                log.warning("job %s for %s %s is stale; skipping", job_id, self.name, resource_id)
+                return {"id": resource_id, "skipped": "stale job"}
+            try:
+                extravars = self.extravars(cfg, row, op, force)
+            except JobFailed as exc:
+                self.fail(cfg, row, op, str(exc))
+                self.audit(job, row, op, ok=False)
+                raise
+            with _heartbeat(cfg, self.model, row.id, row.job_id):
+                result = self._run_with_retries(cfg, row, op, extravars)
+            if not result.ok:
+                self.audit(job, row, op, ok=False)
+                raise JobFailed(f"{op.value} of {self.name} {row.id} failed: {_message_of(row)}")
+            return self.succeed(cfg, job, row, op, result)
+
+    def _run_with_retries(self, cfg: Settings, row, op: Operation, extravars: dict) -> PlaybookResult:
+        """Run the operation's playbook; after a failure, run it again as the contract's retry guidance
+        says (services/failures.py), within the job's time budget, while the row still belongs to
+        this job. The row shows each wait ("... retry 2 of 4 in 2 s"); a failure that is not
+        retried, or the last one, is the job's failure (gave_up). Returns the last result."""
+        plan = failures.RetryPlan(parse_backoff(cfg.retry_backoff), cfg.provisioning_attempts,
+                                  cfg.provisioning_retry_delay)
+        deadline = time.monotonic() + cfg.job_timeout
+        playbook, verb = self.playbook(op), self.failure_verb(op)
+        while True:
+            log.info("running %s for %s %s (VM %s), run %d", playbook, self.name, row.id, row.vmid, plan.runs)
+            result = run_playbook(cfg.ansible_dir, playbook, cfg.inventory_path, extravars, cfg.playbook_env(playbook),
+                                  timeout=max(1, int(deadline - time.monotonic())), secrets=cfg.secrets(),
+                                  on_task=lambda *task: self.on_task(cfg, row, op, *task))
+            if result.ok:
+                return result
+            # A create playbook's rescue cleans up, then hands the failed step to us through set_stats
+            # (failed_step, failed_message): a failure of that step, not of the infrastructure as such.
+            step = failed_step(result)
+            reason = f"{verb} at {step}" if step else result.reason()
+            failure = failures.classify(op, reason, from_step=step is not None)
+            delay = plan.next_delay(failure)
+            if delay is not None and deadline - time.monotonic() < delay + 1:
+                delay = None  # no time left for another run
+            if delay is None:
+                if plan.runs > 1:
+                    reason = f"{reason} (gave up after {plan.runs} attempts)"
+                self.gave_up(cfg, row, op, reason)
+                return result
+            cause = "an infrastructure error" if failure is failures.FailureClass.INFRASTRUCTURE else "a failed step"
+            message = f"{_with_verb(verb, reason)}; {plan.describe(failure)} in {delay:g} s after {cause}"
+            log.warning("%s %s: %s", self.name, row.id, message)
+            if not self.waiting(cfg, row, op, message):
+                log.warning("%s %s moved on while job %s was retrying; stopping", self.name, row.id, row.job_id)
+                return result
+            time.sleep(delay)
+
+
+class VmJob(PlaybookJob):
+    """An operation on a desktop or a project: a record of services/kinds.py, whose status the
+    job moves (lifecycle.set_status: events, publishing) and whose outcome it audits. Subclasses:
+    tasks/desktops.py DesktopJob, tasks/projects.py ProjectJob, which say `kind`, `extravars` and
+    `result_fields` (what the playbook's stats put on the record; raises JobFailed)."""
+
+    kind: kinds.Kind
+
+    @property
+    def model(self):
+        return self.kind.model
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
     def result_fields(self, cfg: Settings, op: Operation, stats: dict) -> dict:
         raise NotImplementedError
 
-    def run(self, resource_id: int, operation: str, force: bool = False) -> dict:
-        return _run(self, resource_id, operation, force)
+    def playbook(self, op: Operation) -> str:
+        return self.kind.playbook[op]
 
+    def failure_verb(self, op: Operation) -> str:
+        return self.kind.failure_verb[op]
 
-def _run(vm_job: VmJob, resource_id: int, operation: str, force: bool) -> dict:
-    kind = vm_job.kind
-    cfg = settings()
-    job = get_current_job()
-    job_id = job.id if job is not None else None
-    op = Operation(operation)
-    model = kind.model
-    with db.connection_context():
-        row = model.get_or_none(model.id == resource_id)
-        if row is None or (job_id is not None and row.job_id != job_id):
-            log.warning("job %s for %s %s is stale (it now has job %s); skipping", job_id, kind.name, resource_id,
-                        row and row.job_id)
-            return {"id": resource_id, "skipped": "stale job"}
+    def on_task(self, cfg: Settings, row, op: Operation, role: str, filename: str, task: str) -> None:
+        mapped = self.kind.task_status.get((role, filename))
+        if mapped is None:
+            return
+        status, message = mapped
+        current = self.model.get_by_id(row.id)
+        if self.kind.advances(op, current.status, status, current.status_message, message):
+            lifecycle.set_status(current, status, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
+                                 settings=cfg)
 
-        def on_task(role: str, filename: str, task: str) -> None:
-            mapped = kind.task_status.get((role, filename))
-            if mapped is None:
-                return
-            status, message = mapped
-            current = model.get_by_id(resource_id)
-            if kind.advances(op, current.status, status, current.status_message, message):
-                lifecycle.set_status(current, status, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
-                                     settings=cfg)
+    def waiting(self, cfg: Settings, row, op: Operation, message: str) -> bool:
+        first_status, _ = self.kind.accepted[op]
+        return lifecycle.set_status(row, first_status, message, "worker", job_id=row.job_id,
+                                    publish_to=cfg.redis_url, settings=cfg)
 
+    def fail(self, cfg: Settings, row, op: Operation, reason: str) -> None:
+        lifecycle.set_status(row, self.kind.failed, _with_verb(self.failure_verb(op), reason), "worker",
+                             job_id=row.job_id, publish_to=cfg.redis_url, settings=cfg, operation=None)
+
+    def gave_up(self, cfg: Settings, row, op: Operation, reason: str) -> None:
+        if op is Operation.STOP and _still_running(cfg, row):
+            # A guest that ignores the shutdown request (or a VM Proxmox would not stop) is still
+            # a working desktop: back to RUNNING, with the contract's escalation in the message.
+            message = (f"{_with_verb(self.failure_verb(op), reason)}; the VM is still running: "
+                       "stop it again, or with force: true to power it off")
+            lifecycle.set_status(row, self.kind.final[Operation.START][0], message, "worker", job_id=row.job_id,
+                                 publish_to=cfg.redis_url, settings=cfg, operation=None)
+            return
+        self.fail(cfg, row, op, reason)
+
+    def succeed(self, cfg: Settings, job, row, op: Operation, result: PlaybookResult) -> dict:
         try:
-            extravars = vm_job.extravars(cfg, row, op, force)
+            fields = self.result_fields(cfg, op, result.stats)
         except JobFailed as exc:
-            _fail(cfg, kind, row, op, str(exc))
-            _audit(job, row, op, ok=False)
+            self.fail(cfg, row, op, str(exc))
+            self.audit(job, row, op, ok=False)
             raise
-        with _heartbeat(cfg, model, row.id, row.job_id):
-            result = _run_with_retries(cfg, kind, row, op, extravars, on_task)
-        if not result.ok:
-            _audit(job, row, op, ok=False)
-            raise JobFailed(f"{op.value} of {kind.name} {row.id} failed: {row.status_message}")
-        try:
-            fields = vm_job.result_fields(cfg, op, result.stats)
-        except JobFailed as exc:
-            _fail(cfg, kind, row, op, str(exc))
-            _audit(job, row, op, ok=False)
-            raise
-        final, message = kind.final[op]
+        final, message = self.kind.final[op]
         reason = (job.meta or {}).get("reason") if job is not None else None
         if reason:
             message = f"{message}: {reason}"
         if lifecycle.set_status(row, final, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
                                 settings=cfg, operation=None, **fields):
-            _audit(job, row, op, ok=True)
+            self.audit(job, row, op, ok=True)
         else:
-            log.warning("%s %s moved on before job %s finished; its result is not recorded", kind.name, resource_id,
-                        job_id)
+            log.warning("%s %s moved on before job %s finished; its result is not recorded", self.name, row.id,
+                        row.job_id)
         return {"id": row.id, "status": final.value, **result.stats,
                 "playbook": {"seconds": result.seconds, "startup": result.startup, "tasks": result.timings}}
+
+    def audit(self, job, row, op: Operation, ok: bool) -> None:
+        meta = (job.meta or {}) if job is not None else {}
+        record_outcome(row, op, ok=ok and row.status != self.kind.failed.value,
+                       requested_by=meta.get("requested_by"), request_id=meta.get("request_id") or (job and job.id))
+
+
+def _with_verb(verb: str, reason: str) -> str:
+    """"Create failed: <reason>", unless the reason says it already ("Create failed at '<task>': ...")."""
+    return reason if reason.startswith(verb) else f"{verb}: {reason}"
+
+
+def _message_of(row) -> str:
+    return getattr(row, "status_message", None) or getattr(row, "message", "")
 
 
 @contextlib.contextmanager
 def _heartbeat(cfg: Settings, model, resource_id: int, job_id: str | None):
-    """While the job runs, write its sign of life on the record every `worker_heartbeat` seconds
+    """While the job runs, write its sign of life on the row every `worker_heartbeat` seconds
     (job_heartbeat_at). The reaper trusts it over Redis, which may have lost the job (a restart
-    without persistence) while the work horse runs on. Only the record's own job writes it."""
+    without persistence) while the work horse runs on. Only the row's own job writes it."""
     if job_id is None:
         yield
         return
@@ -147,58 +276,6 @@ def _heartbeat(cfg: Settings, model, resource_id: int, job_id: str | None):
         thread.join(5)
 
 
-def _run_with_retries(cfg: Settings, kind: kinds.Kind, row, op: Operation, extravars: dict, on_task) -> PlaybookResult:
-    """Run the operation's playbook; after a failure, run it again as the contract's retry guidance
-    says (services/failures.py), within the job's time budget, while the record still belongs to
-    this job. The record shows each wait ("... retry 2 of 4 in 2 s"); a failure that is not
-    retried, or the last one, makes it FAILED. Returns the last result."""
-    plan = failures.RetryPlan(parse_backoff(cfg.retry_backoff), cfg.provisioning_attempts,
-                              cfg.provisioning_retry_delay)
-    deadline = time.monotonic() + cfg.job_timeout
-    first_status, _ = kind.accepted[op]
-    while True:
-        log.info("running %s for %s %s (VM %s), run %d", kind.playbook[op], kind.name, row.id, row.vmid, plan.runs)
-        result = run_playbook(cfg.ansible_dir, kind.playbook[op], cfg.inventory_path, extravars,
-                              cfg.playbook_env(kind.playbook[op]),
-                              timeout=max(1, int(deadline - time.monotonic())), secrets=cfg.secrets(),
-                              on_task=on_task)
-        if result.ok:
-            return result
-        step = failed_step(result)
-        from_step = step is not None
-        # A create playbook's rescue cleans up, then hands the failed step to us through set_stats
-        # (failed_step, failed_message): a failure of that step, not of the infrastructure as such.
-        reason = f"{kind.failure_verb[op]} at {step}" if step else result.reason()
-        failure = failures.classify(op, reason, from_step=from_step)
-        delay = plan.next_delay(failure)
-        if delay is not None and deadline - time.monotonic() < delay + 1:
-            delay = None  # no time left for another run
-        if delay is None:
-            if plan.runs > 1:
-                reason = f"{reason} (gave up after {plan.runs} attempts)"
-            if op is Operation.STOP and _still_running(cfg, row):
-                # A guest that ignores the shutdown request (or a VM Proxmox would not stop) is still
-                # a working desktop: back to RUNNING, with the contract's escalation in the message.
-                verb = kind.failure_verb[op]
-                message = (f"{reason if reason.startswith(verb) else f'{verb}: {reason}'}; the VM is still running: "
-                           "stop it again, or with force: true to power it off")
-                lifecycle.set_status(row, kind.final[Operation.START][0], message, "worker", job_id=row.job_id,
-                                     publish_to=cfg.redis_url, settings=cfg, operation=None)
-                return result
-            _fail(cfg, kind, row, op, reason)
-            return result
-        cause = "an infrastructure error" if failure is failures.FailureClass.INFRASTRUCTURE else "a failed step"
-        verb = kind.failure_verb[op]
-        message = f"{reason if reason.startswith(verb) else f'{verb}: {reason}'}; {plan.describe(failure)} in {delay:g} s " \
-                  f"after {cause}"
-        log.warning("%s %s: %s", kind.name, row.id, message)
-        if not lifecycle.set_status(row, first_status, message, "worker", job_id=row.job_id,
-                                    publish_to=cfg.redis_url, settings=cfg):
-            log.warning("%s %s moved on while job %s was retrying; stopping", kind.name, row.id, row.job_id)
-            return result
-        time.sleep(delay)
-
-
 def failed_step(result: PlaybookResult) -> str | None:
     """"'<task>': <error>" when the playbook's rescue reported the step that failed (set_stats
     failed_step and failed_message, after its clean-up), else None."""
@@ -206,12 +283,6 @@ def failed_step(result: PlaybookResult) -> str | None:
     if not step:
         return None
     return f"'{step}': {result.stats.get('failed_message') or 'failed'}"
-
-
-def _audit(job, row, op: Operation, ok: bool) -> None:
-    meta = (job.meta or {}) if job is not None else {}
-    record_outcome(row, op, ok=ok and row.status != kinds.of(row).failed.value,
-                   requested_by=meta.get("requested_by"), request_id=meta.get("request_id") or (job and job.id))
 
 
 def _still_running(cfg: Settings, row) -> bool:
@@ -224,13 +295,6 @@ def _still_running(cfg: Settings, row) -> bool:
     except Exception as exc:
         log.warning("could not read the state of VM %s after a failed stop: %s", row.vmid, exc)
         return False
-
-
-def _fail(cfg: Settings, kind: kinds.Kind, row, op: Operation, reason: str) -> None:
-    verb = kind.failure_verb[op]
-    message = reason if reason.startswith(verb) else f"{verb}: {reason}"
-    lifecycle.set_status(row, kind.failed, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
-                         settings=cfg, operation=None)
 
 
 def on_job_failure(job, connection, exc_type, exc_value, traceback) -> None:

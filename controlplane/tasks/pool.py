@@ -1,84 +1,92 @@
-"""Warm pool jobs (services/pool.py): make a pool VM, remove one, run a refill pass.
+"""Warm pool jobs (services/pool.py): make a pool VM (fill), remove one, run a refill pass.
 
-Like every job they take ids, load the row, run a playbook through ansible-runner, write the
-result conditionally on the row still being this job's, and raise on failure.
+Fill and remove are PoolVmJob runs of the one job engine (tasks/engine.py PlaybookJob): the same
+stale-job check, heartbeat, retries of infrastructure errors and failed steps, and one final
+write as a desktop's jobs, on the pool VM's row (its state and message).
 """
 from __future__ import annotations
 
 import logging
 
-from rq import get_current_job
-
+from ..config import Settings
 from ..extensions import db
 from ..models import PoolVm, PoolVmState, VmidLease, utcnow
-from ..runner.ansible import run_playbook
+from ..runner.ansible import PlaybookResult
 from ..services import pool
-from .engine import failed_step, settings
+from ..states import Operation
+from .engine import PlaybookJob, settings
 
 log = logging.getLogger(__name__)
 
+# What each operation on a pool VM is: the state it runs in, its playbook, its failure's words.
+_STATE = {Operation.CREATE: PoolVmState.FILLING, Operation.DELETE: PoolVmState.REMOVING}
+_PLAYBOOK = {Operation.CREATE: "pool_vm_create.yml", Operation.DELETE: "pool_vm_delete.yml"}
+_VERB = {Operation.CREATE: "Fill failed", Operation.DELETE: "Removal failed"}
 
-class PoolJobFailed(RuntimeError):
-    """The pool VM could not be made or removed; its row says why."""
 
+class PoolVmJob(PlaybookJob):
+    model = PoolVm
+    name = "pool VM"
 
-def _owned(pool_vm_id: int, state: PoolVmState) -> PoolVm | None:
-    """The pool VM, if it is still in `state` and this job is still its job (else the job is stale)."""
-    job = get_current_job()
-    vm = PoolVm.get_or_none(PoolVm.id == pool_vm_id)
-    if vm is None or vm.state != state.value or (job is not None and vm.job_id != job.id):
-        return None
-    return vm
+    def load(self, resource_id: int, job_id: str | None, op: Operation):
+        vm = super().load(resource_id, job_id, op)
+        return vm if vm is not None and vm.state == _STATE[op].value else None
+
+    def playbook(self, op: Operation) -> str:
+        return _PLAYBOOK[op]
+
+    def failure_verb(self, op: Operation) -> str:
+        return _VERB[op]
+
+    def extravars(self, cfg: Settings, row: PoolVm, op: Operation, force: bool) -> dict:
+        if op is Operation.DELETE:
+            return {"pool_vm_id": row.id, "pool_vm_vmid": row.vmid}
+        return {"pool_vm_id": row.id, "pool_vm_vmid": row.vmid, "pool_vm_plan": row.plan, "pool_vm_power": row.power,
+                "pool_vm_node": row.node, "desktop_plans_file": str(cfg.plans_file)}
+
+    def _owned(self, row: PoolVm, op: Operation):
+        return (PoolVm.id == row.id) & (PoolVm.state == _STATE[op].value) & (PoolVm.job_id == row.job_id)
+
+    def waiting(self, cfg: Settings, row: PoolVm, op: Operation, message: str) -> bool:
+        row.message = message
+        return bool(PoolVm.update(message=message, updated_at=utcnow()).where(self._owned(row, op)).execute())
+
+    def fail(self, cfg: Settings, row: PoolVm, op: Operation, reason: str) -> None:
+        verb = _VERB[op]
+        row.message = reason if reason.startswith(verb) else f"{verb}: {reason}"
+        if op is Operation.DELETE:  # still REMOVING: the refill pass tries again once its job is gone
+            PoolVm.update(message=row.message, updated_at=utcnow()).where(self._owned(row, op)).execute()
+            return
+        PoolVm.update(state=PoolVmState.FAILED.value, message=row.message, updated_at=utcnow()).where(
+            self._owned(row, op)).execute()
+        pool.note_failure(cfg, row.plan, row.message)
+        log.error("pool VM %s (%s): %s", row.id, row.plan, row.message)
+        pool.request_refill(cfg)
+
+    def succeed(self, cfg: Settings, job, row: PoolVm, op: Operation, result: PlaybookResult) -> dict:
+        if op is Operation.DELETE:
+            with db.atomic():
+                VmidLease.delete().where(VmidLease.vmid == row.vmid, VmidLease.pool_vm_id == row.id).execute()
+                PoolVm.delete().where(PoolVm.id == row.id, PoolVm.job_id == row.job_id).execute()
+            return {"id": row.id, "vmid": row.vmid, "removed": True}
+        now, stats = utcnow(), result.stats
+        changed = PoolVm.update(state=PoolVmState.READY.value, ip_address=str(stats.get("vm_ip") or "") or None,
+                                node=str(stats.get("vm_node") or row.node), ready_at=now, updated_at=now,
+                                message="Ready").where(self._owned(row, op)).execute()
+        if not changed:
+            log.warning("pool VM %s was given up while it was being made; the refill removes it", row.id)
+        pool.request_refill(cfg)  # a pass waiting on this one's slot may go on
+        return {"id": row.id, "vmid": row.vmid, "state": "READY" if changed else "given up", "stats": stats}
 
 
 def fill(pool_vm_id: int) -> dict:
-    cfg = settings()
-    with db.connection_context():
-        vm = _owned(pool_vm_id, PoolVmState.FILLING)
-        if vm is None:
-            return {"id": pool_vm_id, "skipped": "stale job"}
-        extravars = {"pool_vm_id": vm.id, "pool_vm_vmid": vm.vmid, "pool_vm_plan": vm.plan, "pool_vm_power": vm.power,
-                     "pool_vm_node": vm.node, "desktop_plans_file": str(cfg.plans_file)}
-        result = run_playbook(cfg.ansible_dir, "pool_vm_create.yml", cfg.inventory_path, extravars,
-                              cfg.playbook_env("pool_vm_create.yml"),
-                              timeout=cfg.job_timeout, secrets=cfg.secrets())
-        owned = (PoolVm.id == vm.id) & (PoolVm.state == PoolVmState.FILLING.value) & (PoolVm.job_id == vm.job_id)
-        if result.ok:
-            now = utcnow()
-            stats = result.stats
-            changed = PoolVm.update(state=PoolVmState.READY.value, ip_address=str(stats.get("vm_ip") or "") or None,
-                                    node=str(stats.get("vm_node") or vm.node), ready_at=now, updated_at=now,
-                                    message="Ready").where(owned).execute()
-            if not changed:
-                log.warning("pool VM %s was given up while it was being made; the refill removes it", vm.id)
-            pool.request_refill(cfg)  # a pass waiting on this one's slot may go on
-            return {"id": vm.id, "vmid": vm.vmid, "state": "READY" if changed else "given up", "stats": stats}
-        step = failed_step(result)
-        reason = f"Fill failed at {step}" if step else f"Fill failed: {result.reason()}"
-        PoolVm.update(state=PoolVmState.FAILED.value, message=reason, updated_at=utcnow()).where(owned).execute()
-        pool.note_failure(cfg, vm.plan, reason)
-        log.error("pool VM %s (%s): %s", vm.id, vm.plan, reason)
-        pool.request_refill(cfg)
-        raise PoolJobFailed(f"pool VM {vm.id}: {reason}")
+    """The RQ job that makes a pool VM (services/pool.py FILL_JOB)."""
+    return PoolVmJob().run(pool_vm_id, Operation.CREATE.value)
 
 
 def remove(pool_vm_id: int) -> dict:
-    cfg = settings()
-    with db.connection_context():
-        vm = _owned(pool_vm_id, PoolVmState.REMOVING)
-        if vm is None:
-            return {"id": pool_vm_id, "skipped": "stale job"}
-        result = run_playbook(cfg.ansible_dir, "pool_vm_delete.yml", cfg.inventory_path,
-                              {"pool_vm_id": vm.id, "pool_vm_vmid": vm.vmid}, cfg.playbook_env("pool_vm_delete.yml"),
-                              timeout=cfg.job_timeout, secrets=cfg.secrets())
-        if not result.ok:
-            PoolVm.update(message=f"Removal failed: {result.reason()}", updated_at=utcnow()).where(
-                PoolVm.id == vm.id, PoolVm.job_id == vm.job_id).execute()
-            raise PoolJobFailed(f"pool VM {vm.id}: removal failed: {result.reason()}")
-        with db.atomic():
-            VmidLease.delete().where(VmidLease.vmid == vm.vmid, VmidLease.pool_vm_id == vm.id).execute()
-            PoolVm.delete().where(PoolVm.id == vm.id, PoolVm.job_id == vm.job_id).execute()
-        return {"id": vm.id, "vmid": vm.vmid, "removed": True}
+    """The RQ job that removes a pool VM (services/pool.py REMOVE_JOB)."""
+    return PoolVmJob().run(pool_vm_id, Operation.DELETE.value)
 
 
 def refill_job() -> dict:

@@ -149,12 +149,16 @@ def test_a_stopped_pool_vm_is_started_by_the_create(lab, pools, fresh_user):
     assert api.wait_settled(desktop_id)["status"] == "DELETED"
 
 
-def test_a_failed_fill_leaves_nothing_and_is_retried(lab, pools):
+def test_a_failed_fill_is_retried_by_its_job_leaves_nothing_and_the_pool_fills_again(lab, pools):
+    """A fill job retries a failed step as a desktop's create does (the engine's PlaybookJob); one
+    that fails every attempt marks the pool failed, and the pool fills again after pool_retry_after."""
+    attempts = lab.settings.provisioning_attempts
     suffix = f"/nodes/pve1/qemu/{template_vmid(lab, PLAN)}/clone"
-    with pve_fault(lab, "POST", suffix, status=500, message="clone failed: storage is full", times=1):
+    with pve_fault(lab, "POST", suffix, status=500, message="clone failed: storage is full", times=attempts):
         pools.set(1)
         failed = pools.wait(lambda p: p["lastFailure"], "marked failed", timeout=60)
     assert "storage is full" in failed["lastFailure"], failed
+    assert f"gave up after {attempts} attempts" in failed["lastFailure"], failed
     # The rescue removed the half-made VM; after pool_retry_after the pool fills again.
     ready = pools.ready(1, timeout=120)
     assert [vm["state"] for vm in ready["vms"]] == ["READY"]

@@ -19,7 +19,7 @@ def test_fresh_database_gets_every_table(tmp_path):
     applied = migrate(database, models)
     assert applied == ["m0001_initial", "m0002_projects", "m0003_share_generation",
                        "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat",
-                       "m0008_warm_pool"]
+                       "m0008_warm_pool", "m0009_pool_vm_heartbeat"]
     assert {m._meta.table_name for m in ALL_MODELS} <= tables(database)
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert migrate(database, models) == []
@@ -35,7 +35,8 @@ def test_version_one_database_is_upgraded_in_place(tmp_path):
         database.create_tables([SchemaMigration])
         SchemaMigration.create(number=1, name="m0001_initial")
     assert migrate(database, models) == ["m0002_projects", "m0003_share_generation", "m0004_desktop_expiry",
-                                 "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat", "m0008_warm_pool"]
+                                 "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat", "m0008_warm_pool",
+                                 "m0009_pool_vm_heartbeat"]
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert database.execute_sql("SELECT vmid, desktop_id, project_id FROM vmid_lease").fetchall() == [(10001, 7, None)]
     assert "project" in tables(database)
@@ -65,6 +66,7 @@ def test_version_two_projects_get_a_share_generation(tmp_path):
         SchemaMigration.create(number=6, name="m0006_audit")
         SchemaMigration.create(number=7, name="m0007_job_heartbeat")
         SchemaMigration.create(number=8, name="m0008_warm_pool")
+        SchemaMigration.create(number=9, name="m0009_pool_vm_heartbeat")
     assert migrate(database, models) == ["m0003_share_generation"]
     columns = {c.name for c in database.get_columns("project")}
     assert "share_generation" in columns and not {"share_username", "share_password_hash"} & columns
@@ -83,7 +85,7 @@ def test_version_six_records_get_a_job_heartbeat(tmp_path):
         for number, name in enumerate(["m0001_initial", "m0002_projects", "m0003_share_generation",
                                        "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit"], start=1):
             SchemaMigration.create(number=number, name=name)
-    assert migrate(database, models) == ["m0007_job_heartbeat", "m0008_warm_pool"]
+    assert migrate(database, models) == ["m0007_job_heartbeat", "m0008_warm_pool", "m0009_pool_vm_heartbeat"]
     for table in ("desktop", "project"):
         assert "job_heartbeat_at" in {c.name for c in database.get_columns(table)}
     assert database.execute_sql("SELECT id, status, job_heartbeat_at FROM desktop").fetchall() == [(5, "RUNNING", None)]
@@ -99,10 +101,26 @@ def test_version_seven_leases_are_kept_and_can_belong_to_a_pool_vm(tmp_path):
         database.create_tables([SchemaMigration])
         for number in range(1, 8):
             SchemaMigration.create(number=number, name=f"m000{number}")
-    assert migrate(database, models) == ["m0008_warm_pool"]
+    assert migrate(database, models) == ["m0008_warm_pool", "m0009_pool_vm_heartbeat"]
     assert {"pool_vm", "pool_setting"} <= tables(database)
     assert database.execute_sql("SELECT vmid, desktop_id, project_id, pool_vm_id FROM vmid_lease").fetchall() == [
         (10002, 9, None, None)]
+    assert migrate(database, models) == []
+
+
+def test_version_eight_pool_vms_get_a_job_heartbeat(tmp_path):
+    database = connect(f"sqlite:///{tmp_path / 'v8.db'}")
+    # The pool_vm table as version 8 made it (the columns that matter here), with a VM being made.
+    database.execute_sql("CREATE TABLE pool_vm (id INTEGER NOT NULL PRIMARY KEY, state VARCHAR(16) NOT NULL, "
+                         "job_id VARCHAR(128))")
+    database.execute_sql("INSERT INTO pool_vm (id, state, job_id) VALUES (4, 'FILLING', 'pool-fill-1')")
+    with database.bind_ctx([SchemaMigration]):
+        database.create_tables([SchemaMigration])
+        for number in range(1, 9):
+            SchemaMigration.create(number=number, name=f"m000{number}")
+    assert migrate(database, models) == ["m0009_pool_vm_heartbeat"]
+    assert database.execute_sql("SELECT id, state, job_id, job_heartbeat_at FROM pool_vm").fetchall() == [
+        (4, "FILLING", "pool-fill-1", None)]
     assert migrate(database, models) == []
 
 
@@ -125,7 +143,7 @@ def test_processes_migrating_a_new_database_at_once_take_turns(tmp_path):
     assert [p.exitcode for p in processes] == [0] * 6
     database = connect(url)
     with database.bind_ctx([SchemaMigration]):
-        assert [m.number for m in SchemaMigration.select().order_by(SchemaMigration.number)] == list(range(1, 9))
+        assert [m.number for m in SchemaMigration.select().order_by(SchemaMigration.number)] == list(range(1, 10))
 
 
 def test_processes_starting_at_the_same_moment_on_a_new_sqlite_file_all_start(tmp_path):
