@@ -49,10 +49,12 @@ class RedactSecrets(logging.Filter):
 _formatter = logging.Formatter()
 
 
-def redact(text: str, secrets: list[str]) -> str:
+def redact(text: str, secrets, marker: str = REDACTED) -> str:
+    """`text` with every one of `secrets` replaced by `marker` (the one redactor: logs, playbook
+    output, and the chat's provider messages, services/chat.py)."""
     for secret in sorted(secrets, key=len, reverse=True):  # a secret containing another one: longest first
         if secret and secret in text:
-            text = text.replace(secret, REDACTED)
+            text = text.replace(secret, marker)
     return text
 
 

@@ -37,6 +37,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import logs
 from ..config import LLM_PROVIDERS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -373,8 +374,7 @@ _KEYLIKE = re.compile(r"(?i)\b(?:bearer\s+\S+|(?:sk|rk|pk)-[A-Za-z0-9_\-]{6,})|\
 
 def redact(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     """`text` with every given secret, and anything that looks like a (masked) key, replaced."""
-    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
-        text = text.replace(secret, "[redacted]")
+    text = logs.redact(text, [s for s in secrets if s and len(s) >= 4], marker="[redacted]")
     return _KEYLIKE.sub("[redacted]", text)
 
 

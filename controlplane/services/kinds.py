@@ -9,7 +9,6 @@ stats is the job's (tasks/desktops.py DesktopJob, tasks/projects.py ProjectJob).
 from __future__ import annotations
 
 import enum
-import json
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -141,7 +140,3 @@ def of(row) -> Kind:
         if isinstance(row, kind.model):
             return kind
     raise TypeError(f"no kind for {type(row).__name__}")
-
-
-def dumps(payload: dict) -> str:
-    return json.dumps(payload, default=str)

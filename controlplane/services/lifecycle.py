@@ -15,8 +15,7 @@ import redis
 from ..extensions import db
 from ..models import utcnow
 from ..states import Operation
-from . import jobs, kinds
-from .queue import get_redis
+from . import jobs, kinds, queue
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +61,7 @@ def record_event(row, status, message: str, source: str) -> None:
 def publish(redis_url: str, row, extra: dict | None = None) -> None:
     """Announce a record's state on its channels (queue.user_channel, queue.project_channel)."""
     kind = kinds.of(row)
-    payload = kinds.dumps({**kind.event(row), **(extra or {})})
-    try:
-        conn = get_redis(redis_url)
-        for channel in kind.channel(row):
-            conn.publish(channel, payload)
-    except Exception as exc:  # a missed live event must never fail a status write
-        log.warning("could not publish status of %s %s: %s", kind.name, row.id, exc)
+    queue.publish(redis_url, kind.channel(row), {**kind.event(row), **(extra or {})})
 
 
 class QueueUnavailable(Exception):

@@ -22,10 +22,9 @@ from ..project_states import ACCEPTED, ALLOWED_FROM, ProjectStatus
 from ..states import Operation
 from . import jobs, lifecycle, share_locks, shares
 from .identity import Identity
-from .kinds import dumps
 from .maintenance import maintenance_refusal
 from .plans import projects_config
-from .queue import get_redis, project_channel
+from .queue import project_channel, publish
 from .vmids import VmidRangeExhausted, allocate
 
 log = logging.getLogger(__name__)
@@ -313,7 +312,4 @@ def remove_member(settings: Settings, identity: Identity, project_id: str, user_
 
 def lifecycle_notify(settings: Settings, project: Project, payload: dict) -> None:
     """Publish an event to the project's room (best effort)."""
-    try:
-        get_redis(settings.redis_url).publish(project_channel(project.public_id), dumps(payload))
-    except Exception as exc:
-        log.warning("could not publish to project %s: %s", project.public_id, exc)
+    publish(settings.redis_url, [project_channel(project.public_id)], payload)

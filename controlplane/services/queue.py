@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import logging
 
 import redis
 from rq import Callback, Queue
+
+log = logging.getLogger(__name__)
 
 QUEUE_NAME = "desktops"
 # Warm pool fills and removals: every worker takes them only when no desktop or project job waits
@@ -24,6 +28,21 @@ def user_channel(user_id: str) -> str:
 def project_channel(public_id: str) -> str:
     """The Redis channel of a project's events (its public id, ours, digested all the same)."""
     return f"{EVENTS_CHANNEL_PREFIX}project:{hashlib.sha256(public_id.encode('utf-8', 'surrogatepass')).hexdigest()}"
+
+
+def publish(redis_url: str, channels: list[str], event: dict) -> bool:
+    """The one way events reach live listeners (the WebSocket sessions of every API process): `event`
+    as JSON on each of `channels` (user_channel, project_channel). Best effort: a missed live event
+    must never fail what it announces, so a Redis error is logged and False returned."""
+    payload = json.dumps(event, default=str)
+    try:
+        conn = get_redis(redis_url)
+        for channel in channels:
+            conn.publish(channel, payload)
+        return True
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the write it announces stands
+        log.warning("could not publish a %s event: %s", event.get("type", "live"), exc)
+        return False
 
 
 @functools.lru_cache(maxsize=4)
