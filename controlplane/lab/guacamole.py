@@ -38,18 +38,18 @@ Lab-only extras, not in a real Guacamole:
 * ``open_session()`` / ``close_session()``: an active connection for tests.
 * Fault switches (``down``, ``fail()``) for tests.
 
-It runs inside whatever asyncio loop calls :meth:`GuacamoleStandIn.start`.
+It runs inside whatever asyncio loop calls :meth:`GuacamoleStandIn.start`. Its parts: this module
+(the REST API and its sessions), guacamole_model.py (Guacamole's objects: errors, identifiers,
+attributes, permissions, password hashes), guacamole_auth_json.py (reading auth-json data) and
+static/guacamole-client.html (the client page).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import copy
 import hashlib
-import hmac
 import html
 import json
 import logging
@@ -61,289 +61,48 @@ import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from . import guacamole_auth_json
+from .guacamole_model import (
+    ACTIVE_TIMEOUT,
+    ADMIN_SYSTEM_PERMISSIONS,
+    CONNECTION_ATTRIBUTES,
+    JDBC_DATA_SOURCES,
+    OBJECT_PERMISSION_KEYS,
+    OBJECT_PERMISSIONS,
+    PARAMETER_VALUE_LIMIT,
+    PROTOCOLS,
+    SKELETON_PREFIX,
+    STATE_VERSION,
+    SYSTEM_PERMISSIONS,
+    TOKEN_TIMEOUT,
+    USER_ATTRIBUTES,
+    USERNAME_LIMIT,
+    USERNAME_PASSWORD_FIELDS,
+    GuacamoleError,
+    bad_request,
+    check_password,
+    client_identifier,
+    coerce_map,
+    coerce_value,
+    empty_permissions,
+    error_body,
+    error_type_for_status,
+    hash_password,
+    internal_error,
+    normalize_connection_attributes,
+    normalize_user_attributes,
+    not_found,
+    parse_client_identifier,
+    permission_denied,
+)
 from .http import base_url, serve, take_fault
 
 log = logging.getLogger("controlplane.lab.guacamole")
-
-# --------------------------------------------------------------------------
-# Constants taken from guacamole-client
-
-#: Protocols the stand-in accepts (a real Guacamole stores any string and only
-#: guacd refuses an unknown one at connect time; refusing early catches typos
-#: such as "spice", which no released Guacamole supports).
-PROTOCOLS = ("vnc", "rdp", "ssh", "telnet", "kubernetes")
-
-#: ModeledConnection.ATTRIBUTE_NAMES (auth-jdbc): the only connection
-#: attributes a JDBC data source keeps; others are filtered out.
-CONNECTION_NUMERIC_ATTRIBUTES = ("max-connections", "max-connections-per-user", "weight", "guacd-port")
-CONNECTION_ATTRIBUTES = (
-    "guacd-encryption",
-    "failover-only",
-    "weight",
-    "max-connections",
-    "guacd-hostname",
-    "guacd-port",
-    "max-connections-per-user",
-)
-
-#: ModeledUser attributes (auth-jdbc).
-USER_BOOLEAN_ATTRIBUTES = ("disabled", "expired")
-USER_ATTRIBUTES = (
-    "guac-email-address",
-    "guac-organizational-role",
-    "guac-full-name",
-    "expired",
-    "timezone",
-    "access-window-start",
-    "guac-organization",
-    "access-window-end",
-    "disabled",
-    "valid-until",
-    "valid-from",
-)
-
-#: ConnectionService.CONNECTION_PARAMETER_VALUE_LIMIT (1.6).
-PARAMETER_VALUE_LIMIT = 4096
-
-#: guacamole_entity.name is varchar(128) in the PostgreSQL and MySQL schemas: a longer name makes
-#: the INSERT fail, which Guacamole answers as an internal error.
-USERNAME_LIMIT = 128
-
-OBJECT_PERMISSIONS = ("READ", "UPDATE", "DELETE", "ADMINISTER")
-SYSTEM_PERMISSIONS = (
-    "CREATE_CONNECTION",
-    "CREATE_CONNECTION_GROUP",
-    "CREATE_SHARING_PROFILE",
-    "CREATE_USER",
-    "CREATE_USER_GROUP",
-    "AUDIT",
-    "ADMINISTER",
-)
-#: guacadmin's system permissions in the schema's initial data.
-ADMIN_SYSTEM_PERMISSIONS = [
-    "CREATE_CONNECTION",
-    "CREATE_CONNECTION_GROUP",
-    "CREATE_SHARING_PROFILE",
-    "CREATE_USER",
-    "CREATE_USER_GROUP",
-    "ADMINISTER",
-]
-#: PermissionSetResource paths -> APIPermissionSet keys.
-OBJECT_PERMISSION_KEYS = (
-    "connectionPermissions",
-    "connectionGroupPermissions",
-    "sharingProfilePermissions",
-    "activeConnectionPermissions",
-    "userPermissions",
-    "userGroupPermissions",
-)
-
-#: Data sources backed by guacamole-auth-jdbc, which also register a
-#: "<name>-shared" data source for sharing links.
-JDBC_DATA_SOURCES = ("postgresql", "mysql", "sqlserver")
-
-TOKEN_TIMEOUT = 60 * 60  # api-session-timeout default: 60 minutes idle
-ACTIVE_TIMEOUT = 60  # seconds an open client page counts as an active connection (it asks every 20 s)
-PBKDF2_ITERATIONS = 50_000
-STATE_VERSION = 1
-
-UNTRANSLATED_KEY = "APP.TEXT_UNTRANSLATED"
-
-#: How an auth-json session without a database user of its name is known inside the stand-in (NUL:
-#: no database user can be named so): a skeleton user, holding no permission.
-SKELETON_PREFIX = "\0skeleton:"
-
-
-# --------------------------------------------------------------------------
-# Errors
-
-
-class GuacamoleError(Exception):
-    """An error answered with Guacamole's APIError body."""
-
-    def __init__(self, status: int, type_: str, message: str, *,
-                 translatable: dict | None = None, expected: list | None = None):
-        super().__init__(message)
-        self.status = status
-        self.type = type_
-        self.message = message
-        self.translatable = translatable
-        self.expected = expected
-
-    def body(self) -> dict:
-        return error_body(self.type, self.message, translatable=self.translatable,
-                          expected=self.expected)
-
-
-def error_body(type_: str, message: str, *, translatable: dict | None = None,
-               expected: list | None = None) -> dict:
-    if translatable is None:
-        translatable = {"key": UNTRANSLATED_KEY, "variables": {"MESSAGE": message}}
-    return {
-        "message": message,
-        "translatableMessage": translatable,
-        "statusCode": None,
-        "expected": expected,
-        "patches": None,
-        "type": type_,
-    }
-
-
-def error_type_for_status(status: int) -> str:
-    if status in (401, 403):
-        return "PERMISSION_DENIED"
-    if status == 404:
-        return "NOT_FOUND"
-    if 400 <= status < 500:
-        return "BAD_REQUEST"
-    return "INTERNAL_ERROR"
-
-
-def bad_request(message: str, **kw) -> GuacamoleError:
-    return GuacamoleError(400, "BAD_REQUEST", message, **kw)
-
-
-def not_found(message: str) -> GuacamoleError:
-    return GuacamoleError(404, "NOT_FOUND", message)
-
-
-def permission_denied(message: str = "Permission denied.") -> GuacamoleError:
-    return GuacamoleError(403, "PERMISSION_DENIED", message)
-
-
-def internal_error(message: str = "Unexpected internal error.") -> GuacamoleError:
-    return GuacamoleError(500, "INTERNAL_ERROR", message)
-
-
-USERNAME_PASSWORD_FIELDS = [
-    {"name": "username", "type": "USERNAME"},
-    {"name": "password", "type": "PASSWORD"},
-]
-
-
-# --------------------------------------------------------------------------
-# Helpers
-
-
-def base64url_nopad(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def client_identifier(identifier: str, data_source: str, type_: str = "c") -> str:
-    """Guacamole's ClientIdentifier: base64url(identifier NUL type NUL dataSource), no padding."""
-    return base64url_nopad(f"{identifier}\0{type_}\0{data_source}".encode("utf-8"))
-
-
-_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_\-+/]+={0,2}$")
-
-
-def parse_client_identifier(value: str) -> tuple[str, str, str] | None:
-    """(identifier, type, dataSource) from a client identifier, or None if malformed."""
-    if not value or not _CLIENT_ID_RE.match(value):
-        return None
-    text = value.rstrip("=").replace("+", "-").replace("/", "_")
-    text += "=" * (-len(text) % 4)
-    try:
-        raw = base64.urlsafe_b64decode(text).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    parts = raw.split("\0")
-    if len(parts) != 3 or not parts[0] or not parts[1]:
-        return None
-    return parts[0], parts[1], parts[2]
-
-
-def _coerce_value(value: Any, what: str) -> str | None:
-    """How Jackson reads a JSON value into a Map<String, String> entry."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return json.dumps(value)
-    raise bad_request(f"Invalid value for {what}: must be a string.")
-
-
-def _coerce_map(value: Any, what: str) -> dict[str, str | None]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise bad_request(f"Invalid {what}: must be a JSON object.")
-    return {str(k): _coerce_value(v, f"{what} \"{k}\"") for k, v in value.items()}
-
-
-_INT_RE = re.compile(r"^[+-]?[0-9]+$")
-
-
-def _numeric(value: str | None) -> str | None:
-    """NumericField.parse then format: "" -> null, "007" -> "7", junk -> null."""
-    if value is None or value == "":
-        return None
-    if not _INT_RE.match(value):
-        return None
-    number = int(value)
-    if not -(2 ** 31) <= number < 2 ** 31:
-        return None
-    return str(number)
-
-
-def normalize_connection_attributes(given: dict[str, str | None]) -> dict[str, str | None]:
-    """What a JDBC data source stores and reads back for connection attributes."""
-    out: dict[str, str | None] = {}
-    for name in CONNECTION_ATTRIBUTES:
-        value = given.get(name)
-        if name in CONNECTION_NUMERIC_ATTRIBUTES:
-            out[name] = _numeric(value)
-        elif name == "failover-only":
-            out[name] = "true" if value == "true" else None
-        elif name == "guacd-encryption":
-            out[name] = value if value in ("none", "ssl") else None
-        else:
-            out[name] = value or None
-    return out
-
-
-def normalize_user_attributes(given: dict[str, str | None]) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in USER_ATTRIBUTES:
-        value = given.get(name)
-        if name in USER_BOOLEAN_ATTRIBUTES:
-            out[name] = "true" if value == "true" else None
-        else:
-            out[name] = value or None
-    return out
-
-
-def _hash_password(password: str, salt: bytes | None = None) -> dict:
-    salt = salt if salt is not None else secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, PBKDF2_ITERATIONS)
-    return {"algorithm": "pbkdf2-sha256", "iterations": PBKDF2_ITERATIONS,
-            "salt": salt.hex(), "hash": digest.hex()}
-
-
-def _check_password(password: str, stored: dict | None) -> bool:
-    if not stored or password is None:
-        return False
-    try:
-        salt = bytes.fromhex(stored["salt"])
-        expected = bytes.fromhex(stored["hash"])
-        iterations = int(stored.get("iterations", PBKDF2_ITERATIONS))
-    except (KeyError, ValueError, TypeError):
-        return False
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
-    return hmac.compare_digest(digest, expected)
-
-
-def _empty_permissions() -> dict:
-    perms: dict[str, Any] = {key: {} for key in OBJECT_PERMISSION_KEYS}
-    perms["systemPermissions"] = []
-    return perms
-
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
@@ -558,7 +317,7 @@ class GuacamoleStandIn:
         name = self.username
         if name not in self.users:
             self.users[name] = {"username": name, "attributes": normalize_user_attributes({})}
-        perms = self.permissions.setdefault(name, _empty_permissions())
+        perms = self.permissions.setdefault(name, empty_permissions())
         for key in OBJECT_PERMISSION_KEYS:
             perms.setdefault(key, {})
         perms.setdefault("systemPermissions", [])
@@ -569,8 +328,8 @@ class GuacamoleStandIn:
         for perm in ("READ", "UPDATE", "ADMINISTER"):
             if perm not in own:
                 own.append(perm)
-        if not _check_password(self._admin_password, self._credentials.get(name)):
-            self._credentials[name] = _hash_password(self._admin_password)
+        if not check_password(self._admin_password, self._credentials.get(name)):
+            self._credentials[name] = hash_password(self._admin_password)
         self._save_state()
 
     # ------------------------------------------------------------ middleware
@@ -738,7 +497,7 @@ class GuacamoleStandIn:
             username = self._database_user(username) or username  # the account's own spelling
         ok = (isinstance(username, str) and username in self.users
               and isinstance(password, str)
-              and _check_password(password, self._credentials.get(username))
+              and check_password(password, self._credentials.get(username))
               and self.users[username]["attributes"].get("disabled") != "true")
         if not ok:
             # JDBCAuthenticationProviderService: "Invalid login" (no full stop); the
@@ -846,7 +605,7 @@ class GuacamoleStandIn:
         if protocol not in PROTOCOLS:
             raise bad_request(f"Unsupported protocol: \"{protocol}\" "
                               f"(the lab stand-in accepts {', '.join(PROTOCOLS)}).")
-        parameters = _coerce_map(body.get("parameters"), "parameters")
+        parameters = coerce_map(body.get("parameters"), "parameters")
         for pname, value in parameters.items():
             if value is not None and len(value) > PARAMETER_VALUE_LIMIT:
                 raise bad_request(
@@ -855,7 +614,7 @@ class GuacamoleStandIn:
                     translatable={"key": "CONNECTION_PARAMETERS.DATABASE_PARAMETER_VALUE_TOO_LONG",
                                   "variables": {"MAX_SIZE": PARAMETER_VALUE_LIMIT,
                                                 "PARAMETER_NAME": pname}})
-        attributes = _coerce_map(body.get("attributes"), "attributes")
+        attributes = coerce_map(body.get("attributes"), "attributes")
         for other_id, other in self.connections.items():
             if other_id != identifier and other["parentIdentifier"] == parent and other["name"] == name:
                 raise bad_request(f"The connection \"{name}\" already exists.")
@@ -904,7 +663,7 @@ class GuacamoleStandIn:
         }
         self.connections[identifier] = stored
         # The creator is granted READ, UPDATE, DELETE and ADMINISTER on what it creates.
-        perms = self.permissions.setdefault(user, _empty_permissions())
+        perms = self.permissions.setdefault(user, empty_permissions())
         perms["connectionPermissions"][identifier] = list(OBJECT_PERMISSIONS)
         self._save_state()
         log.info("Guacamole stand-in: created connection %s %r (%s)", identifier, stored["name"],
@@ -1067,14 +826,14 @@ class GuacamoleStandIn:
             log.warning("Guacamole stand-in: user name of %d characters refused (the database holds %d)",
                         len(username), USERNAME_LIMIT)
             raise internal_error()
-        password = _coerce_value(body.get("password"), "password")
-        attributes = _coerce_map(body.get("attributes"), "attributes")
+        password = coerce_value(body.get("password"), "password")
+        attributes = coerce_map(body.get("attributes"), "attributes")
         self.users[username] = {"username": username,
                                 "attributes": normalize_user_attributes(attributes)}
-        self._credentials[username] = _hash_password(password) if password is not None else None
-        perms = self.permissions.setdefault(username, _empty_permissions())
+        self._credentials[username] = hash_password(password) if password is not None else None
+        perms = self.permissions.setdefault(username, empty_permissions())
         perms["userPermissions"][username] = ["READ"]  # users may read themselves
-        self.permissions.setdefault(user, _empty_permissions())["userPermissions"][username] = \
+        self.permissions.setdefault(user, empty_permissions())["userPermissions"][username] = \
             list(OBJECT_PERMISSIONS)
         self._save_state()
         log.info("Guacamole stand-in: created user %r", username)
@@ -1094,10 +853,10 @@ class GuacamoleStandIn:
             raise permission_denied()
         if not isinstance(body, dict):
             raise bad_request("Data must be submitted when updating objects.")
-        password = _coerce_value(body.get("password"), "password")
-        attributes = _coerce_map(body.get("attributes"), "attributes")
+        password = coerce_value(body.get("password"), "password")
+        attributes = coerce_map(body.get("attributes"), "attributes")
         if password is not None:
-            self._credentials[username] = _hash_password(password)
+            self._credentials[username] = hash_password(password)
         self.users[username]["attributes"] = normalize_user_attributes(attributes)
         self._save_state()
         log.info("Guacamole stand-in: updated user %r", username)
@@ -1125,7 +884,7 @@ class GuacamoleStandIn:
     # ---------------------------------------------------------- permissions
 
     def _permission_view(self, username: str) -> dict:
-        perms = self.permissions.get(username) or _empty_permissions()
+        perms = self.permissions.get(username) or empty_permissions()
         out = {key: copy.deepcopy(perms.get(key, {})) for key in OBJECT_PERMISSION_KEYS}
         out["systemPermissions"] = list(perms.get("systemPermissions", []))
         return out
@@ -1178,7 +937,7 @@ class GuacamoleStandIn:
             if op == "add" and key == "userPermissions" and identifier not in self.users:
                 log.warning("Guacamole stand-in: permission on unknown user %r refused", identifier)
                 raise internal_error()
-        perms = self.permissions.setdefault(username, _empty_permissions())
+        perms = self.permissions.setdefault(username, empty_permissions())
         for op, key, identifier, value in ops:
             if key == "systemPermissions":
                 current = perms.setdefault("systemPermissions", [])
@@ -1345,183 +1104,9 @@ class GuacamoleStandIn:
         })
 
 
-CLIENT_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Guacamole (lab stand-in)</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 40rem;
-         padding: 0 1rem; line-height: 1.5; color: #1b1b1b; background: #fafafa; }
-  h1 { font-size: 1.5rem; margin-bottom: 0.5rem; }
-  #status { font-weight: 600; padding: 0.5rem 0.75rem; border-radius: 4px; background: #e8eef7; }
-  #status[data-state="found"], #status[data-state="screen"] { background: #e3f4e6; }
-  #status[data-state="not-found"], #status[data-state="invalid"], #status[data-state="refused"],
-  #status[data-state="error"] { background: #fbe7e7; }
-  dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.25rem 1rem; }
-  dt { font-weight: 600; }
-  dd { margin: 0; font-family: ui-monospace, monospace; }
-  .note { border-left: 4px solid #b0b7c3; padding-left: 0.75rem; color: #444; }
-  body.with-screen { max-width: none; margin: 0.5rem; }
-  body.with-screen h1, body.with-screen #connection { display: none; }
-  #screen { width: 100%; height: 80vh; background: #222; }
-</style>
-</head>
-<body data-base="{{BASE_PATH}}">
-<main>
-  <h1>Guacamole (lab stand-in)</h1>
-  <p id="status" role="status" aria-live="polite" data-state="loading">Loading connection…</p>
-  <section id="connection" aria-labelledby="connection-heading" hidden>
-    <h2 id="connection-heading">Connection</h2>
-    <dl>
-      <dt>Name</dt><dd id="connection-name"></dd>
-      <dt>Protocol</dt><dd id="connection-protocol"></dd>
-      <dt>Host</dt><dd id="connection-host"></dd>
-    </dl>
-  </section>
-  <section id="screen-box" aria-label="Remote desktop" hidden>
-    <div id="screen"></div>
-  </section>
-  <p class="note" id="note">This is the lab's stand-in for Apache Guacamole. A real Guacamole would
-  show the remote desktop of this connection here.</p>
-</main>
-<script>
-(function () {
-  "use strict";
-  var base = document.body.getAttribute("data-base") || "";
-  var statusEl = document.getElementById("status");
-  var section = document.getElementById("connection");
-  var authToken = null;  // an auth-json session's token (?data= on the link), kept in memory only
-
-  // As Guacamole's client does: ?data=... (guacamole-auth-json) is sent to /api/tokens and dropped
-  // from the address bar; a refused one (expired, reused, forged) is a failed login.
-  function login() {
-    var params = new URLSearchParams(window.location.search);
-    var data = params.get("data");
-    if (!data) { return Promise.resolve(true); }
-    window.history.replaceState(null, "", window.location.pathname + window.location.hash);
-    return fetch(base + "/api/tokens", {
-      method: "POST", headers: { "Content-Type": "application/x-www-form-urlencoded" },
-      body: new URLSearchParams({ data: data }).toString()
-    }).then(function (response) {
-      if (!response.ok) {
-        show("refused", "This link is no longer valid (expired or already used): ask for a new one.");
-        return false;
-      }
-      return response.json().then(function (body) { authToken = body.authToken; return true; });
-    }).catch(function () { show("error", "Could not reach the lab stand-in."); return false; });
-  }
-
-  function lookup(id) {
-    var headers = { "Accept": "application/json" };
-    if (authToken) { headers["Guacamole-Token"] = authToken; }
-    return fetch(base + "/_lab/client/" + encodeURIComponent(id), { headers: headers });
-  }
-
-  function show(state, text) {
-    statusEl.setAttribute("data-state", state);
-    statusEl.textContent = text;
-  }
-
-  function setField(id, text) {
-    document.getElementById(id).textContent = text;
-  }
-
-  // Guacamole's client identifier: base64url(identifier NUL type NUL dataSource), padding optional.
-  function decodeClientId(id) {
-    var b64 = id.replace(/-/g, "+").replace(/_/g, "/").replace(/=+$/, "");
-    if (!/^[A-Za-z0-9+\\/]+$/.test(b64) || b64.length % 4 === 1) { return null; }
-    while (b64.length % 4) { b64 += "="; }
-    var text;
-    try {
-      var bin = atob(b64);
-      var bytes = new Uint8Array(bin.length);
-      for (var i = 0; i < bin.length; i++) { bytes[i] = bin.charCodeAt(i); }
-      text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-    } catch (e) { return null; }
-    var parts = text.split("\\u0000");
-    if (parts.length !== 3 || !parts[0] || parts[1] !== "c") { return null; }
-    return { identifier: parts[0], type: parts[1], dataSource: parts[2] };
-  }
-
-  function render() {
-    section.hidden = true;
-    setField("connection-name", "");
-    setField("connection-protocol", "");
-    setField("connection-host", "");
-    var match = /^#\\/client\\/([^\\/?#]*)/.exec(window.location.hash);
-    if (!match) {
-      show("none", "No connection selected: open a link of the form " + base + "/#/client/<id>.");
-      return;
-    }
-    var id = match[1];
-    if (!decodeClientId(id)) {
-      show("invalid", "Invalid connection link");
-      return;
-    }
-    show("loading", "Loading connection…");
-    lookup(id)
-      .then(function (response) {
-        if (response.status === 403) { show("refused", "Permission Denied."); return null; }
-        if (response.status === 404) { show("not-found", "Connection not found"); return null; }
-        if (response.status === 400) { show("invalid", "Invalid connection link"); return null; }
-        if (!response.ok) { show("error", "The lab stand-in answered HTTP " + response.status + "."); return null; }
-        return response.json();
-      })
-      .then(function (info) {
-        if (!info) { return; }
-        setField("connection-name", info.name);
-        setField("connection-protocol", info.protocol);
-        setField("connection-host", info.hostname + ":" + info.port);
-        section.hidden = false;
-        show("found", "Connection found: " + info.name);
-        if (info.screen && authToken) { startScreen(id, info); }
-      })
-      .catch(function () { show("error", "Could not reach the lab stand-in."); });
-  }
-
-  // The lab VM's real screen (lab/screens.py) by noVNC, through the stand-in's relay, which checks
-  // this session's token (unexpired) before it opens the VNC connection.
-  var rfb = null;
-  function startScreen(id, info) {
-    if (rfb) { return; }
-    document.getElementById("screen-box").hidden = false;
-    document.body.classList.add("with-screen");
-    document.getElementById("note").textContent = "The lab's stand-in for Apache Guacamole, showing the lab VM's " +
-      "screen (a real X display over VNC) with noVNC.";
-    import(base + "/_lab/novnc/core/rfb.js").then(function (module) {
-      var RFB = module.default;
-      var url = (window.location.protocol === "https:" ? "wss://" : "ws://") + window.location.host + base +
-        "/_lab/vnc/" + encodeURIComponent(id) + "?token=" + encodeURIComponent(authToken);
-      rfb = new RFB(document.getElementById("screen"), url);
-      rfb.scaleViewport = true;
-      rfb.focusOnClick = true;
-      rfb.addEventListener("connect", function () {
-        show("screen", "Connected to the screen of " + info.name);
-        rfb.focus();
-      });
-      rfb.addEventListener("disconnect", function (event) {
-        show("error", event.detail && event.detail.clean ? "The desktop's screen closed." : "The desktop's screen disconnected.");
-        rfb = null;
-      });
-    }).catch(function () { show("error", "noVNC could not be loaded."); });
-  }
-
-  window.addEventListener("hashchange", render);
-  login().then(function (ok) { if (ok) { render(); } });
-  // While the page is open, say so again now and then: the stand-in counts the connection as active.
-  setInterval(function () {
-    var match = /^#\\/client\\/([^\\/?#]*)/.exec(window.location.hash);
-    if (match && decodeClientId(match[1])) {
-      lookup(match[1]).catch(function () {});
-    }
-  }, 20000);
-})();
-</script>
-</body>
-</html>
-"""
+# The client page (static/guacamole-client.html): reads #/client/<id>, shows the connection and, with a
+# screen, the VM's display through noVNC; {{BASE_PATH}} is the stand-in's base path.
+CLIENT_PAGE = (Path(__file__).parent / "static" / "guacamole-client.html").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------
