@@ -3,6 +3,7 @@ itself is tested in a browser (tests/browser)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jwt
 import pytest
@@ -20,6 +21,25 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(client):
         asset = client.get(f"/portal/static/{name}")
         assert asset.status_code == 200 and kind in asset.headers["Content-Type"]
     assert client.get("/portal/static/nothing.js").status_code == 404
+
+
+def test_every_module_the_page_imports_is_served_from_here_as_javascript(client):
+    """The portal is ES modules by page (app.js imports the rest): each import is a local file that is
+    served, none comes from elsewhere (the machines are offline), and every module is reachable."""
+    import re
+    seen, todo = set(), ["app.js"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        asset = client.get(f"/portal/static/{name}")
+        assert asset.status_code == 200 and "javascript" in asset.headers["Content-Type"], name
+        for spec in re.findall(r'^import [^;]* from "([^"]+)";$', asset.get_data(as_text=True), re.M):
+            assert re.fullmatch(r"\./[a-z]+\.js", spec), (name, spec)  # a file beside it, nothing remote
+            todo.append(spec[2:])
+    on_disk = {p.name for p in (Path(__file__).parents[2] / "controlplane/portal/static").glob("*.js")}
+    assert seen == on_disk, on_disk - seen  # no module left out of the page
 
 
 def test_the_configuration_names_the_plans_and_the_lab_sign_in(client):
