@@ -66,7 +66,7 @@ class Session:
     def __init__(self, ws, identity: Identity):
         self.ws = ws
         self.identity = identity
-        self.rooms: set[str] = set()
+        self.rooms: dict[str, str] = {}  # project id -> its Redis channel (digested once, on join)
         self.pubsub = get_redis(settings().redis_url).pubsub(ignore_subscribe_messages=True)
         self.user_channel = user_channel(identity.user_id)
         self.pubsub.subscribe(self.user_channel)
@@ -104,8 +104,9 @@ class Session:
         with db.connection_context():
             project, role = projects.access(self.identity, project_id, projects.Action.READ)
         if project_id not in self.rooms:
-            self.pubsub.subscribe(project_channel(project_id))
-            self.rooms.add(project_id)
+            channel = project_channel(project_id)
+            self.pubsub.subscribe(channel)
+            self.rooms[project_id] = channel
         _send(self.ws, {"type": "joined", "project_id": project_id, "role": role.value if role else None,
                         "status": project.status, "vm_ip": project.vm_ip})
         projects.lifecycle_notify(settings(), project, {
@@ -114,8 +115,7 @@ class Session:
 
     def leave(self, project_id: str) -> None:
         if project_id in self.rooms:
-            self.pubsub.unsubscribe(project_channel(project_id))
-            self.rooms.discard(project_id)
+            self.pubsub.unsubscribe(self.rooms.pop(project_id))
         _send(self.ws, {"type": "left", "project_id": project_id})
 
     def forward(self, raw: bytes | str, channel: bytes | str | None = None) -> None:
@@ -124,7 +124,7 @@ class Session:
         dropped (a removed member must not see what the room said after the removal)."""
         if channel is not None:
             name = channel.decode() if isinstance(channel, bytes) else channel
-            if name != self.user_channel and name not in {project_channel(room) for room in self.rooms}:
+            if name != self.user_channel and name not in self.rooms.values():
                 return
         payload = raw.decode() if isinstance(raw, bytes) else raw
         event = json.loads(payload)
@@ -134,8 +134,7 @@ class Session:
                 and (event.get("user") or {}).get("id") == self.identity.user_id):
             # Removed from the project: forward the news, then stop listening to its room.
             self.ws.send(payload)
-            self.pubsub.unsubscribe(project_channel(project_id))
-            self.rooms.discard(project_id)
+            self.pubsub.unsubscribe(self.rooms.pop(project_id))
             return
         if (event.get("type") == "collaborator_activity"
                 and (event.get("user") or {}).get("id") == self.identity.user_id):

@@ -32,7 +32,7 @@ def session(rooms: set[str]) -> Session:
     made.ws = Captured()
     made.identity = Identity(user_id="user_editor", name="Editor")
     made.user_channel = user_channel("user_editor")
-    made.rooms = set(rooms)
+    made.rooms = {room: project_channel(room) for room in rooms}
     made.pubsub = Unsubscribing()
     return made
 
@@ -49,7 +49,7 @@ def test_an_event_of_a_room_left_is_dropped_even_when_redis_still_delivers_it():
     assert [e["activity"] for e in s.ws.sent] == ["joined_chat"]
     s.forward(activity("proj_a", "user_editor", "removed"), room)  # the news, then no more of the room
     assert [e["activity"] for e in s.ws.sent] == ["joined_chat", "removed"]
-    assert s.pubsub.unsubscribed == [project_channel("proj_a")] and s.rooms == set()
+    assert s.pubsub.unsubscribed == [project_channel("proj_a")] and s.rooms == {}
     s.forward(activity("proj_a", "user_owner", "joined_chat"), room)  # published before Redis had the unsubscribe
     s.forward(json.dumps({"type": "chat_message", "project_id": "proj_a", "message": {"content": "x"}}).encode(), room)
     assert [e["activity"] for e in s.ws.sent] == ["joined_chat", "removed"]
