@@ -32,6 +32,14 @@ def now_iso() -> str:
     return iso(dt.datetime.now(dt.timezone.utc))
 
 
+class ApiDateTime(fields.DateTime):
+    """The Desktop API's one date-time: a stored timestamp (naive UTC) written with the configured
+    zone's offset (iso). Dump only."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return iso(value)
+
+
 class JsonBoolean(fields.Boolean):
     """A boolean in a JSON body: true or false, as documented (marshmallow's Boolean also takes
     0, 1, "yes", "off", ...)."""

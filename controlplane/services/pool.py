@@ -27,7 +27,6 @@ from ..config import Settings
 from ..errors import NotFound, ValidationFailed
 from ..extensions import db
 from ..models import Desktop, PoolSetting, PoolVm, PoolVmState, VmidLease, utcnow
-from ..timestamps import utc_iso
 from . import vmids
 from .maintenance import is_draining
 from .placement import PlacementError, choose_node
@@ -298,7 +297,35 @@ def _last_failures(settings: Settings, plans) -> dict[str, str]:
     return {p: v.decode() for p, v in zip(plans, values) if v}
 
 
-def report(settings: Settings) -> list[dict]:
+@dataclass(frozen=True)
+class PoolReport:
+    """One plan's pool for admins: its configuration, its VMs (those not taken), why its last fill
+    failed (while it waits to retry), and its VMs counted by state."""
+    config: PoolConfig
+    vms: list
+    last_failure: str | None
+
+    def _count(self, state: PoolVmState) -> int:
+        return sum(1 for v in self.vms if v.state == state.value)
+
+    @property
+    def ready(self) -> int:
+        return self._count(PoolVmState.READY)
+
+    @property
+    def filling(self) -> int:
+        return self._count(PoolVmState.FILLING)
+
+    @property
+    def failed(self) -> int:
+        return self._count(PoolVmState.FAILED)
+
+    @property
+    def removing(self) -> int:
+        return self._count(PoolVmState.REMOVING)
+
+
+def report(settings: Settings) -> list[PoolReport]:
     """Every plan's pool with its VMs (those not taken), for admins."""
     vms: dict[str, list[PoolVm]] = {}
     for vm in PoolVm.select().where(PoolVm.state != PoolVmState.TAKEN.value).order_by(PoolVm.id):
@@ -307,22 +334,8 @@ def report(settings: Settings) -> list[dict]:
     all_configs = configs(settings)
     failures = _last_failures(settings, list(all_configs))
     for config in all_configs.values():
-        mine = vms.pop(config.plan, [])
-        pools.append(_pool_entry(config, mine, failures.get(config.plan)))
+        pools.append(PoolReport(config, vms.pop(config.plan, []), failures.get(config.plan)))
     for plan, orphans in vms.items():  # a plan that left the plans file: its VMs are being removed
-        pools.append(_pool_entry(PoolConfig(plan, orphans[0].template, 0, orphans[0].power, "no longer a plan"),
-                                 orphans, None))
+        pools.append(PoolReport(PoolConfig(plan, orphans[0].template, 0, orphans[0].power, "no longer a plan"),
+                                orphans, None))
     return pools
-
-
-def _pool_entry(config: PoolConfig, vms: list[PoolVm], last_failure: str | None) -> dict:
-    def count(state: PoolVmState) -> int:
-        return sum(1 for v in vms if v.state == state.value)
-    return {"plan": config.plan, "template": config.template, "size": config.size, "power": config.power,
-            "source": config.source, "ready": count(PoolVmState.READY), "filling": count(PoolVmState.FILLING),
-            "failed": count(PoolVmState.FAILED), "removing": count(PoolVmState.REMOVING),
-            "lastFailure": last_failure,
-            "vms": [{"id": v.id, "name": v.name, "vmid": v.vmid, "node": v.node, "state": v.state, "power": v.power,
-                     "ipAddress": v.ip_address, "message": v.message, "createdAt": utc_iso(v.created_at),
-                     "readyAt": utc_iso(v.ready_at)} for v in vms]}
-

@@ -273,7 +273,8 @@ def test_a_refill_fills_a_deficit_on_a_leased_vm_id_and_waits_after_a_failure(cl
 
 def pool_of_report(settings, plan: str) -> dict:
     with db.connection_context():
-        return next(p for p in pool.report(settings) if p["plan"] == plan)
+        found = next(p for p in pool.report(settings) if p.config.plan == plan)
+    return {"lastFailure": found.last_failure}
 
 
 def test_refill_passes_do_not_overlap(client, base_settings, redis_conn):

@@ -7,9 +7,9 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from ...services import pool
 from ...services.plans import POOL_POWERS
-from ..common import settings
-from ..desktops.resources import envelope
-from ..desktops.schemas import DesktopError, Envelope
+from ..common import ApiDateTime, settings
+from ..desktops.schemas import DesktopError
+from ..envelope import says
 from .blueprint import blp
 
 PLAN = {"in": "path", "name": "plan", "required": True, "description": "A plan of the plans file (BASIC, ...)",
@@ -17,44 +17,41 @@ PLAN = {"in": "path", "name": "plan", "required": True, "description": "A plan o
 
 
 class PoolVmOut(Schema):
+    """A pool VM (models.PoolVm)."""
     id = fields.Integer(required=True)
     name = fields.String(required=True, metadata={"description": "Its VM's name in Proxmox VE (cds-pool-<id>)"})
     vmid = fields.Integer(required=True)
     node = fields.String(required=True)
     state = fields.String(required=True, metadata={"description": "FILLING, READY, FAILED or REMOVING"})
     power = fields.String(required=True, metadata={"description": "running or stopped"})
-    ipAddress = fields.String(required=True, allow_none=True)
+    ipAddress = fields.String(attribute="ip_address", required=True, allow_none=True)
     message = fields.String(required=True)
-    createdAt = fields.String(required=True, metadata={"format": "date-time"})
-    readyAt = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    createdAt = ApiDateTime(attribute="created_at", required=True)
+    readyAt = ApiDateTime(attribute="ready_at", required=True, allow_none=True)
 
 
 class PoolOut(Schema):
-    plan = fields.String(required=True)
-    template = fields.String(required=True)
-    size = fields.Integer(required=True, metadata={"description": "VMs the pool keeps (READY or FILLING)"})
-    power = fields.String(required=True, metadata={"description": "running: a create is RUNNING in seconds; "
-                                                                   "stopped: it skips the clone but still boots"})
-    source = fields.String(required=True, metadata={"description": "plans file, or admin <user id>"})
+    """One plan's pool (services.pool.PoolReport)."""
+    plan = fields.String(attribute="config.plan", required=True)
+    template = fields.String(attribute="config.template", required=True)
+    size = fields.Integer(attribute="config.size", required=True,
+                          metadata={"description": "VMs the pool keeps (READY or FILLING)"})
+    power = fields.String(attribute="config.power", required=True,
+                          metadata={"description": "running: a create is RUNNING in seconds; "
+                                                   "stopped: it skips the clone but still boots"})
+    source = fields.String(attribute="config.source", required=True,
+                           metadata={"description": "plans file, or admin <user id>"})
     ready = fields.Integer(required=True)
     filling = fields.Integer(required=True)
     failed = fields.Integer(required=True)
     removing = fields.Integer(required=True)
-    lastFailure = fields.String(required=True, allow_none=True,
+    lastFailure = fields.String(attribute="last_failure", required=True, allow_none=True,
                                 metadata={"description": "Why the last fill failed, while the pool waits to retry"})
     vms = fields.List(fields.Nested(PoolVmOut), required=True)
 
 
 class PoolsOut(Schema):
     pools = fields.List(fields.Nested(PoolOut), required=True)
-
-
-class PoolsEnvelope(Envelope):
-    data = fields.Nested(PoolsOut, required=True)
-
-
-class PoolEnvelope(Envelope):
-    data = fields.Nested(PoolOut, required=True)
 
 
 class PoolBody(Schema):
@@ -71,24 +68,24 @@ class PoolBody(Schema):
                           error_messages={"invalid": "power must be running or stopped"})
 
 
-def _one(plan: str) -> dict:
-    return next(p for p in pool.report(settings()) if p["plan"] == plan)
+def _one(plan: str) -> pool.PoolReport:
+    return next(p for p in pool.report(settings()) if p.config.plan == plan)
 
 
 @blp.route("/pools")
 class Pools(MethodView):
-    @blp.response(200, PoolsEnvelope)
+    @blp.response(200, PoolsOut)
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
     def get(self):
         """Every plan's warm pool: its size, where it comes from, and its VMs (not those taken)."""
-        return envelope({"pools": pool.report(settings())})
+        return {"pools": pool.report(settings())}
 
 
 @blp.route("/pools/<plan>", parameters=[PLAN])
 class Pool(MethodView):
     @blp.arguments(PoolBody)
-    @blp.response(200, PoolEnvelope)
+    @blp.response(200, PoolOut)
     @blp.alt_response(400, schema=DesktopError, description="A bad size or power")
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
@@ -97,13 +94,15 @@ class Pool(MethodView):
         """Set a plan's pool (overrides the plans file's `pool:`); VMs are made or removed in the
         background until it has `size` READY."""
         pool.set_pool(settings(), plan, body["size"], body.get("power", "running"), by=g.identity.user_id)
-        return envelope(_one(plan), "Pool updated; it is being filled in the background.")
+        says("Pool updated; it is being filled in the background.")
+        return _one(plan)
 
-    @blp.response(200, PoolEnvelope)
+    @blp.response(200, PoolOut)
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
     @blp.alt_response(404, schema=DesktopError, description="No such plan in the plans file")
     def delete(self, plan):
         """Forget the admin's setting: the plans file's pool applies again."""
         pool.reset_pool(settings(), plan)
-        return envelope(_one(plan), "Pool reset to the plans file.")
+        says("Pool reset to the plans file.")
+        return _one(plan)

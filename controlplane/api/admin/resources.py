@@ -14,9 +14,8 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 from ...errors import ValidationFailed
 from ...models import AuditEntry
 from ...services import maintenance, policies, policy_runs
-from ..common import JsonBoolean, iso, settings
-from ..desktops.resources import envelope
-from ..desktops.schemas import DesktopError, Envelope
+from ..common import ApiDateTime, JsonBoolean, settings
+from ..desktops.schemas import DesktopError
 from .blueprint import blp
 
 
@@ -49,10 +48,6 @@ class PolicyRun(Schema):
     notes = fields.List(fields.String(), required=True)
 
 
-class PolicyRunEnvelope(Envelope):
-    data = fields.Nested(PolicyRun, required=True)
-
-
 class RunsQuery(Schema):
     class Meta:
         unknown = EXCLUDE
@@ -75,28 +70,24 @@ class RecordedRuns(Schema):
     runs = fields.List(fields.Nested(RecordedRun), required=True)
 
 
-class RecordedRunsEnvelope(Envelope):
-    data = fields.Nested(RecordedRuns, required=True)
-
-
 @blp.route("/policies/runs")
 class PolicyRuns(MethodView):
     @blp.arguments(RunsQuery, location="query")
-    @blp.response(200, RecordedRunsEnvelope)
+    @blp.response(200, RecordedRuns)
     @blp.alt_response(400, schema=DesktopError, description="Bad query")
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
     def get(self, query):
         """Every automatic action, newest first: the recorded passes of the policies, the
         reconciliation and drains that did or found something (who ran them, when, what, why)."""
-        return envelope({"runs": policy_runs.runs(query.get("policy"), query["limit"])})
+        return {"runs": policy_runs.runs(query.get("policy"), query["limit"])}
 
 
 # Only the policies' names: /policies/runs is another resource (GET), so POST is not allowed there.
 @blp.route(f"/policies/<any({', '.join(policies.POLICIES)}):name>")
 class PolicyPass(MethodView):
     @blp.arguments(PolicyRunBody, required=False)
-    @blp.response(200, PolicyRunEnvelope)
+    @blp.response(200, PolicyRun)
     @blp.alt_response(400, schema=DesktopError, description="A bad body")
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
@@ -110,7 +101,7 @@ class PolicyPass(MethodView):
         policy at a time."""
         result = policies.run(settings(), name, dry_run=bool((body or {}).get("dryRun", False)),
                               ran_by=f"admin {g.identity.user_id}")
-        return envelope(result)
+        return result
 
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -139,25 +130,21 @@ class NodeReport(Schema):
     settled = fields.Boolean(required=True, metadata={"description": "Nothing runs or is in a transition there"})
 
 
-class NodeReportEnvelope(Envelope):
-    data = fields.Nested(NodeReport, required=True)
-
-
 @blp.route("/nodes/<node>", parameters=[NODE])
 class Node(MethodView):
-    @blp.response(200, NodeReportEnvelope)
+    @blp.response(200, NodeReport)
     @blp.alt_response(400, schema=DesktopError, description="Not a node name")
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
     def get(self, node):
         """What is on a node (desktops and projects by status) and whether it is in maintenance."""
-        return envelope(maintenance.node_report(settings(), _node(node)))
+        return maintenance.node_report(settings(), _node(node))
 
 
 @blp.route("/nodes/<node>/drain", parameters=[NODE])
 class NodeDrain(MethodView):
     @blp.arguments(DrainBody, required=False)
-    @blp.response(200, PolicyRunEnvelope)
+    @blp.response(200, PolicyRun)
     @blp.alt_response(400, schema=DesktopError, description="Not a node name, or a bad body")
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
@@ -167,10 +154,10 @@ class NodeDrain(MethodView):
         or created) and stop every RUNNING desktop and project on it (gracefully unless `force`).
         Poll GET /nodes/<node> until `settled`; DELETE ends the maintenance."""
         body = body or {}
-        return envelope(maintenance.drain(settings(), _node(node), dry_run=bool(body.get("dryRun", False)),
-                                       force=bool(body.get("force", False)), ran_by=f"admin {g.identity.user_id}"))
+        return maintenance.drain(settings(), _node(node), dry_run=bool(body.get("dryRun", False)),
+                                 force=bool(body.get("force", False)), ran_by=f"admin {g.identity.user_id}")
 
-    @blp.response(200, NodeReportEnvelope)
+    @blp.response(200, NodeReport)
     @blp.alt_response(400, schema=DesktopError, description="Not a node name")
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
@@ -178,7 +165,7 @@ class NodeDrain(MethodView):
         """End the node's maintenance: desktops and projects there can be started again."""
         cfg = settings()
         maintenance.release(cfg, _node(node), ran_by=f"admin {g.identity.user_id}")
-        return envelope(maintenance.node_report(cfg, node))
+        return maintenance.node_report(cfg, node)
 
 
 class AuditQuery(Schema):
@@ -192,11 +179,13 @@ class AuditQuery(Schema):
 
 
 class AuditRecord(Schema):
+    """One audit entry (models.AuditEntry)."""
     id = fields.Integer(required=True)
-    at = fields.String(required=True, metadata={"format": "date-time"})
-    requestId = fields.String(required=True)
-    userId = fields.String(required=True, allow_none=True, metadata={"description": "null: no valid token"})
-    admin = fields.Boolean(required=True)
+    at = ApiDateTime(required=True)
+    requestId = fields.String(attribute="request_id", required=True)
+    userId = fields.String(attribute="user_id", required=True, allow_none=True,
+                           metadata={"description": "null: no valid token"})
+    admin = fields.Boolean(attribute="is_admin", required=True)
     method = fields.String(required=True)
     path = fields.String(required=True)
     action = fields.String(required=True, metadata={"description": "The endpoint, e.g. desktops.DesktopStop"})
@@ -209,14 +198,10 @@ class AuditList(Schema):
     entries = fields.List(fields.Nested(AuditRecord), required=True)
 
 
-class AuditEnvelope(Envelope):
-    data = fields.Nested(AuditList, required=True)
-
-
 @blp.route("/audit")
 class Audit(MethodView):
     @blp.arguments(AuditQuery, location="query")
-    @blp.response(200, AuditEnvelope)
+    @blp.response(200, AuditList)
     @blp.alt_response(400, schema=DesktopError, description="Bad query")
     @blp.alt_response(401, schema=DesktopError, description="Missing or invalid token")
     @blp.alt_response(403, schema=DesktopError, description="Not an admin")
@@ -231,8 +216,5 @@ class Audit(MethodView):
             found = found.where(AuditEntry.user_id == query["userId"])
         if "requestId" in query:
             found = found.where(AuditEntry.request_id == query["requestId"])
-        return envelope({"entries": [
-            {"id": e.id, "at": iso(e.at), "requestId": e.request_id, "userId": e.user_id, "admin": e.is_admin,
-             "method": e.method, "path": e.path, "action": e.action, "target": e.target, "status": e.status,
-             "result": e.result} for e in found]})
+        return {"entries": found}
 

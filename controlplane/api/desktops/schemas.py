@@ -4,10 +4,11 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
 
 from ... import user_ids
+from ...services.desktops import connection_url as service_connection_url
 from ...services.desktops import plan_choices
 from ...services.plans import load_plans
 from ...states import Status
-from ..common import NOT_BLANK, JsonBoolean, settings
+from ..common import NOT_BLANK, ApiDateTime, JsonBoolean, settings
 
 STATUS_CHOICES = [s.value for s in Status]
 # What user_ids.problem() accepts, for the OpenAPI document: not blank, no control characters (C0,
@@ -92,38 +93,30 @@ class StatusQuery(Schema):
                              error_messages={"invalid": "Refresh must be true or false"})
 
 
+class ConnectionUrl(fields.String):
+    """A desktop's Guacamole URL while it is RUNNING (services.desktops.connection_url), else null."""
+
+    def serialize(self, attr, obj, accessor=None, **kwargs):
+        return service_connection_url(settings(), obj)
+
+
 class Desktop(Schema):
+    """A desktop (models.Desktop) as the contract shows it."""
     id = fields.Integer(required=True)
-    userId = fields.String(required=True)
+    userId = fields.String(attribute="user_id", required=True)
     name = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(STATUS_CHOICES))
-    statusMessage = fields.String(required=True)
+    statusMessage = fields.String(attribute="status_message", required=True)
     plan = fields.String(required=True)
-    cpuCores = fields.Integer(required=True)
-    memoryMb = fields.Integer(required=True)
-    ipAddress = fields.String(allow_none=True, required=True)
-    connectionUrl = fields.String(allow_none=True, required=True)
-    createdAt = fields.String(required=True, metadata={"format": "date-time"})
-    updatedAt = fields.String(required=True, metadata={"format": "date-time"})
-    lastAccessedAt = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
-    expiresAt = fields.String(allow_none=True, required=True,
-                              metadata={"format": "date-time", "description": "When the desktop expires; null: never"})
-
-
-class Envelope(Schema):
-    """success first and timestamp last, as the contract's examples order them."""
-    success = fields.Boolean(required=True)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.dump_fields["timestamp"] = self.dump_fields.pop("timestamp")
-
-    timestamp = fields.String(required=True, metadata={"format": "date-time"})
-
-
-class DesktopEnvelope(Envelope):
-    message = fields.String()
-    data = fields.Nested(Desktop, required=True)
+    cpuCores = fields.Integer(attribute="cpu_cores", required=True)
+    memoryMb = fields.Integer(attribute="memory_mb", required=True)
+    ipAddress = fields.String(attribute="ip_address", allow_none=True, required=True)
+    connectionUrl = ConnectionUrl(allow_none=True, required=True)
+    createdAt = ApiDateTime(attribute="created_at", required=True)
+    updatedAt = ApiDateTime(attribute="updated_at", required=True)
+    lastAccessedAt = ApiDateTime(attribute="last_accessed_at", allow_none=True, required=True)
+    expiresAt = ApiDateTime(attribute="expires_at", allow_none=True, required=True,
+                            metadata={"description": "When the desktop expires; null: never"})
 
 
 class DesktopList(Schema):
@@ -131,42 +124,28 @@ class DesktopList(Schema):
     total = fields.Integer(required=True)
 
 
-class DesktopListEnvelope(Envelope):
-    data = fields.Nested(DesktopList, required=True)
-
-
 class DesktopStatus(Schema):
-    desktopId = fields.Integer(required=True)
+    """A desktop's status (models.Desktop)."""
+    desktopId = fields.Integer(attribute="id", required=True)
     status = fields.String(required=True)
-    statusMessage = fields.String(required=True)
-    ready = fields.Boolean(required=True)
-
-
-class DesktopStatusEnvelope(Envelope):
-    data = fields.Nested(DesktopStatus, required=True)
+    statusMessage = fields.String(attribute="status_message", required=True)
+    ready = fields.Function(lambda desktop: desktop.status == Status.RUNNING.value, required=True,
+                            metadata={"type": "boolean"})
 
 
 class Connection(Schema):
     desktopId = fields.Integer(required=True)
     connectionUrl = fields.String(required=True)
     protocol = fields.String(required=True, metadata={"description": "vnc or rdp (Guacamole has no SPICE)"})
-    expiresAt = fields.String(allow_none=True, required=True, metadata={"format": "date-time"})
-
-
-class ConnectionEnvelope(Envelope):
-    data = fields.Nested(Connection, required=True)
-
-
-class DeletedEnvelope(Envelope):
-    message = fields.String()
-    data = fields.Raw(allow_none=True, required=True, metadata={"description": "Always null"})
+    expiresAt = ApiDateTime(allow_none=True, required=True)
 
 
 class DesktopEvent(Schema):
+    """One status change (models.DesktopEvent)."""
     status = fields.String(required=True)
     message = fields.String(required=True)
     source = fields.String(required=True, metadata={"description": "api, worker, reaper, refresh, or policy:<name>"})
-    createdAt = fields.String(required=True, metadata={"format": "date-time"})
+    createdAt = ApiDateTime(attribute="created_at", required=True)
 
 
 class DesktopEvents(Schema):
@@ -174,11 +153,9 @@ class DesktopEvents(Schema):
     events = fields.List(fields.Nested(DesktopEvent), required=True)
 
 
-class DesktopEventsEnvelope(Envelope):
-    data = fields.Nested(DesktopEvents, required=True)
-
-
 class DesktopError(Schema):
+    envelope = False  # documented as it is (api/envelope.py)
+
     success = fields.Boolean(required=True)
     error = fields.String(required=True)
     message = fields.String(required=True)
