@@ -8,6 +8,7 @@ from marshmallow import fields
 
 from ..config import Settings
 from ..errors import ValidationFailed
+from ..timestamps import utc_z
 
 SETTINGS_KEY = "controlplane.settings"
 # The documented form of "not blank" (value.strip() is not empty): a character that is not white space
@@ -38,6 +39,14 @@ class ApiDateTime(fields.DateTime):
 
     def _serialize(self, value, attr, obj, **kwargs):
         return iso(value)
+
+
+class ProjectsDateTime(fields.DateTime):
+    """The projects API's one date-time: UTC with a Z, e.g. 2026-02-23T10:00:00Z (timestamps.utc_z).
+    Dump only."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return utc_z(value)
 
 
 class JsonBoolean(fields.Boolean):

@@ -1,5 +1,9 @@
-"""The Desktop API's blueprint (/api/v1: desktops and admin): every request authenticated, every
-answer in the contract's envelope, written once here instead of in each view.
+"""The blueprints of the two APIs, each written once: DesktopApiBlueprint (/api/v1: desktops and
+admin) and ProjectsApiBlueprint (/api: projects, invitations, chat, user settings and usage).
+
+Both authenticate every request (g.identity) and check its input before any view; each API's
+errors are rendered by api/errors.py in its own envelope. The Desktop API also wraps every answer
+in the contract's envelope, here instead of in each view.
 
 A view returns its data (a domain object, or a dict of them) and, when the contract has one, says
 its message with `says()`; the response schema given to `@blp.response` dumps the data, and this
@@ -30,7 +34,10 @@ class Nothing(Schema):
     """The data of an answer that has none (null)."""
 
 
-class DesktopApiBlueprint(Blueprint):
+class ApiBlueprint(Blueprint):
+    """Every request authenticated (and, with admin_only, by an admin), its input checked
+    (refuse_unusable_input) before any view; OPTIONS is answered by Flask without a token."""
+
     def __init__(self, *args, admin_only: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.admin_only = admin_only
@@ -43,6 +50,14 @@ class DesktopApiBlueprint(Blueprint):
         if self.admin_only and not g.identity.is_admin:
             raise Forbidden("This operation needs an admin token")
         refuse_unusable_input()
+
+
+class ProjectsApiBlueprint(ApiBlueprint):
+    """The projects API (projects-api.md): its answers are the schemas' dumps as they are."""
+
+
+class DesktopApiBlueprint(ApiBlueprint):
+    """The Desktop API (desktop-api.md): every answer in {success, message?, data, timestamp}."""
 
     @staticmethod
     def _prepare_response_content(data):

@@ -11,6 +11,7 @@ import enum
 import ipaddress
 import logging
 import statistics
+from dataclasses import dataclass
 
 import peewee as pw
 
@@ -95,6 +96,26 @@ def list_for(identity: Identity) -> list[Project]:
     return list(Project.select().join(ProjectMember)
                 .where(ProjectMember.user_id == identity.user_id, Project.status != ProjectStatus.DELETED.value)
                 .order_by(Project.id))
+
+
+@dataclass(frozen=True)
+class MembersView:
+    """A project as one member sees it: the project (its fields read through), the member's role,
+    the shared folder's credentials for that role (None: shares disabled), and the members."""
+    project: Project
+    role: Role | None
+    shared_folder: shares.Credentials | None
+    collaborators: list
+
+    def __getattr__(self, name: str):
+        return getattr(self.project, name)
+
+
+def view_of(settings: Settings, identity: Identity, project_id: str) -> MembersView:
+    project, role = access(identity, project_id, Action.READ)
+    creds = None if role is None else shares.credentials(settings, project.public_id, project.share_generation,
+                                                         writer=allowed(role, Action.WRITE_SHARE))
+    return MembersView(project, role, creds, members(project))
 
 
 def members(project: Project) -> list[ProjectMember]:

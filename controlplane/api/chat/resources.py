@@ -1,26 +1,18 @@
 """The projects API's AI chat, user settings and usage (projects-api.md): /api/chat, /api/user."""
 from __future__ import annotations
 
-from flask import g, request
+from flask import g
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from ...auth import current_identity
 from ...services import conversations as service
-from ..common import NOT_BLANK, refuse_unusable_input, settings
+from ..common import NOT_BLANK, settings
+from ..envelope import ProjectsApiBlueprint
 from ..projects.resources import with_errors
 from ..projects.schemas import ProjectError  # noqa: F401  (documented error shape)
 
-blp = Blueprint("chat", __name__, url_prefix="/api", description="AI chat in a project, user settings and usage.")
-
-
-@blp.before_request
-def _authenticate():
-    if request.method == "OPTIONS":  # Flask answers it (Allow); no token, as flask-jwt-extended exempts it
-        return
-    g.identity = current_identity(settings())
-    refuse_unusable_input()
+blp = ProjectsApiBlueprint("chat", __name__, url_prefix="/api",
+                          description="AI chat in a project, user settings and usage.")
 
 
 class Strict(Schema):

@@ -1,36 +1,25 @@
 """The projects API (projects-api.md): projects, collaborators and invitations under /api.
 
-Views are thin: authenticate, validate, call services.projects, shape the contract's answer.
-Errors are rendered by api/errors.py in the contract's {"error": {code, message, details}} form.
+Views are thin: they validate, call services.projects and return what it gives; the response schemas
+(schemas.py) dump it. The blueprint (api/envelope.py) authenticates; errors are rendered by
+api/errors.py in the contract's {"error": {code, message, details}} form.
 """
 from __future__ import annotations
 
-from flask import g, request, url_for
+from flask import g, url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
-from ...auth import current_identity
-from ...models import Invitation, Project, ProjectMember
 from ...services import projects as service
-from ...services import shares
 from ...states import Operation
-from ...timestamps import utc_z
-from ..common import refuse_unusable_input, settings
+from ..common import settings
+from ..envelope import ProjectsApiBlueprint
 from . import schemas
 
-blp = Blueprint("projects", __name__, url_prefix="/api",
-                description="Projects: a team's VM on its own network, collaborators and invitations.")
+blp = ProjectsApiBlueprint("projects", __name__, url_prefix="/api",
+                           description="Projects: a team's VM on its own network, collaborators and invitations.")
 
 ERRORS = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN (a role that does not allow it)",
           404: "NOT_FOUND (no such project, or not a member)", 503: "SERVICE_UNAVAILABLE"}
-
-
-@blp.before_request
-def _authenticate():
-    if request.method == "OPTIONS":  # Flask answers it (Allow); no token, as flask-jwt-extended exempts it
-        return
-    g.identity = current_identity(settings())
-    refuse_unusable_input()
 
 
 def with_errors(*codes):
@@ -41,46 +30,13 @@ def with_errors(*codes):
     return wrap
 
 
-def shared_folder_url(project: Project) -> str | None:
-    """The project's folder over HTTP/WebDAV (served at /shares); None when shares are disabled."""
-    return shares.url(settings(), project.public_id)
-
-
-def shared_folder(project: Project, role) -> dict | None:
-    """The share's URL, and its credentials for the members who may write (never logged)."""
-    if role is None:
-        return None
-    creds = shares.credentials(settings(), project.public_id, project.share_generation,
-                               writer=service.allowed(role, service.Action.WRITE_SHARE))
-    if creds is None:
-        return None
-    return {"url": creds.url, "username": creds.username, "password": creds.password, "access": creds.access}
-
-
-def summary(project: Project) -> dict:
-    return {"id": project.public_id, "name": project.name, "status": project.status,
-            "created_at": utc_z(project.created_at), "vm_ip": project.vm_ip,
-            "shared_folder_url": shared_folder_url(project)}
-
-
-def collaborator(member: ProjectMember) -> dict:
-    return {"user_id": member.user_id, "email": member.email, "name": member.name, "role": member.role,
-            "joined_at": utc_z(member.joined_at)}
-
-
-def invitation_data(invitation: Invitation) -> dict:
-    return {"id": invitation.public_id, "project_id": invitation.project.public_id,
-            "project_name": invitation.project.name, "role": invitation.role, "invited_by": invitation.invited_by,
-            "status": invitation.status, "created_at": utc_z(invitation.created_at)}
-
-
 @blp.route("/projects")
 class Projects(MethodView):
     @blp.response(200, schemas.ProjectList)
     @with_errors(401)
     def get(self):
         """The projects the caller is a member of."""
-        return {"projects": [summary(p) for p in service.list_for(g.identity)]}
+        return {"projects": service.list_for(g.identity)}
 
     @blp.arguments(schemas.ProjectCreate)
     @blp.response(201, schemas.ProjectCreated)
@@ -103,12 +59,7 @@ class ProjectItem(MethodView):
         """A project's details and its collaborators. Members also get `shared_folder`: the URL
         of the project's WebDAV folder, and for editors and the owner its user name and password
         (viewers read it with their bearer token; the password changes when an editor is removed)."""
-        project, role = service.access(g.identity, project_id, service.Action.READ)
-        return {**summary(project), "description": project.description, "os": project.os,
-                "status_message": project.status_message, "network": project.network,
-                "role": role.value if role else None,
-                "shared_folder": shared_folder(project, role),
-                "collaborators": [collaborator(m) for m in service.members(project)]}
+        return service.view_of(settings(), g.identity, project_id)
 
     @blp.response(200, schemas.Done)
     @with_errors(400, 401, 403, 404, 503)
@@ -150,7 +101,7 @@ class Collaborators(MethodView):
     def get(self, project_id):
         """The project's members, owner first."""
         project, _ = service.access(g.identity, project_id, service.Action.READ)
-        return {"collaborators": [collaborator(m) for m in service.members(project)]}
+        return {"collaborators": service.members(project)}
 
     @blp.arguments(schemas.Invite)
     @blp.response(201, schemas.Invited)
@@ -178,7 +129,7 @@ class Invitations(MethodView):
     @with_errors(401)
     def get(self):
         """Open invitations for the caller's email address, if the identity provider verified it."""
-        return {"invitations": [invitation_data(i) for i in service.invitations_for(g.identity)]}
+        return {"invitations": service.invitations_for(g.identity)}
 
 
 @blp.route("/invitations/<invitation_id>/accept")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
 
-from ..common import NOT_BLANK, JsonBoolean
+from ...services import shares
+from ..common import NOT_BLANK, JsonBoolean, ProjectsDateTime, settings
 
 
 class Strict(Schema):
@@ -35,13 +36,21 @@ class ProjectEmptyBody(Strict):
     pass
 
 
+class SharedFolderUrl(fields.String):
+    """The project's folder over HTTP/WebDAV (served at /shares); None when shares are disabled."""
+
+    def serialize(self, attr, obj, accessor=None, **kwargs):
+        return shares.url(settings(), obj.public_id)
+
+
 class ProjectSummary(Schema):
-    id = fields.String(required=True)
+    """A project (models.Project) as the list shows it."""
+    id = fields.String(attribute="public_id", required=True)
     name = fields.String(required=True)
     status = fields.String(required=True)
-    created_at = fields.String(required=True)
+    created_at = ProjectsDateTime(required=True)
     vm_ip = fields.String(allow_none=True)
-    shared_folder_url = fields.String(allow_none=True)
+    shared_folder_url = SharedFolderUrl(allow_none=True)
 
 
 class ProjectList(Schema):
@@ -55,11 +64,12 @@ class ProjectCreated(Schema):
 
 
 class Collaborator(Schema):
+    """A member (models.ProjectMember)."""
     user_id = fields.String(required=True)
     email = fields.String(allow_none=True)
     name = fields.String(allow_none=True)
     role = fields.String(required=True)
-    joined_at = fields.String()
+    joined_at = ProjectsDateTime()
 
 
 class SharedFolder(Schema):
@@ -73,11 +83,13 @@ class SharedFolder(Schema):
 
 
 class ProjectDetails(ProjectSummary):
+    """A project as one member sees it (services.projects.MembersView)."""
     description = fields.String()
     os = fields.String()
     status_message = fields.String()
     network = fields.String(allow_none=True)
-    role = fields.String(allow_none=True, metadata={"description": "The caller's role in the project"})
+    role = fields.Function(lambda view: view.role.value if view.role else None, allow_none=True,
+                           metadata={"type": "string", "description": "The caller's role in the project"})
     shared_folder = fields.Nested(SharedFolder, allow_none=True,
                                   metadata={"description": "The project's WebDAV folder and its credentials "
                                                            "(members only; null when shares are disabled)"})
@@ -117,13 +129,14 @@ class CollaboratorList(Schema):
 
 
 class InvitationOut(Schema):
-    id = fields.String(required=True)
-    project_id = fields.String(required=True)
-    project_name = fields.String()
+    """An invitation (models.Invitation)."""
+    id = fields.String(attribute="public_id", required=True)
+    project_id = fields.String(attribute="project.public_id", required=True)
+    project_name = fields.String(attribute="project.name")
     role = fields.String(required=True)
     invited_by = fields.String()
     status = fields.String(required=True)
-    created_at = fields.String()
+    created_at = ProjectsDateTime()
 
 
 class InvitationList(Schema):
