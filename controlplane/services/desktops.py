@@ -21,7 +21,7 @@ from ..errors import (
     ValidationFailed,
 )
 from ..extensions import db
-from ..models import Desktop, DesktopEvent, IdempotencyKey, VmidLease, utcnow
+from ..models import Desktop, DesktopEvent, IdempotencyKey, utcnow
 from ..states import ACCEPTED, ALLOWED_FROM, INACTIVE, Operation, Status
 from ..timestamps import utc_iso
 from ..user_ids import guacamole_username
@@ -182,12 +182,8 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
         raise DesktopAlreadyExists() from None
     except vmids.VmidRangeExhausted as exc:
         raise InfrastructureError(f"Failed to create desktop: {exc}") from None
-    def undo():
-        pool.give_back(desktop)
-        VmidLease.delete().where(VmidLease.desktop == desktop.id).execute()
-        desktop.delete_instance(recursive=True)
     try:
-        lifecycle.enqueue_create(settings, desktop, undo)
+        lifecycle.enqueue_create(settings, desktop, undo=lambda: pool.give_back(desktop))
     except lifecycle.QueueUnavailable:
         raise InfrastructureError("Failed to create desktop: the job queue is unavailable") from None
     if warm is not None:

@@ -69,18 +69,22 @@ class QueueUnavailable(Exception):
     removed)."""
 
 
-def enqueue_create(settings, row, undo: Callable[[], None]) -> None:
+def enqueue_create(settings, row, undo: Callable[[], None] | None = None) -> None:
     """Enqueue the CREATE job of a record just committed with its job id (the one create path of
-    desktops and projects). If Redis refuses it, nothing was made yet: `undo` removes the record
-    and what it holds, in one transaction, so that the user can simply retry; QueueUnavailable is
-    raised. Published once enqueued."""
+    desktops and projects). If Redis refuses it, nothing was made yet: in one transaction, `undo`
+    puts back what the create took from elsewhere (a warm pool VM), the record releases what it
+    holds (its kind's release: leases, folder...) and goes, so that the user can simply retry;
+    QueueUnavailable is raised. Published once enqueued."""
     kind = kinds.of(row)
     try:
         jobs.enqueue(settings, Operation.CREATE, row.id, row.job_id, kind=kind.name)
     except redis.RedisError as exc:
         log.error("enqueue of create for %s %s failed: %s", kind.name, row.id, exc)
         with db.atomic():
-            undo()
+            if undo is not None:
+                undo()
+            kind.release(row, settings)
+            row.delete_instance(recursive=True)
         raise QueueUnavailable(str(exc)) from None
     publish(settings.redis_url, row)
 

@@ -18,7 +18,7 @@ import peewee as pw
 from ..config import Settings
 from ..errors import Forbidden, InfrastructureError, InvalidOperation, NotFound, Unavailable, ValidationFailed
 from ..extensions import db
-from ..models import Invitation, NetworkLease, Project, ProjectMember, VmidLease, utcnow
+from ..models import Invitation, NetworkLease, Project, ProjectMember, utcnow
 from ..project_states import ACCEPTED, ALLOWED_FROM, ProjectStatus
 from ..states import Operation
 from . import jobs, lifecycle, share_locks, shares
@@ -172,13 +172,8 @@ def create(settings: Settings, identity: Identity, name: str, description: str, 
         raise InfrastructureError(f"Failed to create project: {exc}") from None
     if shares.enabled(settings):
         shares.create_folder(settings, project.public_id)
-    def undo():
-        shares.remove_folder(settings, project.public_id)
-        VmidLease.delete().where(VmidLease.project_id == project.id).execute()
-        NetworkLease.delete().where(NetworkLease.project == project.id).execute()
-        project.delete_instance(recursive=True)
     try:
-        lifecycle.enqueue_create(settings, project, undo)
+        lifecycle.enqueue_create(settings, project)
     except lifecycle.QueueUnavailable:
         raise Unavailable("Failed to create project: the job queue is unavailable") from None
     return project
