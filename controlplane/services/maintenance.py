@@ -14,7 +14,6 @@ from ..extensions import db
 from ..models import Desktop, Project, utcnow
 from ..project_states import ProjectStatus
 from ..states import TRANSITIONAL, Operation, Status
-from ..timestamps import utc_iso
 from .policy_runs import Action, act, exclusive, record
 from .queue import get_redis
 
@@ -90,7 +89,7 @@ def drain(settings: Settings, node: str, dry_run: bool = False, force: bool = Fa
                                 target=f"project {project.public_id}")
                 actions.append(action if dry_run else
                                act(settings, project, Operation.STOP, reason, "policy:drain", action, force=force))
-    result = {"policy": "drain", "dryRun": dry_run, "ranAt": utc_iso(utcnow()), "actions": [asdict(a) for a in actions],
+    result = {"policy": "drain", "dryRun": dry_run, "ranAt": utcnow(), "actions": [asdict(a) for a in actions],
               "notes": [f"node {node} is in maintenance until released", *notes] if not dry_run else notes}
     record(result, ran_by)
     return result

@@ -48,7 +48,7 @@ def run(settings: Settings, name: str, dry_run: bool = False, now: dt.datetime |
         now = naive_utc(now) if now is not None else utcnow()
         with db.connection_context():
             actions, notes = _PASSES[name](settings, now, dry_run)
-    result = {"policy": name, "dryRun": dry_run, "ranAt": utc_iso(now), "actions": [asdict(a) for a in actions],
+    result = {"policy": name, "dryRun": dry_run, "ranAt": now, "actions": [asdict(a) for a in actions],
               "notes": notes}
     record(result, ran_by)
     if actions and not dry_run:

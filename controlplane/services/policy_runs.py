@@ -18,7 +18,6 @@ from ..errors import Busy
 from ..extensions import db
 from ..models import AuditEntry, PolicyRun, utcnow
 from ..states import Operation
-from ..timestamps import utc_iso
 from . import kinds, lifecycle
 from .queue import get_redis
 
@@ -106,7 +105,7 @@ def runs(policy: str | None = None, limit: int = 50) -> list[dict]:
     if policy:
         query = query.where(PolicyRun.policy == policy)
     with db.connection_context():
-        return [{"id": r.id, "policy": r.policy, "ranAt": utc_iso(r.ran_at), "ranBy": r.ran_by,
+        return [{"id": r.id, "policy": r.policy, "ranAt": r.ran_at, "ranBy": r.ran_by,
                  "actions": json.loads(r.actions), "notes": json.loads(r.notes)} for r in query]
 
 

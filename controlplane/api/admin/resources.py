@@ -43,7 +43,7 @@ class PolicyAction(Schema):
 class PolicyRun(Schema):
     policy = fields.String(required=True)
     dryRun = fields.Boolean(required=True)
-    ranAt = fields.String(required=True, metadata={"format": "date-time"})
+    ranAt = ApiDateTime(required=True)
     actions = fields.List(fields.Nested(PolicyAction), required=True)
     notes = fields.List(fields.String(), required=True)
 
@@ -60,7 +60,7 @@ class RunsQuery(Schema):
 class RecordedRun(Schema):
     id = fields.Integer(required=True)
     policy = fields.String(required=True)
-    ranAt = fields.String(required=True, metadata={"format": "date-time"})
+    ranAt = ApiDateTime(required=True)
     ranBy = fields.String(required=True, metadata={"description": "periodic job, or admin <user id>"})
     actions = fields.List(fields.Nested(PolicyAction), required=True)
     notes = fields.List(fields.String(), required=True)
