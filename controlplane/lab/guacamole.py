@@ -56,7 +56,6 @@ import logging
 import os
 import re
 import secrets
-import signal
 import tempfile
 import threading
 import time
@@ -100,7 +99,7 @@ from .guacamole_model import (
     parse_client_identifier,
     permission_denied,
 )
-from .http import base_url, serve, take_fault
+from .http import base_url, run_in_foreground, serve, take_fault
 
 log = logging.getLogger("controlplane.lab.guacamole")
 
@@ -1113,26 +1112,6 @@ CLIENT_PAGE = (Path(__file__).parent / "static" / "guacamole-client.html").read_
 # CLI
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    standin = GuacamoleStandIn(host=args.host, port=args.port, username=args.username,
-                               password=args.password, data_source=args.data_source,
-                               state_file=args.state_file, base_path=args.base_path)
-    await standin.start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stopping.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
-    print(f"Guacamole stand-in: {standin.url}/  (API {standin.url}/api/, "
-          f"user {standin.username!r}, data source {standin.data_source!r})", flush=True)
-    try:
-        await stopping.wait()
-    finally:
-        await standin.stop()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m controlplane.lab.guacamole",
                                      description="Run the lab's Guacamole stand-in in the foreground.")
@@ -1146,11 +1125,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-path", default="/guacamole")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(_serve(args))
-    except KeyboardInterrupt:
-        pass
+    run_in_foreground(
+        lambda: GuacamoleStandIn(host=args.host, port=args.port, username=args.username, password=args.password,
+                                 data_source=args.data_source, state_file=args.state_file,
+                                 base_path=args.base_path),
+        lambda s: (f"Guacamole stand-in: {s.url}/  (API {s.url}/api/, user {s.username!r}, "
+                   f"data source {s.data_source!r})"),
+        args.log_level)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """Serving the lab's small aiohttp stand-ins (Guacamole, the echo model)."""
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+from typing import Callable
+
 from aiohttp import web
 
 
@@ -41,3 +46,29 @@ def take_fault(faults: list[dict], matches) -> dict | None:
                 faults.remove(fault)
         return fault
     return None
+
+
+def run_in_foreground(make: Callable[[], object], banner: Callable[[object], str], log_level: str) -> None:
+    """A stand-in's command line: make it (an object with async start() and stop()), start it, print
+    `banner(it)`, and serve until SIGINT or SIGTERM."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def serve() -> None:
+        standin = make()
+        await standin.start()
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stopping.set)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+                pass
+        print(banner(standin), flush=True)
+        try:
+            await stopping.wait()
+        finally:
+            await standin.stop()
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass

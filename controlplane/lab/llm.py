@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import re
-import signal
 import threading
 import time
 import uuid
@@ -49,7 +48,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .http import base_url, serve, take_fault
+from .http import base_url, run_in_foreground, serve, take_fault
 
 log = logging.getLogger("controlplane.lab.llm")
 
@@ -354,23 +353,6 @@ class LabLlm:
 # CLI
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    llm = LabLlm(host=args.host, port=args.port, api_key=args.api_key)
-    await llm.start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stopping.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
-    print(f"lab echo model: {llm.url}  (Authorization: Bearer <the --api-key>)", flush=True)
-    try:
-        await stopping.wait()
-    finally:
-        await llm.stop()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m controlplane.lab.llm",
                                      description="Run the lab echo model (OpenAI-compatible) in the foreground.")
@@ -380,11 +362,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="key clients must send (default: $LAB_LLM_API_KEY or lab-llm-key)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(_serve(args))
-    except KeyboardInterrupt:
-        pass
+    run_in_foreground(lambda: LabLlm(host=args.host, port=args.port, api_key=args.api_key),
+                      lambda s: f"lab echo model: {s.url}  (Authorization: Bearer <the --api-key>)", args.log_level)
 
 
 if __name__ == "__main__":
