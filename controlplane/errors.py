@@ -8,7 +8,6 @@ from __future__ import annotations
 class DomainError(Exception):
     code = "INTERNAL_SERVER_ERROR"
     default_message = "Unexpected server error"
-    headers: dict[str, str] | None = None  # e.g. Retry-After, Allow: sent with the error by the API
 
     def __init__(self, message: str | None = None, details: dict | None = None):
         super().__init__(message or self.default_message)
@@ -49,11 +48,6 @@ class DesktopNotFound(NotFound):
 
     def __init__(self, desktop_id=None, message: str | None = None):
         super().__init__(message or f"Desktop with ID {desktop_id} not found")
-
-
-class MethodNotAllowed(DomainError):
-    code = "METHOD_NOT_ALLOWED"
-    default_message = "Method not allowed"
 
 
 class DesktopAlreadyExists(DomainError):

@@ -346,7 +346,15 @@ def lab(lab_session):
 
 
 @pytest.fixture(scope="session")
-def lab_session(tmp_path_factory, lab_database_url, redis_url):
+def model_library():
+    """The model library imported in the background, once per test process, as each API worker does
+    when it starts (controlplane/gunicorn_conf.py): not inside the first chat request of a test."""
+    from controlplane import gunicorn_conf
+    return gunicorn_conf.post_worker_init(None)
+
+
+@pytest.fixture(scope="session")
+def lab_session(tmp_path_factory, lab_database_url, redis_url, model_library):
     """The lab's services (fakepve, guest agents, Guacamole stand-in), two real workers, the API: one
     per test session (per xdist worker), on its own database; tests take it through `lab`."""
     from controlplane import create_app
@@ -392,10 +400,6 @@ def lab_session(tmp_path_factory, lab_database_url, redis_url):
         lab_database = db.obj
         db.initialize(previous)  # ... which `lab` binds only for the tests that use the lab
         server = ServerThread(lab_app).start()
-        # As an API worker under gunicorn does (controlplane/gunicorn_conf.py): the model library is
-        # imported in the background now, not inside the first chat request of a browser test.
-        from controlplane import gunicorn_conf
-        gunicorn_conf.post_worker_init(None)
         yield Lab(services, settings, workers, server, lab_database)
     finally:
         if server:

@@ -25,7 +25,7 @@ BODY_KEY = "body"
 # Each domain error's HTTP status, by its code (the Desktop API's table; the projects API answers the
 # same statuses with its own codes, PROJECT_CODES). Unknown codes are 500s.
 STATUS = {"VALIDATION_ERROR": 400, "INVALID_OPERATION": 400, "DESKTOP_NOT_READY": 400, "UNAUTHORIZED": 401,
-          "FORBIDDEN": 403, "NOT_FOUND": 404, "DESKTOP_NOT_FOUND": 404, "METHOD_NOT_ALLOWED": 405,
+          "FORBIDDEN": 403, "NOT_FOUND": 404, "DESKTOP_NOT_FOUND": 404,
           "DESKTOP_ALREADY_EXISTS": 409, "POLICY_RUNNING": 409, "PAYLOAD_TOO_LARGE": 413,
           "RATE_LIMIT_EXCEEDED": 429, "PROVISIONING_FAILED": 500, "INFRASTRUCTURE_ERROR": 500,
           "SERVICE_UNAVAILABLE": 503}
@@ -38,11 +38,22 @@ CHAT_STATUS = {"invalid_model": 400, "invalid_parameters": 400, "auth": 502, "ra
 
 
 class HttpError(errors.DomainError):
-    """An HTTP error Werkzeug raised that no domain error stands for (406, 501...): its own status."""
+    """An HTTP error Werkzeug raised that no domain error stands for (405, 406, 501...): its own status,
+    and the headers it must carry (a 405's Allow)."""
 
-    def __init__(self, message: str, status: int, code: str):
+    def __init__(self, message: str, status: int, code: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code, self.headers = status, code, headers or {}
+
+
+def headers_of(exc: errors.DomainError) -> dict[str, str]:
+    """What the answer to `exc` carries besides its body: an HTTP error's own headers, and the model
+    provider's wait after its rate limit (Retry-After)."""
+    if isinstance(exc, HttpError):
+        return exc.headers
+    if isinstance(exc, errors.ChatFailed) and exc.chat_kind == "rate_limited" and (exc.details or {}).get("retry_after"):
+        return {"Retry-After": str(int(float(exc.details["retry_after"])) or 1)}
+    return {}
 
 
 def chat_status(kind: str, key_source: str | None = None) -> int:
@@ -89,7 +100,7 @@ def render_error(exc: errors.DomainError):
         body["path"] = request.path
         body["timestamp"] = now_iso()
         response = jsonify(body)
-    for name, value in (getattr(exc, "headers", None) or {}).items():
+    for name, value in headers_of(exc).items():
         response.headers[name] = value
     return response, status_of(exc)
 
@@ -135,10 +146,9 @@ def _from_http(exc: HTTPException) -> errors.DomainError:
     if exc.code == 404:
         return errors.NotFound(f"No such endpoint: {request.method} {request.path}")
     if exc.code == 405:
-        error = errors.MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}")
-        if getattr(exc, "valid_methods", None):  # a 405 must say what is allowed (RFC 9110, 15.5.6)
-            error.headers = {"Allow": ", ".join(sorted(exc.valid_methods))}
-        return error
+        allowed = getattr(exc, "valid_methods", None)  # a 405 must say what is allowed (RFC 9110, 15.5.6)
+        return HttpError(f"Method {request.method} is not allowed on {request.path}", 405, "METHOD_NOT_ALLOWED",
+                         headers={"Allow": ", ".join(sorted(allowed))} if allowed else None)
     if exc.code == 413:
         return errors.PayloadTooLarge()
     if exc.code == 429:  # Flask-Limiter's RateLimitExceeded: its description is the limit

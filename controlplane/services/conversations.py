@@ -35,10 +35,7 @@ def _chat_failed(error: chat.ChatError, message_id: str | None) -> ChatFailed:
     details = dict(error.details)
     if message_id:
         details["message_id"] = message_id  # the user's message was saved
-    failed = ChatFailed(error.message, details, error.kind, error.details.get("key_source"))
-    if error.kind == "rate_limited" and details.get("retry_after"):
-        failed.headers = {"Retry-After": str(int(float(details["retry_after"])) or 1)}
-    return failed
+    return ChatFailed(error.message, details, error.kind, error.details.get("key_source"))
 
 
 # ---- settings ------------------------------------------------------------------------------------------

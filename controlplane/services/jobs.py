@@ -48,6 +48,6 @@ def enqueue(settings: Settings, operation: Operation, resource_id: int, job_id: 
     if kind == "desktop":
         meta["desktop_id"] = resource_id
     return queue.enqueue(settings.redis_url, described.job_function, resource_id, operation.value, force,
-                         job_id=job_id, timeout=settings.job_timeout + queue.TIMEOUT_MARGIN, meta=meta,
+                         job_id=job_id, timeout=settings.job_timeout, meta=meta,
                          on_failure="controlplane.tasks.engine.on_job_failure",
                          description=f"{operation.value} {kind} {resource_id}")

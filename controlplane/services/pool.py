@@ -31,7 +31,7 @@ from . import vmids
 from .maintenance import is_draining
 from .placement import PlacementError, choose_node
 from .plans import POOL_POWERS, load_plans
-from .queue import POOL_QUEUE_NAME, TIMEOUT_MARGIN, enqueue, get_redis
+from .queue import POOL_QUEUE_NAME, enqueue, get_redis
 from .reaper import job_is_alive, live_workers
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def _new_pool_vm(settings: Settings, config: PoolConfig, node: str) -> PoolVm | 
         return None
     try:
         enqueue(settings.redis_url, FILL_JOB, vm.id, queue=POOL_QUEUE_NAME, job_id=job_id,
-                timeout=settings.job_timeout + TIMEOUT_MARGIN, meta={"kind": "pool", "pool_vm_id": vm.id},
+                timeout=settings.job_timeout, meta={"kind": "pool", "pool_vm_id": vm.id},
                 description=f"fill pool VM {vm.id} ({vm.plan})")
     except redis.RedisError:
         with db.atomic():
@@ -272,7 +272,7 @@ def _remove(settings: Settings, vm: PoolVm, why: str, done: dict) -> None:
     if not changed:
         return
     enqueue(settings.redis_url, REMOVE_JOB, vm.id, queue=POOL_QUEUE_NAME, job_id=job_id,
-            timeout=settings.job_timeout + TIMEOUT_MARGIN, meta={"kind": "pool", "pool_vm_id": vm.id},
+            timeout=settings.job_timeout, meta={"kind": "pool", "pool_vm_id": vm.id},
             description=f"remove pool VM {vm.id} ({vm.plan})")
     done["removing"].append({"id": vm.id, "plan": vm.plan, "vmid": vm.vmid, "why": why})
 

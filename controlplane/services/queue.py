@@ -57,14 +57,15 @@ def get_queue(url: str, name: str = QUEUE_NAME) -> Queue:
 # Every job's defaults (Redash's rq_job idea: one enqueue, its defaults in one place).
 RESULT_TTL = 24 * 3600  # seconds a finished job's result is kept
 FAILURE_TTL = 7 * 24 * 3600  # seconds a failed job is kept (rq info, the reaper's reading of it)
-TIMEOUT_MARGIN = 120  # seconds RQ waits beyond a playbook's own timeout (ansible-runner's) before it kills
+TIMEOUT_MARGIN = 120  # seconds RQ waits beyond a job's own time budget before it kills the work horse
 
 
 def enqueue(redis_url: str, function: str, *args, timeout: int, queue: str = QUEUE_NAME, job_id: str | None = None,
             meta: dict | None = None, description: str | None = None, on_failure: str | None = None):
     """Put `function(*args)` (a dotted name: the worker imports it) on `queue`; raises redis errors to
-    the caller. `timeout` is RQ's backstop in seconds (a playbook job: its playbook's timeout plus
-    TIMEOUT_MARGIN). Arguments are ids and flags, never secrets or user text."""
+    the caller. `timeout`: the job's own time budget in seconds (a playbook job: its playbook's
+    timeout, which ansible-runner enforces); RQ's backstop is TIMEOUT_MARGIN later. Arguments are ids
+    and flags, never secrets or user text."""
     return get_queue(redis_url, queue).enqueue(
-        function, *args, job_id=job_id, job_timeout=timeout, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+        function, *args, job_id=job_id, job_timeout=timeout + TIMEOUT_MARGIN, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
         meta=meta or {}, description=description, on_failure=Callback(on_failure) if on_failure else None)

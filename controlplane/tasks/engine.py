@@ -148,7 +148,7 @@ class PlaybookJob:
                 self.gave_up(cfg, row, op, reason)
                 return result
             cause = "an infrastructure error" if failure is failures.FailureClass.INFRASTRUCTURE else "a failed step"
-            message = f"{_with_verb(verb, reason)}; {plan.describe(failure)} in {delay:g} s after {cause}"
+            message = f"{with_verb(verb, reason)}; {plan.describe(failure)} in {delay:g} s after {cause}"
             log.warning("%s %s: %s", self.name, row.id, message)
             if not self.waiting(cfg, row, op, message):
                 log.warning("%s %s moved on while job %s was retrying; stopping", self.name, row.id, row.job_id)
@@ -197,14 +197,14 @@ class VmJob(PlaybookJob):
                                     publish_to=cfg.redis_url, settings=cfg)
 
     def fail(self, cfg: Settings, row, op: Operation, reason: str) -> None:
-        lifecycle.set_status(row, self.kind.failed, _with_verb(self.failure_verb(op), reason), "worker",
+        lifecycle.set_status(row, self.kind.failed, with_verb(self.failure_verb(op), reason), "worker",
                              job_id=row.job_id, publish_to=cfg.redis_url, settings=cfg, operation=None)
 
     def gave_up(self, cfg: Settings, row, op: Operation, reason: str) -> None:
         if op is Operation.STOP and _still_running(cfg, row):
             # A guest that ignores the shutdown request (or a VM Proxmox would not stop) is still
             # a working desktop: back to RUNNING, with the contract's escalation in the message.
-            message = (f"{_with_verb(self.failure_verb(op), reason)}; the VM is still running: "
+            message = (f"{with_verb(self.failure_verb(op), reason)}; the VM is still running: "
                        "stop it again, or with force: true to power it off")
             lifecycle.set_status(row, self.kind.final[Operation.START][0], message, "worker", job_id=row.job_id,
                                  publish_to=cfg.redis_url, settings=cfg, operation=None)
@@ -237,7 +237,7 @@ class VmJob(PlaybookJob):
                        requested_by=meta.get("requested_by"), request_id=meta.get("request_id") or (job and job.id))
 
 
-def _with_verb(verb: str, reason: str) -> str:
+def with_verb(verb: str, reason: str) -> str:
     """"Create failed: <reason>", unless the reason says it already ("Create failed at '<task>': ...")."""
     return reason if reason.startswith(verb) else f"{verb}: {reason}"
 

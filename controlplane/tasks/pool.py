@@ -14,7 +14,7 @@ from ..models import PoolVm, PoolVmState, VmidLease, utcnow
 from ..runner.ansible import PlaybookResult
 from ..services import pool
 from ..states import Operation
-from .engine import PlaybookJob, settings
+from .engine import PlaybookJob, settings, with_verb
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ class PoolVmJob(PlaybookJob):
         return bool(PoolVm.update(message=message, updated_at=utcnow()).where(self._owned(row, op)).execute())
 
     def fail(self, cfg: Settings, row: PoolVm, op: Operation, reason: str) -> None:
-        verb = _VERB[op]
-        row.message = reason if reason.startswith(verb) else f"{verb}: {reason}"
+        row.message = with_verb(_VERB[op], reason)
         if op is Operation.DELETE:  # still REMOVING: the refill pass tries again once its job is gone
             PoolVm.update(message=row.message, updated_at=utcnow()).where(self._owned(row, op)).execute()
             return

@@ -119,6 +119,16 @@ def test_provider_down_keeps_the_users_message(chat_client, people, project, llm
         assert not UsageRecord.select().exists()
 
 
+def test_the_providers_rate_limit_is_a_429_with_its_wait(chat_client, people, project, llm):
+    llm.fail(429, times=1)  # the stand-in says Retry-After: 1, as OpenAI does
+    response = send(chat_client, people["owner"], project)
+    assert response.status_code == 429, response.get_data(as_text=True)
+    assert response.get_json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    # Retry-After: the later of the provider's wait and the API's own rate-limit window (Flask-Limiter
+    # keeps the larger of an existing Retry-After and its window's reset), so at least the provider's.
+    assert int(response.headers["Retry-After"]) >= 1
+
+
 def test_provider_timeout(chat_client, people, project, llm):
     llm.delay_seconds = 5  # longer than llm_timeout (3 s)
     response = send(chat_client, people["owner"], project)

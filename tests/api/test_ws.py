@@ -15,10 +15,9 @@ from tests.conftest import ServerThread
 
 
 @pytest.fixture
-def server(base_settings, database, llm, client):  # noqa: F811
-    from controlplane import create_app, gunicorn_conf
+def server(base_settings, database, llm, client, model_library):  # noqa: F811
+    from controlplane import create_app
     llm.clear_faults()
-    gunicorn_conf.post_worker_init(None)  # as an API worker does: the model library loads in the background
     app = create_app(base_settings.replace(llm_openai_api_key=LAB_KEY, llm_openai_base_url=llm.url,
                                            llm_timeout=3.0, llm_user_keys_secret=USER_KEYS_SECRET))
     running = ServerThread(app).start()

@@ -3,7 +3,7 @@
 import { $, h, main, notice, uid, when } from "./dom.js";
 import { live, onView } from "./live.js";
 import { api, session } from "./session.js";
-import { actionBar, badge, dialog, query, showError } from "./ui.js";
+import { actionBar, badge, dialog, query, showError, submitWith } from "./ui.js";
 
 // ---- desktops (desktop-api.md) --------------------------------------------------------------------
 
@@ -88,22 +88,14 @@ export async function desktopView() {
               h("span", { class: "muted" }, plan.description)));
         })),
       h("button", { type: "submit", class: "primary" }, "Create desktop"), formSlot);
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const button = form.querySelector("button[type=submit]");
-      button.disabled = true;
+    submitWith(form, formSlot, async () => {
       const request = { userId: session.userId, plan: new FormData(form).get("plan") };
       if (form.name.value.trim()) request.name = form.name.value.trim();
-      try {
-        const created = (await api("POST", "/api/v1/desktops", request)).data;
-        newer();
-        desktop = created;
-        slot.replaceChildren();
-        draw();
-      } catch (err) {
-        showError(formSlot, err, form);
-        button.disabled = false;
-      }
+      const created = (await api("POST", "/api/v1/desktops", request)).data;
+      newer();
+      desktop = created;
+      slot.replaceChildren();
+      draw();
     });
     return form;
   }

@@ -3,7 +3,7 @@
 import { h, main, notice, uid, when } from "./dom.js";
 import { live, onView } from "./live.js";
 import { api, session } from "./session.js";
-import { actionBar, badge, dataTable, dialog, showError } from "./ui.js";
+import { actionBar, badge, dataTable, dialog, showError, submitWith } from "./ui.js";
 
 // ---- projects (projects-api.md) -------------------------------------------------------------------
 
@@ -64,17 +64,9 @@ export function projectCreateForm() {
     h("select", { id: osId, name: "os" }, session.config.projectOs.map((os) =>
       h("option", { value: os, selected: os === session.config.defaultOs }, os))),
     h("button", { type: "submit", class: "primary" }, "Create project"), slot);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const button = form.querySelector("button[type=submit]");
-    button.disabled = true;
-    try {
-      const created = await api("POST", "/api/projects", { name: form.name.value, description: form.description.value, os: form.os.value });
-      location.hash = `#/projects/${encodeURIComponent(created.project_id)}`;
-    } catch (err) {
-      showError(slot, err, form);
-      button.disabled = false;
-    }
+  submitWith(form, slot, async () => {
+    const created = await api("POST", "/api/projects", { name: form.name.value, description: form.description.value, os: form.os.value });
+    location.hash = `#/projects/${encodeURIComponent(created.project_id)}`;
   });
   return form;
 }

@@ -2,7 +2,7 @@
 
 import { h, uid } from "./dom.js";
 import { api, oidcSignIn, session } from "./session.js";
-import { showError } from "./ui.js";
+import { showError, submitWith } from "./ui.js";
 
 export function signInView() {
   const root = h("section", { class: "card narrow", "aria-labelledby": "signin-title" },
@@ -32,19 +32,10 @@ export function signInView() {
       h("input", { id: adminField, name: "admin", type: "checkbox" }),
       h("label", { for: adminField }, "Sign in as an administrator")),
     h("button", { type: "submit", class: "primary" }, "Sign in"), slot);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const button = form.querySelector("button[type=submit]");
-    button.disabled = true;
-    try {
-      const tokens = await api("POST", "/portal/lab-token", { userId: form.userId.value.trim(), admin: form.admin.checked });
-      session.save(tokens);
-      window.dispatchEvent(new CustomEvent("cds:signed-in"));  // the frame (app.js) connects and routes
-    } catch (err) {
-      showError(slot, err, form);
-    } finally {
-      button.disabled = false;
-    }
+  submitWith(form, slot, async () => {
+    const tokens = await api("POST", "/portal/lab-token", { userId: form.userId.value.trim(), admin: form.admin.checked });
+    session.save(tokens);
+    window.dispatchEvent(new CustomEvent("cds:signed-in"));  // the frame (app.js) connects and routes
   });
   root.append(form);
   return root;

@@ -76,3 +76,20 @@ export function query(params) {
   const q = new URLSearchParams(Object.entries(params).filter(([, v]) => v));
   return q.toString() ? `?${q}` : "";
 }
+
+// A form whose submit runs `fn` (async) with its button disabled meanwhile; an error is shown in `slot`
+// with the form's fields marked.
+export function submitWith(form, slot, fn) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    try {
+      await fn();
+    } catch (err) {
+      showError(slot, err, form);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
