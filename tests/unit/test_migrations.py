@@ -14,6 +14,14 @@ def tables(database) -> set[str]:
     return set(database.get_tables())
 
 
+def applied(database, *numbers: int) -> None:
+    """Record migrations `numbers` as applied, as the version that made this database did."""
+    with database.bind_ctx([SchemaMigration]):
+        database.create_tables([SchemaMigration])
+        for number in numbers:
+            SchemaMigration.create(number=number, name=f"m{number:04d}")
+
+
 def test_fresh_database_gets_every_table(tmp_path):
     database = connect(f"sqlite:///{tmp_path / 'fresh.db'}")
     applied = migrate(database, models)
@@ -31,9 +39,7 @@ def test_version_one_database_is_upgraded_in_place(tmp_path):
     database.execute_sql("CREATE TABLE vmid_lease (vmid INTEGER NOT NULL PRIMARY KEY, desktop_id BIGINT, "
                          "created_at DATETIME NOT NULL)")
     database.execute_sql("INSERT INTO vmid_lease (vmid, desktop_id, created_at) VALUES (10001, 7, '2026-11-01')")
-    with database.bind_ctx([SchemaMigration]):
-        database.create_tables([SchemaMigration])
-        SchemaMigration.create(number=1, name="m0001_initial")
+    applied(database, 1)
     assert migrate(database, models) == ["m0002_projects", "m0003_share_generation", "m0004_desktop_expiry",
                                  "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat", "m0008_warm_pool",
                                  "m0009_pool_vm_heartbeat"]
@@ -57,16 +63,7 @@ def test_version_two_projects_get_a_share_generation(tmp_path):
                          "name VARCHAR(100) NOT NULL, share_username VARCHAR(64), "
                          "share_password_hash VARCHAR(255))")
     database.execute_sql("INSERT INTO project (id, public_id, name) VALUES (3, 'proj_00000000000000aa', 'Kept')")
-    with database.bind_ctx([SchemaMigration]):
-        database.create_tables([SchemaMigration])
-        SchemaMigration.create(number=1, name="m0001_initial")
-        SchemaMigration.create(number=2, name="m0002_projects")
-        SchemaMigration.create(number=4, name="m0004_desktop_expiry")
-        SchemaMigration.create(number=5, name="m0005_policy_runs")
-        SchemaMigration.create(number=6, name="m0006_audit")
-        SchemaMigration.create(number=7, name="m0007_job_heartbeat")
-        SchemaMigration.create(number=8, name="m0008_warm_pool")
-        SchemaMigration.create(number=9, name="m0009_pool_vm_heartbeat")
+    applied(database, 1, 2, 4, 5, 6, 7, 8, 9)  # all but 3
     assert migrate(database, models) == ["m0003_share_generation"]
     columns = {c.name for c in database.get_columns("project")}
     assert "share_generation" in columns and not {"share_username", "share_password_hash"} & columns
@@ -80,11 +77,7 @@ def test_version_six_records_get_a_job_heartbeat(tmp_path):
     database.execute_sql("CREATE TABLE desktop (id INTEGER NOT NULL PRIMARY KEY, status VARCHAR(32) NOT NULL)")
     database.execute_sql("INSERT INTO desktop (id, status) VALUES (5, 'RUNNING')")
     database.execute_sql("CREATE TABLE project (id INTEGER NOT NULL PRIMARY KEY, status VARCHAR(32) NOT NULL)")
-    with database.bind_ctx([SchemaMigration]):
-        database.create_tables([SchemaMigration])
-        for number, name in enumerate(["m0001_initial", "m0002_projects", "m0003_share_generation",
-                                       "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit"], start=1):
-            SchemaMigration.create(number=number, name=name)
+    applied(database, *range(1, 7))
     assert migrate(database, models) == ["m0007_job_heartbeat", "m0008_warm_pool", "m0009_pool_vm_heartbeat"]
     for table in ("desktop", "project"):
         assert "job_heartbeat_at" in {c.name for c in database.get_columns(table)}
@@ -97,10 +90,7 @@ def test_version_seven_leases_are_kept_and_can_belong_to_a_pool_vm(tmp_path):
     database.execute_sql("CREATE TABLE vmid_lease (vmid INTEGER NOT NULL PRIMARY KEY, desktop_id BIGINT, "
                          "project_id BIGINT, created_at DATETIME NOT NULL)")
     database.execute_sql("INSERT INTO vmid_lease (vmid, desktop_id, created_at) VALUES (10002, 9, '2026-11-30')")
-    with database.bind_ctx([SchemaMigration]):
-        database.create_tables([SchemaMigration])
-        for number in range(1, 8):
-            SchemaMigration.create(number=number, name=f"m000{number}")
+    applied(database, *range(1, 8))
     assert migrate(database, models) == ["m0008_warm_pool", "m0009_pool_vm_heartbeat"]
     assert {"pool_vm", "pool_setting"} <= tables(database)
     assert database.execute_sql("SELECT vmid, desktop_id, project_id, pool_vm_id FROM vmid_lease").fetchall() == [
@@ -114,10 +104,7 @@ def test_version_eight_pool_vms_get_a_job_heartbeat(tmp_path):
     database.execute_sql("CREATE TABLE pool_vm (id INTEGER NOT NULL PRIMARY KEY, state VARCHAR(16) NOT NULL, "
                          "job_id VARCHAR(128))")
     database.execute_sql("INSERT INTO pool_vm (id, state, job_id) VALUES (4, 'FILLING', 'pool-fill-1')")
-    with database.bind_ctx([SchemaMigration]):
-        database.create_tables([SchemaMigration])
-        for number in range(1, 9):
-            SchemaMigration.create(number=number, name=f"m000{number}")
+    applied(database, *range(1, 9))
     assert migrate(database, models) == ["m0009_pool_vm_heartbeat"]
     assert database.execute_sql("SELECT id, state, job_id, job_heartbeat_at FROM pool_vm").fetchall() == [
         (4, "FILLING", "pool-fill-1", None)]
