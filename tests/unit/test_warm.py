@@ -106,7 +106,7 @@ def test_a_killed_warm_run_takes_every_process_it_started_even_in_other_sessions
     fifo = Fifo(started)  # the shell's echo waits for this reader
     project.playbook("hang.yml", f"""
         - name: Start a process in a session of its own, then wait
-          shell: "setsid tail -f /dev/null & echo $! > {started}; tail -f /dev/null"
+          shell: "setsid sh -c 'echo $$ > {started}; exec tail -f /dev/null' & tail -f /dev/null"
     """)
     results = []
     runner = threading.Thread(target=lambda: results.append(project.run("hang.yml", env=dict([mark.split("=", 1)]),
