@@ -535,8 +535,8 @@ def main() -> int:
                             jwt_secret=secrets.token_urlsafe(48), proxmox_host=lab.proxmox_host,
                             proxmox_port=lab.proxmox_port, proxmox_user=lab.proxmox_user,
                             proxmox_password=lab.proxmox_password, proxmox_token_id=lab.proxmox_token_name,
-                            proxmox_token_secret=lab.proxmox_token_secret, proxmox_timeout=30, ip_wait_retries=30,
-                            ip_wait_delay=1, guacamole_url=services.guacamole.url,
+                            proxmox_token_secret=lab.proxmox_token_secret, proxmox_verify_ssl=False,
+                            guacamole_url=services.guacamole.url,
                             guacamole_username=lab.guacamole_username, guacamole_password=lab.guacamole_password,
                             policy_interval=0, lab=True)
         init_db(settings.effective_database_url)

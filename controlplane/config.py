@@ -1,7 +1,16 @@
-"""Typed settings read from the environment (CONTROLPLANE_*), validated once, failing fast.
+"""Typed settings, validated once, failing fast. Each knob has one default: the field's, below.
 
-Every knob is listed in README.md's configuration table. `Settings.from_env()` is the only
-place that reads os.environ for the control plane's own configuration.
+Two kinds of knob, two places (README.md, "Configuration"):
+- ENVIRONMENT: what a deployment must say about itself (where its database, Redis, Proxmox and
+  Guacamole are, how tokens are checked) and every secret. Set as CONTROLPLANE_<NAME> variables;
+  README.md's table lists exactly these.
+- every other field is a tuning knob, in the YAML file CONTROLPLANE_SETTINGS_FILE
+  (config/settings.yml, where each is listed with its default and what it does). A variable
+  CONTROLPLANE_<NAME> still wins over the file (how the lab and the tests hand settings to the
+  processes they start).
+What only the playbooks use (storage, clone mode, Ansible's waits) lives in the inventory's
+group_vars; what only the lab uses is read by controlplane/lab. `Settings.from_env()` is the only
+place that reads os.environ or the file for the control plane's own configuration.
 """
 from __future__ import annotations
 
@@ -11,6 +20,8 @@ import re
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +61,15 @@ SECRET_FIELDS = ("jwt_secret", "proxmox_password", "proxmox_token_secret", "guac
                  "guacamole_vnc_password", "llm_openai_api_key", "llm_anthropic_api_key", "llm_openrouter_api_key",
                  "llm_compat_api_key", "llm_user_keys_secret", "shares_secret", "guacamole_json_secret")
 
+# The settings a deployment gives in its environment (README.md's table); the rest are tuning knobs
+# (config/settings.yml). Secrets are all here: the settings file never holds one.
+ENVIRONMENT = ("var_dir", "database_url", "redis_url", "host", "port", "settings_file", "jwt_secret", "jwt_jwks_url",
+               "jwt_public_key", "jwt_issuer", "jwt_audience", "jwt_client_id", "inventory", "proxmox_host",
+               "proxmox_verify_ssl", "proxmox_user", "proxmox_password", "proxmox_token_id", "proxmox_token_secret", "guacamole_url",
+               "guacamole_public_url", "guacamole_username", "guacamole_password", "guacamole_vnc_password",
+               "guacamole_json_secret", "shares_secret", "llm_openai_api_key", "llm_anthropic_api_key",
+               "llm_openrouter_api_key", "llm_compat_api_key", "llm_user_keys_secret", "lab")
+
 # The playbooks the worker runs that talk to Guacamole (roles/guacamole_connection): only they are
 # given its passwords (Settings.playbook_env); tests/unit/test_runner_secrets.py checks the list.
 GUACAMOLE_PLAYBOOKS = frozenset({"desktop_create.yml", "desktop_start.yml", "desktop_delete.yml",
@@ -59,9 +79,6 @@ GUACAMOLE_PLAYBOOKS = frozenset({"desktop_create.yml", "desktop_start.yml", "des
 LLM_PROVIDERS = ("openai", "anthropic", "openrouter", "compat")
 
 
-def refuse(name: str, what: str):
-    """ConfigError for setting `name` (without CONTROLPLANE_): "CONTROLPLANE_<NAME> <what>"."""
-    raise ConfigError(f"CONTROLPLANE_{name.upper()} {what}")
 
 
 def parse_backoff(text: str) -> tuple[float, ...]:
@@ -73,12 +90,69 @@ def parse_backoff(text: str) -> tuple[float, ...]:
     return delays
 
 
+def knobs() -> list[dataclasses.Field]:
+    """The settings' fields that are configuration (not `extra` or `origin`)."""
+    return [f for f in dataclasses.fields(Settings) if f.name not in ("extra", "origin")]
+
+
+def tuning_knobs() -> list[dataclasses.Field]:
+    """The knobs of the settings file (config/settings.yml): every one not in ENVIRONMENT."""
+    return [f for f in knobs() if f.name not in ENVIRONMENT]
+
+
+def _text(value) -> str:
+    """A setting's value as a CONTROLPLANE_* variable says it (bools in lower case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _parse(f: dataclasses.Field, name: str, raw: str):
+    """The text `raw` of setting `f` as its type; `name` (the variable, or the file and key) in errors."""
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "bool":
+        return _bool(name, raw)
+    if kind == "int":
+        return _int(name, raw)
+    if kind == "float":
+        return _float(name, raw)
+    if kind == "Path":
+        return Path(raw)
+    return raw
+
+
+def _read_settings_file(path: Path) -> dict[str, str]:
+    """The tuning knobs set in the YAML file `path`, as text; {} if there is none. Refuses what
+    is not a tuning knob (a secret or a deployment's address belongs in the environment)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:  # the default file, left out of an installation
+        return {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"CONTROLPLANE_SETTINGS_FILE: cannot read {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of setting names to values")
+    tuning = {f.name for f in tuning_knobs()}
+    found = {}
+    for name, value in data.items():
+        if name in ENVIRONMENT:
+            raise ConfigError(f"{path}: {name} is set in the environment (CONTROLPLANE_{str(name).upper()}), "
+                              "not in the settings file")
+        if name not in tuning:
+            raise ConfigError(f"{path}: unknown setting {name!r} (the settings are listed in config/settings.yml)")
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError(f"{path}: {name} must be a single value")
+        found[name] = _text(value)
+    return found
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where state lives
     var_dir: Path = REPO_ROOT / "var"
     database_url: str = ""  # default: sqlite in var_dir
     redis_url: str = ""  # required outside the lab
+    settings_file: Path = REPO_ROOT / "config" / "settings.yml"  # the tuning knobs
     # HTTP
     host: str = "127.0.0.1"
     port: int = 8080
@@ -132,18 +206,12 @@ class Settings:
     proxmox_password: str = ""
     proxmox_token_id: str = ""
     proxmox_token_secret: str = ""
-    proxmox_verify_ssl: bool = False
+    proxmox_verify_ssl: bool = True  # the lab sets false (fakepve's certificate is self-signed)
     proxmox_node: str = "pve1"  # where VMs go when the cluster cannot be read; the lab's node
     proxmox_nodes: str = ""  # nodes new VMs may go to, comma-separated; empty: every online node
     proxmox_shared_storage: bool = False  # templates on shared storage: clones may go to any node
-    proxmox_storage: str = "local-lvm"
-    proxmox_pool: str = ""
-    proxmox_full_clone: bool = False
-    proxmox_timeout: int = 120
     proxmox_api_timeout: float = 2.0  # per HTTP call from the API process (refresh)
-    stop_timeout: int = 60  # seconds a graceful stop waits for the guest to power off
-    ip_wait_retries: int = 60
-    ip_wait_delay: int = 2
+    # (storage, Proxmox pool, clone mode and the playbooks' waits: the inventory's group_vars)
     # Guacamole
     guacamole_url: str = "http://127.0.0.1:8090/guacamole"  # REST API base used by the role
     guacamole_public_url: str = ""  # what browsers open; defaults to guacamole_url
@@ -190,6 +258,8 @@ class Settings:
     # Lab
     lab: bool = False
     extra: dict = field(default_factory=dict)
+    # Where each value that is not a default came from, for error messages: {name: "<file>: name"}
+    origin: dict = field(default_factory=dict, compare=False, repr=False)
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -261,7 +331,7 @@ class Settings:
 
     def __repr__(self) -> str:  # secrets masked: a Settings in a traceback or a log line shows none
         shown = ", ".join(f"{f.name}={'***' if f.name in SECRET_FIELDS and getattr(self, f.name) else repr(getattr(self, f.name))}"
-                          for f in dataclasses.fields(self))
+                          for f in knobs())
         return f"Settings({shown})"
 
     def secrets(self) -> list[str]:
@@ -283,13 +353,6 @@ class Settings:
             "CONTROLPLANE_PROXMOX_TOKEN_SECRET": self.proxmox_token_secret,
             "CONTROLPLANE_PROXMOX_VERIFY_SSL": str(self.proxmox_verify_ssl).lower(),
             "CONTROLPLANE_PROXMOX_NODE": self.proxmox_node,
-            "CONTROLPLANE_PROXMOX_STORAGE": self.proxmox_storage,
-            "CONTROLPLANE_PROXMOX_POOL": self.proxmox_pool,
-            "CONTROLPLANE_PROXMOX_FULL_CLONE": str(self.proxmox_full_clone).lower(),
-            "CONTROLPLANE_PROXMOX_TIMEOUT": str(self.proxmox_timeout),
-            "CONTROLPLANE_STOP_TIMEOUT": str(self.stop_timeout),
-            "CONTROLPLANE_IP_WAIT_RETRIES": str(self.ip_wait_retries),
-            "CONTROLPLANE_IP_WAIT_DELAY": str(self.ip_wait_delay),
             "CONTROLPLANE_GUACAMOLE_URL": self.guacamole_url,
             "CONTROLPLANE_GUACAMOLE_USERNAME": self.guacamole_username,
             "CONTROLPLANE_GUACAMOLE_PASSWORD": self.guacamole_password,
@@ -306,13 +369,7 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """These settings as CONTROLPLANE_* variables (for a worker or API child process)."""
-        env = {}
-        for f in dataclasses.fields(self):
-            if f.name == "extra":
-                continue
-            value = getattr(self, f.name)
-            env["CONTROLPLANE_" + f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-        return env
+        return {"CONTROLPLANE_" + f.name.upper(): _text(getattr(self, f.name)) for f in knobs()}
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -320,38 +377,38 @@ class Settings:
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+        """The defaults, then the settings file's tuning knobs, then CONTROLPLANE_* variables, then
+        `overrides`; validated."""
         env = os.environ if environ is None else environ
         values: dict = {}
-        for f in dataclasses.fields(cls):
-            if f.name == "extra":
-                continue
+        origin: dict = {}
+        by_name = {f.name: f for f in knobs()}
+        named = env.get("CONTROLPLANE_SETTINGS_FILE") or overrides.get("settings_file")
+        settings_file = Path(named or cls.settings_file)
+        if named and not settings_file.is_file():
+            raise ConfigError(f"CONTROLPLANE_SETTINGS_FILE: {settings_file} does not exist")
+        for name, raw in _read_settings_file(settings_file).items():
+            origin[name] = f"{settings_file}: {name}"
+            values[name] = _parse(by_name[name], origin[name], raw)
+            if isinstance(values[name], Path):  # relative to the repository, as the defaults
+                values[name] = REPO_ROOT / values[name]
+        for f in knobs():
             key = "CONTROLPLANE_" + f.name.upper()
-            if key not in env:
-                continue
-            raw = env[key]
-            kind = f.type if isinstance(f.type, str) else f.type.__name__
-            if kind == "bool":
-                values[f.name] = _bool(key, raw)
-            elif kind == "int":
-                values[f.name] = _int(key, raw)
-            elif kind == "float":
-                values[f.name] = _float(key, raw)
-            elif kind == "Path":
-                values[f.name] = Path(raw)
-            else:
-                values[f.name] = raw
-        values.update(overrides)
-        settings = cls(**values)
+            if key in env:
+                values[f.name] = _parse(f, key, env[key])
+                origin.pop(f.name, None)
+        for name in overrides:
+            origin.pop(name, None)
+        settings = cls(**{**values, **overrides, "origin": origin})
         settings.validate()
         return settings
 
     # What validate() checks, setting by setting (names without CONTROLPLANE_), as tables.
-    _POSITIVE = ("job_timeout", "reaper_interval", "abandoned_after", "port", "proxmox_timeout", "stop_timeout",
-                 "proxmox_api_timeout", "llm_timeout", "shares_max_file_bytes", "shares_quota_bytes",
-                 "shares_lock_timeout_max", "ws_send_timeout")
-    _NOT_NEGATIVE = ("ip_wait_retries", "ip_wait_delay", "max_resumes", "policy_interval", "expiry_grace",
-                     "stuck_after", "failed_retention", "audit_retention_days", "pool_max_size", "pool_retry_after",
-                     "provisioning_retry_delay", "ws_max_sockets_per_user")
+    _POSITIVE = ("job_timeout", "reaper_interval", "abandoned_after", "port", "proxmox_api_timeout", "llm_timeout",
+                 "shares_max_file_bytes", "shares_quota_bytes", "shares_lock_timeout_max", "ws_send_timeout")
+    _NOT_NEGATIVE = ("max_resumes", "policy_interval", "expiry_grace", "stuck_after", "failed_retention",
+                     "audit_retention_days", "pool_max_size", "pool_retry_after", "provisioning_retry_delay",
+                     "ws_max_sockets_per_user")
     _AT_LEAST_ONE = ("pool_fill_parallel", "provisioning_attempts")
     _PORTS = (("port", 1), ("proxmox_port", 1), ("guacamole_port", 0))
     _CHOICES = (("connect_mode", ("auto", "json", "connection"), ""),
@@ -363,6 +420,14 @@ class Settings:
     _RATES = ("rate_limit_api", "rate_limit_desktop_create", "rate_limit_project_create", "rate_limit_chat",
               "ws_message_rate")
 
+    def label(self, name: str) -> str:
+        """How an error names setting `name`: "<file>: <name>" when the settings file gave its
+        value, else its variable CONTROLPLANE_<NAME>."""
+        return self.origin.get(name) or f"CONTROLPLANE_{name.upper()}"
+
+    def _refuse(self, name: str, what: str):
+        raise ConfigError(f"{self.label(name)} {what}")
+
     def validate(self) -> None:
         """Refuse settings that cannot work, naming the variable (ConfigError)."""
         self._validate_numbers()
@@ -372,69 +437,69 @@ class Settings:
     def _validate_numbers(self) -> None:
         for name in self._POSITIVE:
             if getattr(self, name) <= 0:
-                refuse(name, "must be positive")
+                self._refuse(name, "must be positive")
         for name in self._NOT_NEGATIVE:
             if getattr(self, name) < 0:
-                refuse(name, "must not be negative")
+                self._refuse(name, "must not be negative")
         for name in self._AT_LEAST_ONE:
             if getattr(self, name) < 1:
-                refuse(name, "must be at least 1")
+                self._refuse(name, "must be at least 1")
         for name, lowest in self._PORTS:
             if not lowest <= getattr(self, name) <= 65535:
-                refuse(name, f"must be a port number ({lowest}-65535)")
+                self._refuse(name, f"must be a port number ({lowest}-65535)")
         for name, lowest, highest, unit in self._BETWEEN:
             value = getattr(self, name)
             if value < lowest or (highest is not None and value > highest):
-                refuse(name, f"must be between {lowest} and {highest} {unit}" if highest is not None
+                self._refuse(name, f"must be between {lowest} and {highest} {unit}" if highest is not None
                        else f"must be at least {lowest} {unit}")
 
     def _validate_texts(self) -> None:
         for name, allowed, note in self._CHOICES:
             if getattr(self, name) not in allowed:
-                refuse(name, f"must be {', '.join(allowed[:-1])} or {allowed[-1]}{note}")
+                self._refuse(name, f"must be {', '.join(allowed[:-1])} or {allowed[-1]}{note}")
         for name in self._URLS:
             value = getattr(self, name)
             if value and not value.startswith(("http://", "https://")):
-                refuse(name, f"must be an http:// or https:// URL, not {value!r}")
+                self._refuse(name, f"must be an http:// or https:// URL, not {value!r}")
         for name in self._LONG_SECRETS:
             if getattr(self, name) and len(getattr(self, name)) < 32:
-                refuse(name, "must be at least 32 characters")
+                self._refuse(name, "must be at least 32 characters")
         from limits import parse
         for name in self._RATES:
             try:
                 parse(getattr(self, name))
             except ValueError:
-                refuse(name, f"must look like 100/minute, not {getattr(self, name)!r}")
+                self._refuse(name, f"must look like 100/minute, not {getattr(self, name)!r}")
 
     def _validate_together(self) -> None:
         """The checks that read more than one setting, or a file, a zone or a list."""
         try:
             _ = self.tz  # the property loads the zone
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"CONTROLPLANE_TIMEZONE: unknown time zone {self.timezone!r}") from None
+            self._refuse("timezone", f"is not a known time zone: {self.timezone!r}")
         if not (100 <= self.vmid_min <= self.vmid_max <= 999_999_999):
-            raise ConfigError("CONTROLPLANE_VMID_MIN/MAX must satisfy 100 <= min <= max <= 999999999")
+            self._refuse("vmid_min", f"and {self.label('vmid_max')} must satisfy 100 <= min <= max <= 999999999")
         if self.guacamole_json_secret and not re.match(r"^[0-9a-fA-F]{32}$", self.guacamole_json_secret):
             raise ConfigError("CONTROLPLANE_GUACAMOLE_JSON_SECRET must be 32 hexadecimal digits (Guacamole's "
                               "json-secret-key, e.g. `openssl rand -hex 16`)")
         if self.connect_mode == "json" and not self.guacamole_json_secret:
-            raise ConfigError("CONTROLPLANE_CONNECT_MODE=json needs CONTROLPLANE_GUACAMOLE_JSON_SECRET")
+            self._refuse("connect_mode", "json needs CONTROLPLANE_GUACAMOLE_JSON_SECRET")
         if self.jwt_secret and (self.jwt_jwks_url or self.jwt_public_key):
             raise ConfigError("Set either CONTROLPLANE_JWT_SECRET (HS256) or CONTROLPLANE_JWT_JWKS_URL/"
                               "CONTROLPLANE_JWT_PUBLIC_KEY (RS256), not both")
         try:
             parse_backoff(self.retry_backoff)
         except ValueError:
-            raise ConfigError("CONTROLPLANE_RETRY_BACKOFF must be seconds separated by commas (1,2,4,8) "
-                              f"or empty, not {self.retry_backoff!r}") from None
+            self._refuse("retry_backoff", f"must be seconds separated by commas (1,2,4,8) or empty, "
+                         f"not {self.retry_backoff!r}")
         if not 0 < self.ws_auth_timeout <= 300:
-            raise ConfigError("CONTROLPLANE_WS_AUTH_TIMEOUT must be more than 0 and at most 300 seconds")
+            self._refuse("ws_auth_timeout", "must be more than 0 and at most 300 seconds")
         provider, _, name = self.llm_default_model.partition("/")
         if provider not in LLM_PROVIDERS or not name.strip() or any(c.isspace() for c in self.llm_default_model):
-            raise ConfigError("CONTROLPLANE_LLM_DEFAULT_MODEL must be <provider>/<model> with provider one of "
-                              f"{', '.join(LLM_PROVIDERS)}, not {self.llm_default_model!r}")
+            self._refuse("llm_default_model", f"must be <provider>/<model> with provider one of "
+                         f"{', '.join(LLM_PROVIDERS)}, not {self.llm_default_model!r}")
         if not self.plans_file.is_file():
-            raise ConfigError(f"CONTROLPLANE_PLANS_FILE: {self.plans_file} does not exist")
+            self._refuse("plans_file", f"names {self.plans_file}, which does not exist")
 
     def require_auth(self) -> None:
         if not (self.jwt_secret or self.jwt_jwks_url or self.jwt_public_key):

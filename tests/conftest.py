@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.inventory import QUICK, lab_inventory
+
 REPO = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-" + secrets.token_hex(24)
 
@@ -184,7 +186,7 @@ def base_settings(tmp_path_factory, database_url, redis_url):
     return Settings(var_dir=var, database_url=database_url, redis_url=redis_db(redis_url, 1), jwt_secret=JWT_SECRET,
                     proxmox_password="pve-test-password", guacamole_password="guac-test-password",
                     guacamole_url="http://127.0.0.1:9/guacamole", proxmox_host="127.0.0.1", proxmox_port=9,
-                    proxmox_api_timeout=0.5, lab=True)
+                    proxmox_verify_ssl=False, proxmox_api_timeout=0.5, lab=True)
 
 
 @pytest.fixture(scope="session")
@@ -371,7 +373,9 @@ def lab_session(tmp_path_factory, lab_database_url, redis_url, model_library):
     settings = Settings(var_dir=state, database_url=lab_database_url, redis_url=redis_url, jwt_secret=JWT_SECRET,
                         proxmox_host=config.proxmox_host, proxmox_port=config.proxmox_port,
                         proxmox_user=config.proxmox_user, proxmox_password=config.proxmox_password,
-                        proxmox_timeout=30, ip_wait_retries=8, ip_wait_delay=1,
+                        proxmox_verify_ssl=False,
+                        # a guest that ignores the shutdown request gives up sooner
+                        inventory=str(lab_inventory(state, **QUICK, proxmox_desktop_stop_timeout=5)),
                         guacamole_url=services.guacamole.url, guacamole_username=config.guacamole_username,
                         guacamole_password=config.guacamole_password, reaper_interval=2, abandoned_after=5,
                         guacamole_json_secret=config.guacamole_json_secret,  # /connect: auth-json links
@@ -381,7 +385,6 @@ def lab_session(tmp_path_factory, lab_database_url, redis_url, model_library):
                         # between create attempts; the lab waits a tenth of a second or so (the retry tests
                         # derive their messages from these; tests/unit/test_failures.py proves the real backoff).
                         retry_backoff="0.1,0.2,0.4,0.8", provisioning_retry_delay=0.1,
-                        stop_timeout=5,  # a guest that ignores the shutdown request gives up sooner
                         pool_retry_after=3,  # a failed pool fill is retried soon (tests/e2e/test_pool.py)
                         rate_limit_api="100000/minute",  # the tests poll fast; limits have their own tests
                         # the lab's echo model answers the chat, as under `make lab` (tests/browser)

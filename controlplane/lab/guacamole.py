@@ -39,9 +39,11 @@ Lab-only extras, not in a real Guacamole:
 * Fault switches (``down``, ``fail()``) for tests.
 
 It runs inside whatever asyncio loop calls :meth:`GuacamoleStandIn.start`. Its parts: this module
-(the REST API and its sessions), guacamole_model.py (Guacamole's objects: errors, identifiers,
-attributes, permissions, password hashes), guacamole_auth_json.py (reading auth-json data) and
-static/guacamole-client.html (the client page).
+(the REST API's resources, the lab's client routes, state and fault switches),
+guacamole_sessions.py (its authentication: tokens, password and auth-json logins, permission
+checks), guacamole_auth_json.py (reading auth-json data), guacamole_model.py (Guacamole's objects:
+errors, identifiers, attributes, permissions, password hashes) and static/guacamole-client.html
+(the client page).
 """
 
 from __future__ import annotations
@@ -49,13 +51,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import hashlib
 import html
 import json
 import logging
 import os
 import re
-import secrets
 import tempfile
 import threading
 import time
@@ -65,7 +65,6 @@ from typing import Any
 
 from aiohttp import web
 
-from . import guacamole_auth_json
 from .guacamole_model import (
     ACTIVE_TIMEOUT,
     ADMIN_SYSTEM_PERMISSIONS,
@@ -81,7 +80,6 @@ from .guacamole_model import (
     TOKEN_TIMEOUT,
     USER_ATTRIBUTES,
     USERNAME_LIMIT,
-    USERNAME_PASSWORD_FIELDS,
     GuacamoleError,
     bad_request,
     check_password,
@@ -99,27 +97,16 @@ from .guacamole_model import (
     parse_client_identifier,
     permission_denied,
 )
+from .guacamole_sessions import SessionsMixin, json_response, no_content
 from .http import base_url, run_in_foreground, serve, take_fault
 
 log = logging.getLogger("controlplane.lab.guacamole")
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
-
-
-def _no_content() -> web.Response:
-    return web.Response(status=204, headers={"Cache-Control": "no-store"})
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
 
 # --------------------------------------------------------------------------
 # The stand-in
 
 
-class GuacamoleStandIn:
+class GuacamoleStandIn(SessionsMixin):
     """An in-process Guacamole REST API stand-in served by aiohttp."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8090, username: str = "guacadmin",
@@ -354,7 +341,7 @@ class GuacamoleStandIn:
             raise ConnectionResetError("Guacamole stand-in: connection dropped")
         if self.down:
             log.debug("%s %s -> 503 (down)", request.method, path)
-            return _json(error_body("INTERNAL_ERROR", "Service unavailable (lab stand-in is down)."),
+            return json_response(error_body("INTERNAL_ERROR", "Service unavailable (lab stand-in is down)."),
                          status=503)
         if "%2f" in request.raw_path.split("?", 1)[0].lower():
             # Tomcat (encodedSolidusHandling="reject", its default) refuses an encoded "/" in the path
@@ -364,22 +351,22 @@ class GuacamoleStandIn:
         if fault is not None:
             status = fault["status"]
             log.debug("%s %s -> %d (injected fault)", request.method, path, status)
-            return _json(error_body(error_type_for_status(status),
+            return json_response(error_body(error_type_for_status(status),
                                     f"Injected failure (HTTP {status})."), status=status)
         try:
             response = await handler(request)
         except GuacamoleError as exc:
             log.debug("%s %s -> %d %s: %s", request.method, path, exc.status, exc.type, exc.message)
-            return _json(exc.body(), status=exc.status)
+            return json_response(exc.body(), status=exc.status)
         except web.HTTPException as exc:
             if exc.status >= 400 and rel.startswith("/api/"):
                 message = {404: "Not found.", 405: "Method not allowed."}.get(exc.status, exc.reason)
-                return _json(error_body(error_type_for_status(exc.status), message),
+                return json_response(error_body(error_type_for_status(exc.status), message),
                              status=exc.status)
             raise
         except Exception:  # pragma: no cover - a bug in the stand-in
             log.exception("%s %s failed", request.method, path)
-            return _json(error_body("INTERNAL_ERROR", "Unexpected internal error."), status=500)
+            return json_response(error_body("INTERNAL_ERROR", "Unexpected internal error."), status=500)
         log.debug("%s %s -> %d", request.method, path, response.status)
         return response
 
@@ -430,151 +417,6 @@ class GuacamoleStandIn:
         r.add_get(d + "/userGroups", self._empty_map)
         r.add_get(d + "/sharingProfiles", self._empty_map)
 
-
-    # ------------------------------------------------------------- sessions
-
-    def _token_user(self, token: str | None) -> str | None:
-        """The user of a live session (refreshing its idle timer), or None."""
-        session = self.tokens.get(token) if token else None
-        if session is None:
-            return None
-        now = time.monotonic()
-        if "json" in session:  # an auth-json session ends when its data expires, checked on every read
-            if _now_ms() > session["json"]["expires"]:  # UserData.isExpired
-                del self.tokens[token]
-                return None
-            session["last_access"] = now
-            # In the database's data source it is the database user of that name, with all that user's
-            # permissions, or a skeleton user with none (see _json_login).
-            return session["db_user"] or SKELETON_PREFIX + session["username"]
-        if now - session["last_access"] > self.token_timeout or session["username"] not in self.users:
-            del self.tokens[token]
-            return None
-        session["last_access"] = now
-        return session["username"]
-
-    def _session_user(self, request: web.Request) -> str:
-        # Guacamole-Token header (1.4.0+) wins over the older ?token= query parameter.
-        token = request.headers.get("Guacamole-Token") or request.query.get("token")
-        user = self._token_user(token)
-        if user is None:
-            raise GuacamoleError(403, "PERMISSION_DENIED", "Permission Denied.")
-        return user
-
-    def _user_and_ds(self, request: web.Request) -> str:
-        user = self._session_user(request)
-        ds = request.match_info["ds"]
-        if ds != self.data_source:
-            raise not_found(f"Session not associated with authentication provider \"{ds}\".")
-        return user
-
-    def _is_admin(self, username: str) -> bool:
-        return "ADMINISTER" in self.permissions.get(username, {}).get("systemPermissions", [])
-
-    def _has(self, username: str, key: str, identifier: str, perm: str) -> bool:
-        if self._is_admin(username):
-            return True
-        return perm in self.permissions.get(username, {}).get(key, {}).get(identifier, [])
-
-    async def _login(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        username = form.get("username")
-        password = form.get("password")
-        token = form.get("token") or request.headers.get("Guacamole-Token")
-
-        # Re-authentication with an existing session keeps the token.
-        if token and not username:
-            user = self._token_user(token)
-            if user is not None:
-                return _json(self._auth_response(token, user))
-
-        data = form.get("data")
-        if isinstance(data, str) and data and self.json_secret:
-            return self._json_login(data)
-
-        if isinstance(username, str) and not self.case_sensitive_usernames:
-            username = self._database_user(username) or username  # the account's own spelling
-        ok = (isinstance(username, str) and username in self.users
-              and isinstance(password, str)
-              and check_password(password, self._credentials.get(username))
-              and self.users[username]["attributes"].get("disabled") != "true")
-        if not ok:
-            # JDBCAuthenticationProviderService: "Invalid login" (no full stop); the
-            # other bundled providers say "Invalid login.".
-            message = "Invalid login" if self.data_source in JDBC_DATA_SOURCES else "Invalid login."
-            log.info("Guacamole stand-in: login failed for user %r", username)
-            raise GuacamoleError(403, "INVALID_CREDENTIALS", message,
-                                 expected=copy.deepcopy(USERNAME_PASSWORD_FIELDS))
-        token = secrets.token_hex(32).upper()
-        self.tokens[token] = {"username": username, "last_access": time.monotonic()}
-        self.users[username]["lastActive"] = _now_ms()
-        self._save_state()
-        log.info("Guacamole stand-in: user %r logged in", username)
-        return _json(self._auth_response(token, username))
-
-    @staticmethod
-    def _json_refused(reason: str) -> GuacamoleError:
-        log.info("Guacamole stand-in: auth-json data refused (%s)", reason)
-        return GuacamoleError(403, "INVALID_CREDENTIALS", "Invalid login.", expected=copy.deepcopy(USERNAME_PASSWORD_FIELDS))
-
-    def _json_login(self, data: str) -> web.Response:
-        """guacamole-auth-json: decrypt, check the signature, refuse expired or reused data. A refusal
-        is the same 403 as a bad password (the json provider declines; no other provider accepts)."""
-        try:
-            payload = guacamole_auth_json.decrypt(self.json_secret, data)
-        except guacamole_auth_json.InvalidData as exc:
-            raise self._json_refused(str(exc)) from None
-        expires = payload.get("expires")
-        now_ms = _now_ms()
-        reason = None
-        if not isinstance(payload.get("username"), str) or not isinstance(payload.get("connections"), dict):
-            reason = "no username or connections"
-        elif expires is not None and (not isinstance(expires, int) or now_ms > expires):
-            reason = "expired"
-        elif payload.get("singleUse") and expires is None:
-            reason = "singleUse without expires"
-        digest = hashlib.sha256(data.encode()).hexdigest()
-        self._json_used = {k: v for k, v in self._json_used.items() if v * 1000 > now_ms}
-        if reason is None and payload.get("singleUse"):
-            if digest in self._json_used:
-                reason = "already used"
-            else:
-                self._json_used[digest] = expires / 1000
-        if reason is not None:
-            raise self._json_refused(reason)
-        token = secrets.token_hex(32).upper()
-        # As auth-jdbc's JDBCAuthenticationProviderService.getUserContext does for a user another
-        # extension authenticated: the database user of the same name (compared as the database
-        # compares names), unless disabled, gives the session its permissions in the database's data
-        # source; without one, the session has a skeleton user there, with no permissions.
-        db_user = self._database_user(payload["username"])
-        self.tokens[token] = {"username": payload["username"], "last_access": time.monotonic(), "db_user": db_user,
-                              "json": {"expires": expires if expires is not None else 2**62,
-                                       "connections": payload["connections"]}}
-        log.info("Guacamole stand-in: auth-json user %r logged in%s", payload["username"],
-                 f" as database user {db_user!r}" if db_user else "")
-        return _json({"authToken": token, "username": payload["username"], "dataSource": "json",
-                      "availableDataSources": ["json", *self.available_data_sources]})
-
-    def _database_user(self, username: str) -> str | None:
-        """The enabled database user a name from another extension is (UserService.retrieveUser)."""
-        if self.case_sensitive_usernames:
-            found = username if username in self.users else None
-        else:
-            found = next((name for name in self.users if name.lower() == username.lower()), None)
-        if found is None or self.users[found]["attributes"].get("disabled") == "true":
-            return None
-        return found
-
-    def _auth_response(self, token: str, username: str) -> dict:
-        return {"authToken": token, "username": username, "dataSource": self.data_source,
-                "availableDataSources": self.available_data_sources}
-
-    async def _logout(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        if self.tokens.pop(token, None) is None:
-            raise not_found("No such token.")
-        return _no_content()
 
     # ---------------------------------------------------------- connections
 
@@ -640,7 +482,7 @@ class GuacamoleStandIn:
                     self._has(user, "connectionPermissions", identifier, p) for p in wanted):
                 continue
             out[identifier] = self._connection_view(conn)
-        return _json(out)
+        return json_response(out)
 
     async def _create_connection(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
@@ -677,12 +519,12 @@ class GuacamoleStandIn:
             "attributes": {k: v for k, v in fields["attributes"].items() if k in CONNECTION_ATTRIBUTES},
             "activeConnections": 0,
         }
-        return _json(echo)
+        return json_response(echo)
 
     async def _get_connection(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
         conn = self._find_connection(user, request.match_info["id"])
-        return _json(self._connection_view(conn))
+        return json_response(self._connection_view(conn))
 
     async def _update_connection(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
@@ -702,7 +544,7 @@ class GuacamoleStandIn:
         self._save_state()
         log.info("Guacamole stand-in: updated connection %s %r (%s)", identifier, conn["name"],
                  conn["protocol"])
-        return _no_content()
+        return no_content()
 
     def _remove_connection(self, identifier: str) -> None:
         del self.connections[identifier]
@@ -718,7 +560,7 @@ class GuacamoleStandIn:
         self._remove_connection(identifier)
         self._save_state()
         log.info("Guacamole stand-in: deleted connection %s", identifier)
-        return _no_content()
+        return no_content()
 
     async def _patch_connections(self, request: web.Request) -> web.Response:
         """DirectoryResource.patchObjects: only "remove" of "/{identifier}"."""
@@ -739,25 +581,25 @@ class GuacamoleStandIn:
                 self._remove_connection(identifier)
                 log.info("Guacamole stand-in: deleted connection %s", identifier)
         self._save_state()
-        return _no_content()
+        return no_content()
 
     async def _connection_parameters(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
         identifier = request.match_info["id"]
         conn = self._find_connection(user, identifier)
         if not self._has(user, "connectionPermissions", identifier, "UPDATE"):
-            return _json({})
-        return _json(dict(conn["parameters"]))
+            return json_response({})
+        return json_response(dict(conn["parameters"]))
 
     async def _connection_history(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
         self._find_connection(user, request.match_info["id"])
-        return _json([])
+        return json_response([])
 
     async def _connection_sharing_profiles(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
         self._find_connection(user, request.match_info["id"])
-        return _json({})
+        return json_response({})
 
     # ---------------------------------------------------- connection groups
 
@@ -767,14 +609,14 @@ class GuacamoleStandIn:
 
     async def _list_groups(self, request: web.Request) -> web.Response:
         self._user_and_ds(request)
-        return _json({})
+        return json_response({})
 
     async def _get_group(self, request: web.Request) -> web.Response:
         self._user_and_ds(request)
         gid = request.match_info["gid"]
         if gid != "ROOT":
             raise not_found(f"Not found: \"{gid}\"")
-        return _json(self._root_group())
+        return json_response(self._root_group())
 
     async def _group_tree(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
@@ -787,7 +629,7 @@ class GuacamoleStandIn:
                     if self._has(user, "connectionPermissions", identifier, "READ")]
         if children:  # Guacamole leaves childConnections out when there are none
             tree["childConnections"] = children
-        return _json(tree)
+        return json_response(tree)
 
     # ---------------------------------------------------------------- users
 
@@ -804,7 +646,7 @@ class GuacamoleStandIn:
 
     async def _list_users(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
-        return _json({name: self._user_view(name) for name in self.users
+        return json_response({name: self._user_view(name) for name in self.users
                       if name == user or self._has(user, "userPermissions", name, "READ")})
 
     async def _create_user(self, request: web.Request) -> web.Response:
@@ -838,11 +680,11 @@ class GuacamoleStandIn:
         log.info("Guacamole stand-in: created user %r", username)
         echo = {"username": username,
                 "attributes": {k: v for k, v in attributes.items() if k in USER_ATTRIBUTES}}
-        return _json(echo)
+        return json_response(echo)
 
     async def _get_user(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
-        return _json(self._user_view(self._find_user(user, request.match_info["user"])))
+        return json_response(self._user_view(self._find_user(user, request.match_info["user"])))
 
     async def _update_user(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
@@ -859,7 +701,7 @@ class GuacamoleStandIn:
         self.users[username]["attributes"] = normalize_user_attributes(attributes)
         self._save_state()
         log.info("Guacamole stand-in: updated user %r", username)
-        return _no_content()
+        return no_content()
 
     async def _delete_user(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
@@ -878,7 +720,7 @@ class GuacamoleStandIn:
                 del self.tokens[token]
         self._save_state()
         log.info("Guacamole stand-in: deleted user %r", username)
-        return _no_content()
+        return no_content()
 
     # ---------------------------------------------------------- permissions
 
@@ -891,7 +733,7 @@ class GuacamoleStandIn:
     async def _get_permissions(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
         username = self._find_user(user, request.match_info["user"])
-        return _json(self._permission_view(username))
+        return json_response(self._permission_view(username))
 
     # Complexity above 15 (C901): Guacamole's JSON Patch rules for permissions, as the real one applies them.
     async def _patch_permissions(self, request: web.Request) -> web.Response:  # noqa: C901
@@ -950,30 +792,30 @@ class GuacamoleStandIn:
                 del perms[key][identifier]
         self._save_state()
         log.info("Guacamole stand-in: patched permissions of %r (%d operation(s))", username, len(ops))
-        return _no_content()
+        return no_content()
 
     # ------------------------------------------------------------- self etc.
 
     async def _get_self(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
-        return _json(self._user_view(user))
+        return json_response(self._user_view(user))
 
     async def _get_self_permissions(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
-        return _json(self._permission_view(user))
+        return json_response(self._permission_view(user))
 
     async def _active_connections(self, request: web.Request) -> web.Response:
         self._user_and_ds(request)
-        return _json(self._active_view())
+        return json_response(self._active_view())
 
     async def _empty_map(self, request: web.Request) -> web.Response:
         self._user_and_ds(request)
-        return _json({})
+        return json_response({})
 
     async def _empty_list(self, request: web.Request) -> web.Response:
         user = self._user_and_ds(request)
         self._find_user(user, request.match_info["user"])
-        return _json([])
+        return json_response([])
 
     # ------------------------------------------------------ the client page
 
@@ -987,14 +829,6 @@ class GuacamoleStandIn:
         page = CLIENT_PAGE.replace("{{BASE_PATH}}", html.escape(self.base_path, quote=True))
         return web.Response(text=page, content_type="text/html", charset="utf-8",
                             headers={"Cache-Control": "no-store"})
-
-    def _json_connection(self, token: str | None, identifier: str) -> tuple[str, dict | None] | None:
-        """(user, connection or None) of a live auth-json session's token; None: no such session."""
-        user = self._token_user(token)
-        session = self.tokens.get(token) if user else None
-        if session is None or "json" not in session:
-            return None
-        return session["username"], session["json"]["connections"].get(identifier)
 
     def _screen_port(self, hostname: str) -> int | None:
         return self.screens.port_for(hostname) if self.screens is not None and hostname else None
@@ -1018,23 +852,23 @@ class GuacamoleStandIn:
         parsed = parse_client_identifier(request.match_info["client_id"])
         found = self._json_connection(request.query.get("token"), parsed[0]) if parsed and parsed[2] == "json" else None
         if found is None:
-            return _json({"message": "Permission Denied."}, status=403)
+            return json_response({"message": "Permission Denied."}, status=403)
         user, conn = found
         hostname = ((conn or {}).get("parameters") or {}).get("hostname", "")
         port = self._screen_port(hostname)
         if conn is None or port is None:
-            return _json({"message": "No screen for this connection"}, status=404)
+            return json_response({"message": "No screen for this connection"}, status=404)
         from . import rfb
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
-            return _json({"message": "The desktop's screen does not answer"}, status=502)
+            return json_response({"message": "The desktop's screen does not answer"}, status=502)
         try:  # guacd's part: log in to the VNC server with the connection's `password` parameter
             await rfb.authenticate(reader, writer, (conn.get("parameters") or {}).get("password"))
         except (rfb.RfbError, OSError) as exc:
             writer.close()
             log.warning("Guacamole stand-in: the VNC server of %s refused the relay: %s", parsed[0], exc)
-            return _json({"message": "The desktop's screen refused the connection"}, status=502)
+            return json_response({"message": "The desktop's screen refused the connection"}, status=502)
         # noVNC's messages are key and pointer events, and clipboard text: 4 MiB is plenty
         ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=4 * 1024 * 1024)
         await ws.prepare(request)
@@ -1073,27 +907,27 @@ class GuacamoleStandIn:
     async def _lab_client(self, request: web.Request) -> web.Response:
         parsed = parse_client_identifier(request.match_info["client_id"])
         if parsed is None or parsed[1] != "c":
-            return _json({"message": "Invalid connection link"}, status=400)
+            return json_response({"message": "Invalid connection link"}, status=400)
         identifier, _, data_source = parsed
         if data_source == "json":  # a connection of an auth-json session: the page's token says whose
             found = self._json_connection(request.headers.get("Guacamole-Token") or request.query.get("token"),
                                           identifier)
             if found is None:
-                return _json({"message": "Permission Denied."}, status=403)
+                return json_response({"message": "Permission Denied."}, status=403)
             user, conn = found
             if conn is None:
-                return _json({"message": "Connection not found"}, status=404)
+                return json_response({"message": "Connection not found"}, status=404)
             params = conn.get("parameters") or {}
-            return _json({"identifier": identifier, "dataSource": "json", "name": identifier,
+            return json_response({"identifier": identifier, "dataSource": "json", "name": identifier,
                           "protocol": conn.get("protocol", ""), "hostname": params.get("hostname", ""),
                           "port": params.get("port", ""), "username": user,
                           "screen": self._screen_port(params.get("hostname", "")) is not None})
         conn = self.connections.get(identifier) if data_source == self.data_source else None
         if conn is None:
-            return _json({"message": "Connection not found"}, status=404)
+            return json_response({"message": "Connection not found"}, status=404)
         params = conn.get("parameters", {})
         self._touch_page_session(identifier)
-        return _json({
+        return json_response({
             "identifier": identifier,
             "dataSource": data_source,
             "name": conn["name"],

@@ -126,16 +126,14 @@ def run_lab(workers: int = 2) -> int:  # noqa: C901 - starts and stops each part
             "CONTROLPLANE_PROXMOX_PASSWORD": config.proxmox_password,
             "CONTROLPLANE_PROXMOX_TOKEN_ID": config.proxmox_token_name,
             "CONTROLPLANE_PROXMOX_TOKEN_SECRET": config.proxmox_token_secret,
-            "CONTROLPLANE_PROXMOX_VERIFY_SSL": "false",
+            "CONTROLPLANE_PROXMOX_VERIFY_SSL": "false",  # fakepve: a self-signed certificate
             "CONTROLPLANE_PROXMOX_NODE": "pve1",
-            "CONTROLPLANE_PROXMOX_STORAGE": "local-lvm",
             "CONTROLPLANE_GUACAMOLE_URL": guacamole_url,
             "CONTROLPLANE_GUACAMOLE_USERNAME": config.guacamole_username,
             "CONTROLPLANE_GUACAMOLE_PASSWORD": config.guacamole_password,
             "CONTROLPLANE_GUACAMOLE_DATA_SOURCE": config.guacamole_data_source,
             "CONTROLPLANE_GUACAMOLE_JSON_SECRET": config.guacamole_json_secret,
             "CONTROLPLANE_GUACAMOLE_VNC_PASSWORD": config.vnc_password,
-            "CONTROLPLANE_IP_WAIT_DELAY": _env("CONTROLPLANE_IP_WAIT_DELAY", "1"),
         }
         if not any(os.environ.get(k) for k in ("CONTROLPLANE_LLM_OPENAI_API_KEY", "CONTROLPLANE_LLM_OPENAI_BASE_URL")):
             # openai/<model> chats go to the lab echo model unless the user configured OpenAI

@@ -11,6 +11,8 @@ import datetime as dt
 import json
 import logging
 
+from marshmallow import Schema, fields, post_dump
+
 from ..config import Settings
 from ..errors import ChatFailed, ValidationFailed
 from ..extensions import db
@@ -112,16 +114,29 @@ def _user_key(settings: Settings, user_id: str, provider: str) -> str | None:
 
 # ---- chat ----------------------------------------------------------------------------------------------
 
-def message_data(message: ChatMessage) -> dict:
-    data = {"id": message.public_id, "role": message.role, "content": message.content,
-            "timestamp": utc_z(message.created_at)}
-    if message.role == "assistant":
-        data.update(model=message.model, tokens=message.tokens)
-    else:
-        data["user_id"] = message.user_id
-        if message.error:
-            data["error"] = message.error
-    return data
+class MessageSchema(Schema):
+    """A chat message as the projects API shows it, in the history and in `chat_message` events on
+    /ws alike: an assistant's with its model and tokens, a user's with its author (and the error, if
+    its answer failed)."""
+    id = fields.String(attribute="public_id", required=True)
+    role = fields.String(required=True)
+    content = fields.String(required=True)
+    timestamp = fields.Function(lambda message: utc_z(message.created_at), required=True,
+                                metadata={"example": "2026-02-23T10:00:00Z"})
+    model = fields.String(allow_none=True, metadata={"description": "assistant messages"})
+    tokens = fields.Integer(allow_none=True, metadata={"description": "assistant messages"})
+    user_id = fields.String(allow_none=True, metadata={"description": "user messages"})
+    error = fields.String(metadata={"description": "a user message whose answer failed"})
+
+    @post_dump(pass_original=True)
+    def _by_role(self, data: dict, message: ChatMessage, **kwargs) -> dict:
+        drop = ("user_id", "error") if message.role == "assistant" else ("model", "tokens")
+        if message.role != "assistant" and not message.error:
+            drop += ("error",)
+        return {key: value for key, value in data.items() if key not in drop}
+
+
+MESSAGE = MessageSchema()
 
 
 def send(settings: Settings, identity: Identity, project_id: str, text: str, model: str | None,
@@ -170,7 +185,7 @@ def send(settings: Settings, identity: Identity, project_id: str, text: str, mod
 
 def _announce(settings: Settings, project: Project, message: ChatMessage) -> None:
     lifecycle_notify(settings, project, {"type": "chat_message", "project_id": project.public_id,
-                                         "message": message_data(message)})
+                                         "message": MESSAGE.dump(message)})
 
 
 def history(identity: Identity, project_id: str, limit: int = 200, before: str | None = None) -> list[ChatMessage]:

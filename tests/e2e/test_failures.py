@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from controlplane.user_ids import guacamole_username
+from tests.inventory import QUICK
 
 from .helpers import TRANSITIONAL, Api, desktop_row, events
 
@@ -181,7 +182,7 @@ def test_no_ip_address_fails_the_desktop_and_removes_the_vm(lab, fresh_user):
         message = wait_failed(api, desktop_id)
     assert message.startswith("Create failed at 'Check that the guest agent reported an IPv4 address': "), message
     assert "guest agent" in message.lower() and "IPv4" in message, message
-    assert f"after {lab.settings.ip_wait_retries + 1} attempts" in message, message
+    assert f"after {QUICK['proxmox_desktop_ip_wait_retries'] + 1} attempts" in message, message
     assert message.endswith("(gave up after 3 attempts)"), message
     statuses = [s for s, _, _ in events(desktop_id)]
     assert statuses == ["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP"] * 3 + ["FAILED"], statuses

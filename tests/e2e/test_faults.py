@@ -297,7 +297,7 @@ def test_a_lock_left_by_an_interrupted_snapshot_ends_the_stop_clearly(lab, fresh
 
 
 def test_a_guest_that_ignores_the_shutdown_is_left_running_then_forced_off(lab, fresh_user):
-    """A graceful stop waits CONTROLPLANE_STOP_TIMEOUT for the guest; one that ignores the ACPI
+    """A graceful stop waits proxmox_desktop_stop_timeout (the inventory's) for the guest; one that ignores the ACPI
     request is not retried (it would ignore it again): the desktop stays RUNNING and says how to
     escalate, and `force: true` powers it off."""
     api = Api(lab.url, lab.token(fresh_user))

@@ -353,7 +353,7 @@ def test_a_desktop_stuck_in_a_transition_is_failed_and_its_job_stopped(lab, fres
             assert time.monotonic() < deadline, "the stop job never started"
             time.sleep(0.2)
         # The job asked the guest to shut down (a qmshutdown task in fakepve), which it ignores: the
-        # job now waits stop_timeout (5 s) for it.
+        # job now waits proxmox_desktop_stop_timeout (5 s, the tests' inventory) for it.
         while not lab.services.call(lambda: [t for t in lab.pve.tasklog[seen_tasks:]
                                              if t["type"] == "qmshutdown" and t["id"] == str(vmid)]):
             assert time.monotonic() < deadline, "the stop job never asked the guest to shut down"

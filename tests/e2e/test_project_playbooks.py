@@ -17,6 +17,7 @@ from proxmoxer import ProxmoxAPI
 from controlplane.config import Settings
 from controlplane.lab.services import LabConfig, LabServices
 from controlplane.runner.ansible import PlaybookResult, run_playbook
+from tests.inventory import QUICK, lab_inventory
 
 pytestmark = [pytest.mark.playbooks, pytest.mark.timeout(240), pytest.mark.filterwarnings("ignore:Unverified HTTPS request")]
 
@@ -47,7 +48,7 @@ def project_lab(tmp_path_factory):
     try:
         settings = Settings(var_dir=state, proxmox_host=config.proxmox_host, proxmox_port=config.proxmox_port,
                             proxmox_user=config.proxmox_user, proxmox_password=config.proxmox_password,
-                            proxmox_timeout=30, ip_wait_retries=8, ip_wait_delay=1,
+                            proxmox_verify_ssl=False, inventory=str(lab_inventory(state, **QUICK)),
                             guacamole_url=services.guacamole.url, guacamole_username=config.guacamole_username,
                             guacamole_password=config.guacamole_password, lab=True)
         yield SimpleNamespace(services=services, settings=settings, pve=services.pve)

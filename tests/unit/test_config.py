@@ -8,8 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from controlplane.config import REPO_ROOT, SECRET_FIELDS, ConfigError, Settings
+from controlplane.config import ENVIRONMENT, REPO_ROOT, SECRET_FIELDS, ConfigError, Settings, knobs, tuning_knobs
 
 GOOD_SECRET = "s" * 32
 
@@ -55,8 +56,8 @@ def test_false_values(raw):
 
 @pytest.mark.parametrize("raw", ["maybe", "2", "y", "enabled"])
 def test_a_bad_bool_names_the_variable(raw):
-    with pytest.raises(ConfigError, match=r"CONTROLPLANE_PROXMOX_FULL_CLONE must be true or false") as err:
-        Settings.from_env(env(proxmox_full_clone=raw))
+    with pytest.raises(ConfigError, match=r"CONTROLPLANE_PROXMOX_SHARED_STORAGE must be true or false") as err:
+        Settings.from_env(env(proxmox_shared_storage=raw))
     assert repr(raw) in str(err.value)
 
 
@@ -81,7 +82,7 @@ def test_llm_defaults():
     assert Settings.from_env(env(llm_timeout="2.5")).llm_timeout == 2.5
 
 
-@pytest.mark.parametrize("name", ["job_timeout", "reaper_interval", "abandoned_after", "port", "proxmox_timeout"])
+@pytest.mark.parametrize("name", ["job_timeout", "reaper_interval", "abandoned_after", "port", "shares_lock_timeout_max"])
 @pytest.mark.parametrize("raw", ["0", "-5"])
 def test_durations_and_the_port_must_be_positive(name, raw):
     with pytest.raises(ConfigError, match=f"CONTROLPLANE_{name.upper()}"):
@@ -89,7 +90,7 @@ def test_durations_and_the_port_must_be_positive(name, raw):
 
 
 @pytest.mark.parametrize("name,raw", [
-    ("ip_wait_retries", "-1"), ("ip_wait_delay", "-1"), ("max_resumes", "-1"), ("guacamole_port", "-1"),
+    ("pool_retry_after", "-1"), ("expiry_grace", "-1"), ("max_resumes", "-1"), ("guacamole_port", "-1"),
     ("port", "65536"), ("proxmox_port", "0"), ("proxmox_port", "70000"), ("guacamole_port", "65536"),
     ("proxmox_api_timeout", "0"), ("proxmox_api_timeout", "-1"),
     ("max_request_body", "100"), ("ws_max_message", "100"), ("ws_max_message", "99999999"),
@@ -102,8 +103,8 @@ def test_counts_ports_and_timeouts_out_of_range(name, raw):
 
 
 def test_zero_is_fine_where_it_means_none_or_default():
-    s = Settings.from_env(env(max_resumes="0", guacamole_port="0", ip_wait_delay="0"))
-    assert (s.max_resumes, s.guacamole_port, s.ip_wait_delay) == (0, 0, 0)
+    s = Settings.from_env(env(max_resumes="0", guacamole_port="0", pool_retry_after="0"))
+    assert (s.max_resumes, s.guacamole_port, s.pool_retry_after) == (0, 0, 0)
     assert s.effective_guacamole_port == 5900
 
 
@@ -126,7 +127,7 @@ def test_to_env_gives_strings_with_lowercase_bools():
     assert e["CONTROLPLANE_LAB"] == "true" and e["CONTROLPLANE_PROXMOX_VERIFY_SSL"] == "false"
     assert e["CONTROLPLANE_PORT"] == "8123"
     assert "CONTROLPLANE_EXTRA" not in e
-    names = {"CONTROLPLANE_" + f.name.upper() for f in dataclasses.fields(Settings) if f.name != "extra"}
+    names = {"CONTROLPLANE_" + f.name.upper() for f in knobs()}
     assert set(e) == names
 
 
@@ -139,10 +140,8 @@ def test_round_trip_of_every_field_changed(tmp_path):
     plans = tmp_path / "plans.yml"
     plans.write_text("{}\n")
     changed = {}
-    for f in dataclasses.fields(Settings):
+    for f in knobs():
         value = getattr(Settings(), f.name)
-        if f.name == "extra":
-            continue
         if isinstance(value, bool):
             changed[f.name] = not value
         elif isinstance(value, int):
@@ -151,6 +150,7 @@ def test_round_trip_of_every_field_changed(tmp_path):
             changed[f.name] = value + 0.5
         elif isinstance(value, Path):
             changed[f.name] = tmp_path / f.name
+            changed[f.name].write_text("{}\n")
         else:
             changed[f.name] = f"{value}x" if value else f"value-of-{f.name}"
     changed.update(plans_file=plans, timezone="Asia/Kolkata", guacamole_protocol="rdp", jwt_secret=GOOD_SECRET,
@@ -248,9 +248,9 @@ def test_replace_returns_a_new_settings():
     ({"timezone": "Nowhere/Land"}, "CONTROLPLANE_TIMEZONE"),
     ({"timezone": ""}, "CONTROLPLANE_TIMEZONE"),
     ({"timezone": "../../etc/passwd"}, "CONTROLPLANE_TIMEZONE"),
-    ({"vmid_min": 99}, "CONTROLPLANE_VMID_MIN/MAX"),
-    ({"vmid_min": 20000, "vmid_max": 19999}, "CONTROLPLANE_VMID_MIN/MAX"),
-    ({"vmid_max": 1_000_000_000}, "CONTROLPLANE_VMID_MIN/MAX"),
+    ({"vmid_min": 99}, "CONTROLPLANE_VMID_MIN and CONTROLPLANE_VMID_MAX must"),
+    ({"vmid_min": 20000, "vmid_max": 19999}, "CONTROLPLANE_VMID_MIN"),
+    ({"vmid_max": 1_000_000_000}, "CONTROLPLANE_VMID_MIN"),
     ({"guacamole_protocol": "spice"}, "CONTROLPLANE_GUACAMOLE_PROTOCOL"),
     ({"jwt_secret": GOOD_SECRET, "jwt_jwks_url": "https://kc/certs"}, "CONTROLPLANE_JWT_SECRET"),
     ({"jwt_secret": GOOD_SECRET, "jwt_public_key": "-----BEGIN PUBLIC KEY-----"}, "CONTROLPLANE_JWT_SECRET"),
@@ -296,3 +296,91 @@ def test_require_auth_and_redis():
     with pytest.raises(ConfigError, match="CONTROLPLANE_REDIS_URL"):
         Settings().require_redis()
     Settings(redis_url="redis://127.0.0.1:6379/0").require_redis()
+
+
+# ---- the settings file (config/settings.yml) ---------------------------------------------------------
+
+def write_settings(tmp_path, text: str | None) -> dict[str, str]:
+    """CONTROLPLANE_SETTINGS_FILE naming a file holding `text` (None: a file that does not exist)."""
+    path = tmp_path / "settings.yml"
+    if text is not None:
+        path.write_text(text)
+    return {"CONTROLPLANE_SETTINGS_FILE": str(path)}
+
+
+def test_the_settings_file_sets_tuning_knobs_and_the_environment_wins(tmp_path):
+    given = write_settings(tmp_path, "job_timeout: 900\nwarm_ansible: false\nrate_limit_api: 7/second\n"
+                                     "retry_backoff: ''\nprojects_file: config/projects.yml\n")
+    s = Settings.from_env(given)
+    assert (s.job_timeout, s.warm_ansible, s.rate_limit_api, s.retry_backoff) == (900, False, "7/second", "")
+    assert s.projects_file == REPO_ROOT / "config" / "projects.yml"  # relative to the repository
+    assert Settings.from_env({**given, **env(job_timeout="600")}).job_timeout == 600
+    assert Settings.from_env(given, job_timeout=300).job_timeout == 300
+    assert s.replace(job_timeout=1800, warm_ansible=True, rate_limit_api="100/minute", retry_backoff="1,2,4,8",
+                     settings_file=Settings().settings_file) == Settings()  # nothing else changed
+
+
+def test_without_a_settings_file_the_defaults_apply(tmp_path):
+    assert Settings.from_env({}) == Settings()  # the shipped file sets nothing
+    given = write_settings(tmp_path, "# nothing set\n")
+    assert Settings.from_env(given) == Settings(settings_file=Path(given["CONTROLPLANE_SETTINGS_FILE"]))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("job_timeout: soon\n", "settings.yml: job_timeout must be an integer, not 'soon'"),
+    ("job_timeout: 0\n", "settings.yml: job_timeout must be positive"),
+    ("timezone: Nowhere/Land\n", "settings.yml: timezone is not a known time zone"),
+    ("warm_ansible: maybe\n", "settings.yml: warm_ansible must be true or false"),
+    ("jwt_secret: " + GOOD_SECRET + "\n", "jwt_secret is set in the environment (CONTROLPLANE_JWT_SECRET)"),
+    ("redis_url: redis://x\n", "redis_url is set in the environment"),
+    ("job_timeuot: 5\n", "unknown setting 'job_timeuot'"),
+    ("job_timeout:\n", "job_timeout must be a single value"),
+    ("rate_limit_api: [1, 2]\n", "rate_limit_api must be a single value"),
+    ("- job_timeout\n", "must be a mapping"),
+    ("job_timeout: [\n", "cannot read"),
+    (None, "CONTROLPLANE_SETTINGS_FILE: "),
+])
+def test_a_bad_settings_file_is_refused_naming_the_file_and_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env(write_settings(tmp_path, text))
+
+
+def test_a_value_from_the_environment_is_named_by_its_variable_even_with_a_file(tmp_path):
+    with pytest.raises(ConfigError, match="^CONTROLPLANE_JOB_TIMEOUT must be positive"):
+        Settings.from_env({**write_settings(tmp_path, "job_timeout: 5\n"), **env(job_timeout="0")})
+
+
+def test_the_shipped_settings_file_lists_every_tuning_knob_with_its_default_and_sets_none():
+    """config/settings.yml is the page of tuning knobs: each appears once, commented, with the one
+    default (the field's); nothing else appears, and the file sets nothing."""
+    text = (REPO_ROOT / "config" / "settings.yml").read_text()
+    assert yaml.safe_load(text) is None
+    listed = dict(re.findall(r"^# ([a-z_]+): (.*)$", text, re.M))
+    defaults = Settings()
+    expected = {}
+    for f in tuning_knobs():
+        value = getattr(defaults, f.name)
+        if isinstance(value, Path):
+            value = value.relative_to(REPO_ROOT).as_posix() if value != REPO_ROOT else "."
+        expected[f.name] = value
+    assert set(listed) == set(expected)
+    for name, shown in listed.items():
+        assert yaml.safe_load(shown) == expected[name] or (shown == "''" and expected[name] == ""), name
+
+
+def test_the_readme_table_lists_exactly_the_settings_of_the_environment():
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n\n| Variable |", 1)[1].split("\n\n", 1)[0]
+    named = set(re.findall(r"`CONTROLPLANE_([A-Z_]+)`", "\n".join(row.split("|")[1] for row in table.splitlines()[2:])))
+    assert named == {name.upper() for name in ENVIRONMENT}
+    assert set(ENVIRONMENT) >= set(SECRET_FIELDS)  # no secret in the settings file
+
+
+def test_each_roles_documented_defaults_are_its_defaults():
+    """One default per knob in the roles too: meta/argument_specs.yml documents defaults/main.yml's."""
+    for role in sorted((REPO_ROOT / "roles").iterdir()):
+        specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]
+        defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
+        for name, option in specs["options"].items():
+            if "default" in option:
+                assert name in defaults and option["default"] == defaults[name], (role.name, name)

@@ -29,26 +29,16 @@ class ChatSend(Strict):
 
 
 class ChatAnswer(Schema):
-    message_id = fields.String(required=True)
-    response = fields.String(required=True)
-    model = fields.String(required=True)
-    tokens_used = fields.Integer(required=True)
-    cost = fields.Float(required=True)
-
-
-class Message(Schema):
-    id = fields.String(required=True)
-    role = fields.String(required=True)
-    content = fields.String(required=True)
-    timestamp = fields.String(required=True)
-    model = fields.String(allow_none=True)
-    tokens = fields.Integer(allow_none=True)
-    user_id = fields.String(allow_none=True)
-    error = fields.String()
+    """Dumps {"answer": the stored ChatMessage, "result": the model's ChatResult}."""
+    message_id = fields.String(attribute="answer.public_id", required=True)
+    response = fields.String(attribute="answer.content", required=True)
+    model = fields.String(attribute="answer.model", required=True)
+    tokens_used = fields.Integer(attribute="result.total_tokens", required=True)
+    cost = fields.Float(attribute="result.cost", required=True)
 
 
 class History(Schema):
-    messages = fields.List(fields.Nested(Message), required=True)
+    messages = fields.List(fields.Nested(service.MessageSchema), required=True)
 
 
 class HistoryQuery(Strict):
@@ -104,8 +94,7 @@ class Chat(MethodView):
         """Send a message to the project's AI model (owner or editor); everyone in the project sees it."""
         answer, result = service.send(settings(), g.identity, body["project_id"], body["message"], body["model"],
                                       body["parameters"])
-        return {"message_id": answer.public_id, "response": answer.content, "model": answer.model,
-                "tokens_used": result.total_tokens, "cost": result.cost}
+        return {"answer": answer, "result": result}
 
 
 @blp.route("/chat/<project_id>/history")
@@ -116,7 +105,7 @@ class ChatHistory(MethodView):
     def get(self, query, project_id):
         """The project's chat, oldest first (any member)."""
         messages = service.history(g.identity, project_id, query["limit"], query["before"])
-        return {"messages": [service.message_data(m) for m in messages]}
+        return {"messages": messages}
 
 
 @blp.route("/user/settings")
