@@ -13,6 +13,11 @@ import time
 
 log = logging.getLogger("controlplane")
 
+# gunicorn 25.1+ opens a control socket at one path per user (~/.gunicorn/gunicorn.ctl): every API
+# process of that user on the machine (the lab's, a test's, a second instance) would take it from the
+# one before. Nothing here uses gunicornc; signals manage the process.
+control_socket_disable = True
+
 
 def _preload() -> None:
     from .services import chat

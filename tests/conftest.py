@@ -242,6 +242,36 @@ class ServerThread:
         self.server.shutdown()
 
 
+class ApiProcess:
+    """The API as production runs it (gunicorn with `controlplane api`'s hooks), in a process of its own:
+    its database binding is its own, not this process's peewee proxy, which the tests rebind. It serves
+    a socket bound here, so a request made before gunicorn accepts waits in the socket's backlog:
+    nothing waits for the API to be ready."""
+
+    def __init__(self, settings, log_dir: Path):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        self.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+        env.update(settings.to_env(), PYTHONUNBUFFERED="1")
+        with open(log_dir / "api.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "--bind", f"fd://{listener.fileno()}", "--workers", "1",
+                 "--threads", "8", "--graceful-timeout", "5", "--config", "python:controlplane.gunicorn_conf",
+                 "controlplane:create_app()"],
+                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, pass_fds=[listener.fileno()])
+        listener.close()
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 class Workers:
     """Real `controlplane worker` processes (RQ workers running the playbooks)."""
 
@@ -359,7 +389,6 @@ def model_library():
 def lab_session(tmp_path_factory, lab_database_url, redis_url, model_library):
     """The lab's services (fakepve, guest agents, Guacamole stand-in), two real workers, the API: one
     per test session (per xdist worker), on its own database; tests take it through `lab`."""
-    from controlplane import create_app
     from controlplane.config import Settings
     from controlplane.lab.services import LabConfig, LabServices
     from controlplane.services.queue import get_redis
@@ -398,11 +427,11 @@ def lab_session(tmp_path_factory, lab_database_url, redis_url, model_library):
             workers.spawn()
         workers.wait_registered(get_redis(redis_url), 2)
         from controlplane.extensions import db
+        from controlplane.models import init_db
         previous = db.obj
-        lab_app = create_app(settings)  # binds this process's database proxy to the lab's database ...
-        lab_database = db.obj
-        db.initialize(previous)  # ... which `lab` binds only for the tests that use the lab
-        server = ServerThread(lab_app).start()
+        lab_database = init_db(settings.effective_database_url)  # binds this process's proxy to the lab's
+        db.initialize(previous)  # database, which `lab` binds only for the tests that use the lab
+        server = ApiProcess(settings, log_dir)
         yield Lab(services, settings, workers, server, lab_database)
     finally:
         if server:

@@ -15,14 +15,17 @@ or a viewer's 403s do not use up the owner's 20 a minute, nor learn that it is s
 no user text: a user is a SHA-256 digest of their id, a project its database id.
 
 Answers carry X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset; a 429 is rendered in
-the API's own envelope (RATE_LIMIT_EXCEEDED, rendered by api/errors.py) with Retry-After. One
-Limiter per app. If Redis is down, limits are skipped rather than failing requests.
+the API's own envelope (RATE_LIMIT_EXCEEDED, rendered by api/errors.py) with Retry-After. Only a
+refusal says Retry-After: Flask-Limiter puts its window's reset there on every answer, and over an
+answer's own Retry-After (a model provider's wait) when its window ends later; here an answer keeps
+its own, and a success has none (_own_retry_after). One Limiter per app. If Redis is down, limits
+are skipped rather than failing requests.
 """
 from __future__ import annotations
 
 import hashlib
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 from flask_limiter import Limiter
 
 from ..config import Settings
@@ -88,11 +91,31 @@ def storage_uri(redis_url: str) -> str:
     return "redis+unix://" + redis_url[len("unix://"):] if redis_url.startswith("unix://") else redis_url
 
 
+def _note_retry_after(response: Response) -> Response:
+    """Runs before Flask-Limiter's headers: the answer's own Retry-After, if it has one."""
+    g.own_retry_after = response.headers.get("Retry-After")
+    return response
+
+
+def _own_retry_after(response: Response) -> Response:
+    """Runs after Flask-Limiter's headers: the answer's own Retry-After back; none on an answer that had
+    none, unless it is the limiter's own refusal (a 429 without one of its own)."""
+    own = g.get("own_retry_after")
+    if own is not None:
+        response.headers["Retry-After"] = own
+    elif response.status_code != 429:
+        response.headers.pop("Retry-After", None)
+    return response
+
+
 def init_limits(app: Flask, settings: Settings) -> Limiter | None:
     if not settings.rate_limits:
         return None
+    # Flask runs after_request hooks last registered first: these two go around the limiter's own.
+    app.after_request(_own_retry_after)
     limiter = Limiter(key_func=_caller, app=app, storage_uri=storage_uri(settings.redis_url), headers_enabled=True,
                       strategy="fixed-window", swallow_errors=True, key_prefix="controlplane:ratelimit")
+    app.after_request(_note_retry_after)
     # One budget per user across every endpoint of both APIs (a limit shared by scope "api").
     api_budget = limiter.shared_limit(settings.rate_limit_api, scope="api", key_func=_caller, exempt_when=_anonymous)
     for rule in list(app.url_map.iter_rules()):

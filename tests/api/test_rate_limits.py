@@ -25,6 +25,7 @@ def test_api_limit_per_user_with_headers(limited, auth):
         assert response.headers["X-RateLimit-Limit"] == "5"
         assert response.headers["X-RateLimit-Remaining"] == str(4 - n)
         assert int(response.headers["X-RateLimit-Reset"]) > 0
+        assert "Retry-After" not in response.headers  # only a refusal says when to retry
     refused = c.get("/api/v1/desktops", headers=auth())
     assert refused.status_code == 429
     body = refused.get_json()

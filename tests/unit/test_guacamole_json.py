@@ -146,11 +146,11 @@ def test_the_standin_refuses_expired_and_forged_data(standin):
 
 
 def test_an_auth_json_session_ends_when_its_data_expires(standin, monkeypatch):
-    from controlplane.lab import guacamole
+    from controlplane.lab import guacamole_sessions
     token = _login(standin, _data(60)).json()["authToken"]
     client = guacamole_json.client_id("cds-desktop-9")
     assert requests.get(f"{standin.url}/_lab/client/{client}", headers={"Guacamole-Token": token}, timeout=10).ok
-    real_now_ms = guacamole._now_ms  # the stand-in's wall clock, moved on past the data's expiry
-    monkeypatch.setattr(guacamole, "_now_ms", lambda: real_now_ms() + 60_100)
+    real_now_ms = guacamole_sessions.now_ms  # the stand-in's wall clock, moved on past the data's expiry
+    monkeypatch.setattr(guacamole_sessions, "now_ms", lambda: real_now_ms() + 60_100)
     assert requests.get(f"{standin.url}/_lab/client/{client}", headers={"Guacamole-Token": token},
                         timeout=10).status_code == 403
