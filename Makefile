@@ -33,7 +33,7 @@ help:
 	@echo "make check   the inner loop: lint, unit and API tests without the lab (SQLite)"
 	@echo "make lint    ruff, the import layers (import-linter), duplicate code (pylint), ansible-lint and yamllint"
 	@echo "make molecule  the roles' Molecule scenarios (molecule/), against lab stand-ins on free ports"
-	@echo "make bench   benchmarks: API load (wrk, flat out and paced), WebSocket fan-out, create overhead by phase,"
+	@echo "make bench   benchmarks: API load (wrk, flat out and paced), WebSocket fan-out, chat overhead, create overhead by phase,"
 	@echo "             concurrent creates and peak memory, on SQLite and PostgreSQL (benchmarks/)"
 
 $(STAMP): pyproject.toml
@@ -101,6 +101,7 @@ BENCH_CREATE_ARGS ?= --pool 2
 bench: install
 	@status=0; for database in $(BENCH_DATABASES); do \
 	  $(PY) benchmarks/load.py --database $$database --paced || status=1; \
+	  $(PY) benchmarks/chat.py --database $$database || status=1; \
 	  $(PY) benchmarks/create.py --database $$database $(BENCH_CREATE_ARGS) || status=1; \
 	done; exit $$status
 

@@ -52,24 +52,53 @@ def cmd_token(args) -> int:
 
 def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
     """Reap every settings.reaper_interval seconds, and enqueue the periodic maintenance job when
-    it is due; return when `parent` (the worker that started this process) is gone, so that a
-    killed worker leaves no reaper behind."""
+    it is due; meanwhile schedule (RQ's scheduler: the retries waiting as scheduled jobs). Return
+    when `parent` (the worker that started this process) is gone, so that a killed worker leaves no
+    reaper, and no scheduler, behind."""
+    import threading
     import time
 
     from .services.queue import get_redis
     conn = get_redis(settings.redis_url)
+    scheduler = _scheduler(settings)
+    scheduling = threading.Thread(target=scheduler.work, name="rq-scheduler", daemon=True)
+    scheduling.start()
     next_pass = time.monotonic() + settings.reaper_interval
-    while True:
-        time.sleep(min(1.0, max(next_pass - time.monotonic(), 0.05)))
-        if parent is not None and os.getppid() != parent:
-            return
-        if time.monotonic() < next_pass:
-            continue
-        next_pass = time.monotonic() + settings.reaper_interval
-        try:
-            _reaper_pass(settings, conn)
-        except Exception:
-            log.exception("reaper pass failed")
+    try:
+        while True:
+            time.sleep(min(1.0, max(next_pass - time.monotonic(), 0.05)))
+            if parent is not None and os.getppid() != parent:
+                return
+            if time.monotonic() < next_pass:
+                continue
+            next_pass = time.monotonic() + settings.reaper_interval
+            try:
+                _reaper_pass(settings, conn)
+            except Exception:
+                log.exception("reaper pass failed")
+    finally:
+        scheduler.request_stop()  # it releases its locks: another worker's scheduler takes over at once
+        scheduling.join(5)
+
+
+def _scheduler(settings: Settings):
+    """RQ's scheduler of the control plane's queues, to run in a thread of the reaper process (not in
+    the process RQ would fork for it, which outlives a killed worker): the scheduler that holds the
+    queues' lock moves each scheduled job (a retry's next run, tasks/engine.py) to its queue when due;
+    the others wait for the lock."""
+    from rq.scheduler import RQScheduler
+
+    from .services.queue import POOL_QUEUE_NAME, QUEUE_NAME, get_redis
+
+    class Scheduler(RQScheduler):
+        def _install_signal_handlers(self):  # a thread: the process's own handlers stop it
+            pass
+
+        @property
+        def should_reacquire_locks(self) -> bool:  # every second until it holds them (RQ: 2 minutes),
+            return self._queue_names != self.acquired_locks  # so one takes over soon after a holder dies
+
+    return Scheduler([QUEUE_NAME, POOL_QUEUE_NAME], connection=get_redis(settings.redis_url))
 
 
 def remove_leftover_runs(settings: Settings) -> list[str]:
@@ -156,6 +185,8 @@ def cmd_worker(args) -> int:
             worker = Worker([QUEUE_NAME, POOL_QUEUE_NAME], connection=conn, name=name,
                             job_monitoring_interval=settings.worker_heartbeat)
             try:
+                # A retry's next run waits as a scheduled job (tasks/engine.py): the reaper process
+                # beside each worker runs RQ's scheduler (_reaper_loop), not a process RQ would fork.
                 worker.work(burst=args.burst, with_scheduler=False, logging_level="INFO")
             except redis.RedisError as exc:  # Redis went away while RQ tore the worker down
                 log.error("worker %s: Redis failed: %s", worker.name, exc)

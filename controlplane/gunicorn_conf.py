@@ -1,14 +1,14 @@
-"""gunicorn's hooks for `controlplane api` (the command line gives the address, workers and threads).
+"""gunicorn's hooks and settings for `controlplane api` (the command line gives the address, workers and
+threads).
 
-Each API worker imports the model library (litellm, a few seconds) in the background as it starts,
-so a user's first chat message on that worker does not wait for the import (it took 3–4 s with a
-model answering in milliseconds). Requests are served meanwhile; one that needs the library before
-it is in waits for the import already running rather than starting its own.
+Each API worker imports and warms the model library (litellm, a few seconds; services/chat.py
+`warm`) as it starts, before it serves: a user's first chat message then costs what any other
+does (it took 3–4 s more with the import inside it, a model answering in milliseconds). Until a
+worker is ready, requests wait in the listening socket's queue.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 log = logging.getLogger("controlplane")
@@ -19,14 +19,14 @@ log = logging.getLogger("controlplane")
 control_socket_disable = True
 
 
-def _preload() -> None:
+# Seconds a worker may go without telling the master it lives before it is restarted (gunicorn's
+# default is 30): a worker's start includes the model library's import, which took up to 10 s on a
+# busy 2-core machine. A gthread worker tells it from its main loop, whatever its requests take.
+timeout = 120
+
+
+def post_worker_init(worker) -> None:
     from .services import chat
     start = time.monotonic()
-    chat.preload()
-    log.info("model library loaded in %.1f s", time.monotonic() - start)
-
-
-def post_worker_init(worker) -> threading.Thread:
-    thread = threading.Thread(target=_preload, name="preload-model-library", daemon=True)
-    thread.start()
-    return thread  # for the test; gunicorn ignores it
+    chat.warm()
+    log.info("model library loaded and warmed in %.1f s", time.monotonic() - start)

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.inventory import QUICK, lab_inventory
 
@@ -262,6 +263,13 @@ class ApiProcess:
                  "controlplane:create_app()"],
                 env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, pass_fds=[listener.fileno()])
         listener.close()
+        # Its first answer, whenever a worker has started (and warmed the model library): the one wait.
+        try:
+            requests.get(f"{self.url}/api/v1/health", timeout=180).raise_for_status()
+        except requests.RequestException as exc:
+            self.stop()
+            raise RuntimeError(f"the lab's API did not answer: {exc}: "
+                               f"{(log_dir / 'api.log').read_text(errors='replace')[-3000:]}") from None
 
     def stop(self):
         self.process.terminate()
@@ -379,10 +387,10 @@ def lab(lab_session):
 
 @pytest.fixture(scope="session")
 def model_library():
-    """The model library imported in the background, once per test process, as each API worker does
-    when it starts (controlplane/gunicorn_conf.py): not inside the first chat request of a test."""
+    """The model library imported and warmed once per test process, as each API worker does before it
+    serves (controlplane/gunicorn_conf.py): not inside the first chat request of an in-process test."""
     from controlplane import gunicorn_conf
-    return gunicorn_conf.post_worker_init(None)
+    gunicorn_conf.post_worker_init(None)
 
 
 @pytest.fixture(scope="session")

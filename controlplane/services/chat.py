@@ -127,6 +127,19 @@ def preload() -> None:
     _litellm()
 
 
+def warm() -> None:
+    """Import litellm and take its completion and price paths once, offline (a mocked answer: no
+    provider is called), so that a worker's first chat message finds everything loaded. An API
+    worker calls it before it serves (gunicorn_conf.post_worker_init)."""
+    litellm = _litellm()
+    try:
+        litellm.completion(model="openai/gpt-4", messages=[{"role": "user", "content": "warm-up"}],
+                           mock_response="warm", api_key=NO_KEY)
+    except Exception as exc:  # noqa: BLE001 - warming is best effort: a real message would report it
+        log.warning("warming the model library failed: %s", exc)
+    price("openai/gpt-4", 1, 1)
+
+
 # ---- model ids -----------------------------------------------------------------------------------------
 
 def parse_model(model: str) -> tuple[str, str]:

@@ -95,6 +95,17 @@ class RetryPlan:
     def runs(self) -> int:
         return 1 + self.infrastructure_retries + self.provisioning_retries
 
+    def state(self) -> dict:
+        """The retries counted so far, for the job that makes the next run (its meta)."""
+        return {"infrastructure": self.infrastructure_retries, "provisioning": self.provisioning_retries}
+
+    def resume(self, state: dict | None) -> "RetryPlan":
+        """Go on counting from `state` (what state() gave the job before)."""
+        state = state or {}
+        self.infrastructure_retries = int(state.get("infrastructure", 0))
+        self.provisioning_retries = int(state.get("provisioning", 0))
+        return self
+
     def next_delay(self, failure: FailureClass) -> float | None:
         if failure is FailureClass.INFRASTRUCTURE and self.infrastructure_retries < len(self.backoff):
             delay = self.backoff[self.infrastructure_retries]

@@ -21,15 +21,19 @@ log = logging.getLogger(__name__)
 
 
 def set_status(row, status, message: str, source: str, *, job_id: str | None = None,
-               expect: dict | None = None, publish_to: str | None = None, settings=None, **fields) -> bool:
+               expect: dict | None = None, publish_to: str | None = None, settings=None, hand_to: str | None = None,
+               **fields) -> bool:
     """Move `row` (a Desktop or a Project) to `status`. With `job_id`, only if the record's
     current job is that job; with `expect` ({field: value read}, None for NULL), only if the
     record's fields still have those values. Returns False (and changes nothing) when it has moved on.
-    `settings` are needed to move a project to deleted (releasing it removes its shared folder)."""
+    `hand_to`: the job that now owns the record (a retry's). `settings` are needed to move a project
+    to deleted (releasing it removes its shared folder)."""
     kind = kinds.of(row)
     model = kind.model
     now = utcnow()
     values = {model.status: status.value, model.status_message: message, model.updated_at: now}
+    if hand_to is not None:
+        fields["job_id"] = hand_to
     for name, value in fields.items():
         values[getattr(model, name)] = value
     with db.atomic():

@@ -2,10 +2,13 @@
 puts a job on them (enqueue): every job's defaults are here."""
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import json
 import logging
+import math
+import time
 
 import redis
 from rq import Callback, Queue
@@ -61,11 +64,18 @@ TIMEOUT_MARGIN = 120  # seconds RQ waits beyond a job's own time budget before i
 
 
 def enqueue(redis_url: str, function: str, *args, timeout: int, queue: str = QUEUE_NAME, job_id: str | None = None,
-            meta: dict | None = None, description: str | None = None, on_failure: str | None = None):
+            meta: dict | None = None, description: str | None = None, on_failure: str | None = None,
+            delay: float = 0):
     """Put `function(*args)` (a dotted name: the worker imports it) on `queue`; raises redis errors to
     the caller. `timeout`: the job's own time budget in seconds (a playbook job: its playbook's
-    timeout, which ansible-runner enforces); RQ's backstop is TIMEOUT_MARGIN later. Arguments are ids
-    and flags, never secrets or user text."""
-    return get_queue(redis_url, queue).enqueue(
-        function, *args, job_id=job_id, job_timeout=timeout + TIMEOUT_MARGIN, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-        meta=meta or {}, description=description, on_failure=Callback(on_failure) if on_failure else None)
+    timeout, which ansible-runner enforces); RQ's backstop is TIMEOUT_MARGIN later. `delay`: seconds
+    before it may run (RQ's scheduled jobs, which the workers' schedulers enqueue when due; a worker
+    is not held meanwhile). Arguments are ids and flags, never secrets or user text."""
+    options = dict(job_id=job_id, job_timeout=timeout + TIMEOUT_MARGIN, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+                   meta=meta or {}, description=description, on_failure=Callback(on_failure) if on_failure else None)
+    if delay > 0:
+        # RQ keeps a scheduled job's time in whole seconds, rounded down: rounded up here, the job
+        # waits at least `delay` (then up to the scheduler's next look, every second).
+        due = dt.datetime.fromtimestamp(math.ceil(time.time() + delay), tz=dt.timezone.utc)
+        return get_queue(redis_url, queue).enqueue_at(due, function, *args, **options)
+    return get_queue(redis_url, queue).enqueue(function, *args, **options)

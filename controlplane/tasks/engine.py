@@ -9,9 +9,13 @@ state once (conditional on still owning the row), and raises on failure.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
+import uuid
+
+import redis
 
 from rq import get_current_job
 
@@ -19,7 +23,7 @@ from ..config import Settings, parse_backoff
 from ..extensions import db
 from ..models import init_db, utcnow
 from ..runner.ansible import PlaybookResult, run_playbook
-from ..services import failures, kinds, lifecycle, proxmox, reaper
+from ..services import failures, kinds, lifecycle, proxmox, queue, reaper
 from ..services.audit import record_outcome
 from ..services.kinds import JobFailed
 from ..states import Operation
@@ -54,6 +58,7 @@ class PlaybookJob:
 
     model: type  # the row's model: it has job_id and job_heartbeat_at
     name: str  # for messages and logs: "desktop", "project", "pool VM"
+    failure_callback: str | None = None  # RQ's on_failure of its jobs (as they were enqueued)
 
     # ---- hooks ---------------------------------------------------------------------------------------
 
@@ -76,8 +81,9 @@ class PlaybookJob:
     def on_task(self, cfg: Settings, row, op: Operation, role: str, filename: str, task: str) -> None:
         """A task of the playbook started (status steps)."""
 
-    def waiting(self, cfg: Settings, row, op: Operation, message: str) -> bool:
-        """Show a retry's wait on the row; False when the row moved on (the job then stops)."""
+    def waiting(self, cfg: Settings, row, op: Operation, message: str, hand_to: str | None) -> bool:
+        """Show a retry's wait on the row and hand the row to the job of the next run (`hand_to`; None:
+        this job runs it); False when the row moved on (the job then stops)."""
         raise NotImplementedError
 
     def fail(self, cfg: Settings, row, op: Operation, reason: str) -> None:
@@ -112,25 +118,31 @@ class PlaybookJob:
                 self.audit(job, row, op, ok=False)
                 raise
             with _heartbeat(cfg, self.model, row.id, row.job_id):
-                result = self._run_with_retries(cfg, row, op, extravars)
+                result = self._run_with_retries(cfg, job, row, op, extravars)
+            if isinstance(result, RetryScheduled):
+                return {"id": resource_id, "retry": result.job_id, "in_seconds": result.delay}
             if not result.ok:
                 self.audit(job, row, op, ok=False)
                 raise JobFailed(f"{op.value} of {self.name} {row.id} failed: {_message_of(row)}")
             return self.succeed(cfg, job, row, op, result)
 
-    def _run_with_retries(self, cfg: Settings, row, op: Operation, extravars: dict) -> PlaybookResult:
+    def _run_with_retries(self, cfg: Settings, job, row, op: Operation,
+                          extravars: dict) -> PlaybookResult | RetryScheduled:
         """Run the operation's playbook; after a failure, run it again as the contract's retry guidance
-        says (services/failures.py), within the job's time budget, while the row still belongs to
-        this job. The row shows each wait ("... retry 2 of 4 in 2 s"); a failure that is not
-        retried, or the last one, is the job's failure (gave_up). Returns the last result."""
+        says (services/failures.py), within the operation's time budget, while the row still belongs
+        to this job. The row shows each wait ("... retry 2 of 4 in 2 s"); a failure that is not
+        retried, or the last one, is the job's failure (gave_up). Returns the last result, or, under
+        RQ, RetryScheduled: the next run is a job of its own, enqueued to run after the wait (the
+        worker is free meanwhile), which the row now names and which goes on counting from here."""
+        meta = (job.meta or {}) if job is not None else {}
         plan = failures.RetryPlan(parse_backoff(cfg.retry_backoff), cfg.provisioning_attempts,
-                                  cfg.provisioning_retry_delay)
-        deadline = time.monotonic() + cfg.job_timeout
+                                  cfg.provisioning_retry_delay).resume(meta.get("retry"))
+        deadline = meta.get("deadline") or time.time() + cfg.job_timeout  # wall clock: it crosses processes
         playbook, verb = self.playbook(op), self.failure_verb(op)
         while True:
             log.info("running %s for %s %s (VM %s), run %d", playbook, self.name, row.id, row.vmid, plan.runs)
             result = run_playbook(cfg.ansible_dir, playbook, cfg.inventory_path, extravars, cfg.playbook_env(playbook),
-                                  timeout=max(1, int(deadline - time.monotonic())), secrets=cfg.secrets(),
+                                  timeout=max(1, int(deadline - time.time())), secrets=cfg.secrets(),
                                   on_task=lambda *task: self.on_task(cfg, row, op, *task))
             if result.ok:
                 return result
@@ -140,7 +152,7 @@ class PlaybookJob:
             reason = f"{verb} at {step}" if step else result.reason()
             failure = failures.classify(op, reason, from_step=step is not None)
             delay = plan.next_delay(failure)
-            if delay is not None and deadline - time.monotonic() < delay + 1:
+            if delay is not None and deadline - time.time() < delay + 1:
                 delay = None  # no time left for another run
             if delay is None:
                 if plan.runs > 1:
@@ -150,10 +162,21 @@ class PlaybookJob:
             cause = "an infrastructure error" if failure is failures.FailureClass.INFRASTRUCTURE else "a failed step"
             message = f"{with_verb(verb, reason)}; {plan.describe(failure)} in {delay:g} s after {cause}"
             log.warning("%s %s: %s", self.name, row.id, message)
-            if not self.waiting(cfg, row, op, message):
+            next_job = retry_job_id(job.id) if job is not None else None
+            if not self.waiting(cfg, row, op, message, next_job):
                 log.warning("%s %s moved on while job %s was retrying; stopping", self.name, row.id, row.job_id)
                 return result
-            time.sleep(delay)
+            if next_job is None:  # called outside RQ: the run waits here
+                time.sleep(delay)
+                continue
+            try:
+                queue.enqueue(cfg.redis_url, job.func_name, *job.args, **job.kwargs, queue=job.origin, job_id=next_job,
+                              delay=delay, timeout=max(1, int(deadline - time.time() - delay)),
+                              meta={**meta, "retry": plan.state(), "deadline": deadline},
+                              description=job.description, on_failure=self.failure_callback)
+            except redis.RedisError as exc:  # the row names a job Redis lacks: the reaper resumes it
+                log.error("could not enqueue the next run of %s %s: %s", self.name, row.id, exc)
+            return RetryScheduled(next_job, delay)
 
 
 class VmJob(PlaybookJob):
@@ -163,6 +186,7 @@ class VmJob(PlaybookJob):
     `result_fields` (what the playbook's stats put on the record; raises JobFailed)."""
 
     kind: kinds.Kind
+    failure_callback = "controlplane.tasks.engine.on_job_failure"  # as services/jobs.py enqueues them
 
     @property
     def model(self):
@@ -191,10 +215,10 @@ class VmJob(PlaybookJob):
             lifecycle.set_status(current, status, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
                                  settings=cfg)
 
-    def waiting(self, cfg: Settings, row, op: Operation, message: str) -> bool:
+    def waiting(self, cfg: Settings, row, op: Operation, message: str, hand_to: str | None) -> bool:
         first_status, _ = self.kind.accepted[op]
         return lifecycle.set_status(row, first_status, message, "worker", job_id=row.job_id,
-                                    publish_to=cfg.redis_url, settings=cfg)
+                                    publish_to=cfg.redis_url, settings=cfg, hand_to=hand_to)
 
     def fail(self, cfg: Settings, row, op: Operation, reason: str) -> None:
         lifecycle.set_status(row, self.kind.failed, with_verb(self.failure_verb(op), reason), "worker",
@@ -235,6 +259,19 @@ class VmJob(PlaybookJob):
         meta = (job.meta or {}) if job is not None else {}
         record_outcome(row, op, ok=ok and row.status != self.kind.failed.value,
                        requested_by=meta.get("requested_by"), request_id=meta.get("request_id") or (job and job.id))
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryScheduled:
+    """The next run of a failed playbook is the job `job_id`, enqueued to start in `delay` seconds."""
+    job_id: str
+    delay: float
+
+
+def retry_job_id(job_id: str) -> str:
+    """A new id of the same form for the job of the next run: "<kind>-<id>-<operation>-<12 hex>" (or the
+    pool's "pool-fill-<12 hex>") with new hex digits."""
+    return f"{job_id.rsplit('-', 1)[0]}-{uuid.uuid4().hex[:12]}"
 
 
 def with_verb(verb: str, reason: str) -> str:

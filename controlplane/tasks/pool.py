@@ -47,9 +47,10 @@ class PoolVmJob(PlaybookJob):
     def _owned(self, row: PoolVm, op: Operation):
         return (PoolVm.id == row.id) & (PoolVm.state == _STATE[op].value) & (PoolVm.job_id == row.job_id)
 
-    def waiting(self, cfg: Settings, row: PoolVm, op: Operation, message: str) -> bool:
+    def waiting(self, cfg: Settings, row: PoolVm, op: Operation, message: str, hand_to: str | None) -> bool:
         row.message = message
-        return bool(PoolVm.update(message=message, updated_at=utcnow()).where(self._owned(row, op)).execute())
+        changes = {"message": message, "updated_at": utcnow(), **({"job_id": hand_to} if hand_to else {})}
+        return bool(PoolVm.update(**changes).where(self._owned(row, op)).execute())
 
     def fail(self, cfg: Settings, row: PoolVm, op: Operation, reason: str) -> None:
         row.message = with_verb(_VERB[op], reason)

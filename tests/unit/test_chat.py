@@ -445,8 +445,9 @@ def test_implausible_user_keys_are_refused(key):
 
 def test_importing_the_engine_leaves_litellm_out_and_litellm_never_goes_online():
     """In a fresh interpreter: importing chat does not import litellm; an API worker's start
-    (gunicorn_conf.post_worker_init, which `controlplane api` gives gunicorn) imports it in the
-    background; litellm and a price lookup open no socket to anywhere (its price table is the bundled one)."""
+    (gunicorn_conf.post_worker_init, which `controlplane api` gives gunicorn) imports and warms it
+    before the worker serves; litellm, its warm-up and a price lookup open no socket to anywhere (its
+    price table is the bundled one)."""
     script = textwrap.dedent("""
         import json, os, sys, time
         events = []
@@ -461,7 +462,7 @@ def test_importing_the_engine_leaves_litellm_out_and_litellm_never_goes_online()
         assert "litellm" not in sys.modules, "litellm is imported eagerly"
         start = time.monotonic()
         from controlplane import gunicorn_conf
-        gunicorn_conf.post_worker_init(None).join(120)
+        gunicorn_conf.post_worker_init(None)
         assert "litellm" in sys.modules, "the worker's start did not import litellm"
         loaded = time.monotonic() - start
         cost = chat.price("openai/gpt-4", 100, 50)

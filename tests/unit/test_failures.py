@@ -1,7 +1,9 @@
 """Which failures the worker runs again, and how often (services/failures.py)."""
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
 import time
 
 import pytest
@@ -150,18 +152,36 @@ def test_retry_settings_are_validated():
 
 # ---- the real schedule, on the real retry path ---------------------------------------------------------
 
+@contextlib.contextmanager
+def scheduling(settings):
+    """RQ's scheduler on `settings`' Redis, as the reaper process runs it, holding the queues' lock
+    (so that no scheduler of an earlier test's worker is the one that moves the jobs)."""
+    from controlplane.cli import _scheduler
+    scheduler = _scheduler(settings)
+    assert scheduler.acquire_locks() == {"desktops", "pool"}, "another scheduler holds the lock"
+    thread = threading.Thread(target=scheduler.work, daemon=True)
+    thread.start()
+    try:
+        yield scheduler
+    finally:
+        scheduler.request_stop()
+        thread.join(10)
+
+
 LOCKED = ("Start the VM: 500 Internal Server Error: can't lock file '/var/lock/qemu-server/lock-10001.conf' "
           "- got timeout")
 
 
 def test_the_worker_waits_the_contracts_schedule_between_runs(client, base_settings, redis_conn, monkeypatch):
-    """The default schedule as the worker keeps it: a start job run by a real RQ worker (SimpleWorker, in
+    """The default schedule as the workers keep it: a start job run by a real RQ worker (SimpleWorker, in
     this process) on a real Redis and database, through the engine's retry loop, with only the playbook
-    run replaced by a stand-in that fails with an infrastructure error. The stand-in notes the wall-clock
-    time of each run; the gaps between runs are the engine's real sleeps (no clock is injected), so a
-    schedule that waited less, more or in another order fails here. The lab's workers run a short
-    schedule (tests/conftest.py) and check the same messages derived from it; this is the test of the
-    default one, 1, 2, 4 and 8 s, and of its wording."""
+    run replaced by a stand-in that fails with an infrastructure error. Each next run is a job of its
+    own, scheduled after the wait and moved to the queue when due by RQ's scheduler as the reaper
+    process runs it (cli._scheduler, a thread here). The stand-in notes the wall-clock time of each
+    run; the gaps between runs are the real waits (no clock is injected; the scheduler looks every
+    second), so a schedule that waited less, more or in another order fails here. The lab's workers
+    run a short schedule (tests/conftest.py) and check the same messages derived from it; this is the
+    test of the default one, 1, 2, 4 and 8 s, and of its wording."""
     from rq import Queue, SimpleWorker
     from rq.timeouts import TimerDeathPenalty
 
@@ -201,17 +221,20 @@ def test_the_worker_waits_the_contracts_schedule_between_runs(client, base_setti
         death_penalty_class = TimerDeathPenalty  # not SIGALRM, which pytest-timeout uses
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        Worker([Queue(QUEUE_NAME, connection=redis_conn)], connection=redis_conn).work(burst=True)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    with scheduling(base_settings):
+        try:
+            # Five jobs: the first run and its four retries; idle for long, the worker gives up.
+            Worker([Queue(QUEUE_NAME, connection=redis_conn)], connection=redis_conn).work(max_jobs=5, max_idle_time=30)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
 
     assert len(runs) == 5, runs
     waits = [later[0] - earlier[1] for earlier, later in zip(runs, runs[1:])]
-    # Each wait is the schedule's, plus the record's status write and its event (milliseconds here).
+    # Each wait is the schedule's, plus up to two seconds: RQ keeps a scheduled time in whole seconds
+    # (the engine rounds it up) and its scheduler looks every second.
     for waited, planned in zip(waits, (1, 2, 4, 8)):
-        assert planned <= waited < planned + 0.75, waits
+        assert planned <= waited < planned + 2.3, waits
     with db.connection_context():
         desktop = Desktop.get_by_id(desktop.id)
         messages = [e.message for e in DesktopEvent.select().where(DesktopEvent.desktop == desktop.id)
@@ -220,3 +243,62 @@ def test_the_worker_waits_the_contracts_schedule_between_runs(client, base_setti
                         for n, s in ((1, 1), (2, 2), (3, 4), (4, 8))] + [
         f"Start failed: {LOCKED} (gave up after 5 attempts)"], messages
     assert desktop.status == "FAILED" and desktop.status_message == messages[-1]
+
+
+def test_a_retry_waits_without_holding_a_worker(client, base_settings, redis_conn, monkeypatch):
+    """Two desktops back off from a Proxmox that keeps a lock (the default schedule: 1, 2, 4, 8 s) on
+    the only worker; a third user's start, asked after theirs, runs while they wait: it is done before
+    the first of them has used up its retries, and each of them still runs five times. A retry that
+    slept inside the worker would hold it for 15 s per desktop."""
+    from rq import Queue, SimpleWorker
+    from rq.timeouts import TimerDeathPenalty
+
+    from controlplane.extensions import db
+    from controlplane.models import Desktop
+    from controlplane.runner.ansible import PlaybookResult
+    from controlplane.services import jobs
+    from controlplane.services.queue import QUEUE_NAME
+    from controlplane.states import Operation
+    from controlplane.tasks import engine
+
+    runs: dict[int, list[float]] = {}
+
+    def playbook(ansible_dir, playbook, inventory, extravars, env, timeout, secrets, on_task=None):
+        desktop_id = extravars["desktop_id"]
+        runs.setdefault(desktop_id, []).append(time.monotonic())
+        if desktop_id == third.id:
+            return PlaybookResult(status="successful", rc=0, stats={"desktop_ip": "10.0.0.3",
+                                                                    "guacamole_connection_id": "3"})
+        return PlaybookResult(status="failed", rc=2, failed_task="Start the VM", failure=LOCKED)
+
+    monkeypatch.setattr(engine, "run_playbook", playbook)
+    monkeypatch.setattr(engine, "_settings", base_settings)
+    with db.connection_context():
+        first, second, third = (
+            Desktop.create(user_id=f"user_{name}", name="d", plan="BASIC", cpu_cores=2, memory_mb=2048,
+                           status="STARTING", status_message="VM is booting up", operation="start",
+                           vmid=10011 + n, node="pve1") for n, name in enumerate(("one", "two", "three")))
+    for desktop in (first, second, third):
+        job_id = jobs.new_job_id(desktop.id, Operation.START)
+        with db.connection_context():
+            Desktop.update(job_id=job_id).where(Desktop.id == desktop.id).execute()
+        jobs.enqueue(base_settings, Operation.START, desktop.id, job_id)
+
+    class Worker(SimpleWorker):
+        death_penalty_class = TimerDeathPenalty  # not SIGALRM, which pytest-timeout uses
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with scheduling(base_settings):
+        try:
+            # Eleven jobs: five runs of each backing-off desktop, one of the third.
+            Worker([Queue(QUEUE_NAME, connection=redis_conn)], connection=redis_conn).work(max_jobs=11,
+                                                                                           max_idle_time=30)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    assert len(runs[first.id]) == 5 and len(runs[second.id]) == 5 and len(runs[third.id]) == 1, runs
+    assert runs[third.id][0] < runs[first.id][1], "the third start waited for a retry"
+    with db.connection_context():
+        statuses = {d.id: d.status for d in Desktop.select().where(Desktop.id.in_([first.id, second.id, third.id]))}
+    assert statuses == {first.id: "FAILED", second.id: "FAILED", third.id: "RUNNING"}, statuses
