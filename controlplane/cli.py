@@ -55,13 +55,12 @@ def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
     it is due; meanwhile schedule (RQ's scheduler: the retries waiting as scheduled jobs). Return
     when `parent` (the worker that started this process) is gone, so that a killed worker leaves no
     reaper, and no scheduler, behind."""
-    import threading
     import time
 
     from .services.queue import get_redis
+    from .tasks.scheduling import Scheduling
     conn = get_redis(settings.redis_url)
-    scheduler = _scheduler(settings)
-    scheduling = threading.Thread(target=scheduler.work, name="rq-scheduler", daemon=True)
+    scheduling = Scheduling(settings.redis_url)
     scheduling.start()
     next_pass = time.monotonic() + settings.reaper_interval
     try:
@@ -77,28 +76,7 @@ def _reaper_loop(settings: Settings, parent: int | None = None) -> None:
             except Exception:
                 log.exception("reaper pass failed")
     finally:
-        scheduler.request_stop()  # it releases its locks: another worker's scheduler takes over at once
-        scheduling.join(5)
-
-
-def _scheduler(settings: Settings):
-    """RQ's scheduler of the control plane's queues, to run in a thread of the reaper process (not in
-    the process RQ would fork for it, which outlives a killed worker): the scheduler that holds the
-    queues' lock moves each scheduled job (a retry's next run, tasks/engine.py) to its queue when due;
-    the others wait for the lock."""
-    from rq.scheduler import RQScheduler
-
-    from .services.queue import POOL_QUEUE_NAME, QUEUE_NAME, get_redis
-
-    class Scheduler(RQScheduler):
-        def _install_signal_handlers(self):  # a thread: the process's own handlers stop it
-            pass
-
-        @property
-        def should_reacquire_locks(self) -> bool:  # every second until it holds them (RQ: 2 minutes),
-            return self._queue_names != self.acquired_locks  # so one takes over soon after a holder dies
-
-    return Scheduler([QUEUE_NAME, POOL_QUEUE_NAME], connection=get_redis(settings.redis_url))
+        scheduling.stop()  # it releases its lock: another worker's scheduler takes over at once
 
 
 def remove_leftover_runs(settings: Settings) -> list[str]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import threading
 import time
 
 import pytest
@@ -156,16 +155,14 @@ def test_retry_settings_are_validated():
 def scheduling(settings):
     """RQ's scheduler on `settings`' Redis, as the reaper process runs it, holding the queues' lock
     (so that no scheduler of an earlier test's worker is the one that moves the jobs)."""
-    from controlplane.cli import _scheduler
-    scheduler = _scheduler(settings)
-    assert scheduler.acquire_locks() == {"desktops", "pool"}, "another scheduler holds the lock"
-    thread = threading.Thread(target=scheduler.work, daemon=True)
-    thread.start()
+    from controlplane.tasks.scheduling import Scheduling
+    scheduling = Scheduling(settings.redis_url)
+    assert scheduling.scheduler.acquire_locks() == {"desktops", "pool"}, "another scheduler holds the lock"
+    scheduling.start()
     try:
-        yield scheduler
+        yield scheduling
     finally:
-        scheduler.request_stop()
-        thread.join(10)
+        scheduling.stop()
 
 
 LOCKED = ("Start the VM: 500 Internal Server Error: can't lock file '/var/lock/qemu-server/lock-10001.conf' "
@@ -177,7 +174,7 @@ def test_the_worker_waits_the_contracts_schedule_between_runs(client, base_setti
     this process) on a real Redis and database, through the engine's retry loop, with only the playbook
     run replaced by a stand-in that fails with an infrastructure error. Each next run is a job of its
     own, scheduled after the wait and moved to the queue when due by RQ's scheduler as the reaper
-    process runs it (cli._scheduler, a thread here). The stand-in notes the wall-clock time of each
+    process runs it (tasks/scheduling.py). The stand-in notes the wall-clock time of each
     run; the gaps between runs are the real waits (no clock is injected; the scheduler looks every
     second), so a schedule that waited less, more or in another order fails here. The lab's workers
     run a short schedule (tests/conftest.py) and check the same messages derived from it; this is the
