@@ -165,6 +165,43 @@ def scheduling(settings):
         scheduling.stop()
 
 
+def starting_desktop(settings, user_id: str, vmid: int):
+    """A desktop STARTING with its start job on the queue, as the API leaves it."""
+    from controlplane.extensions import db
+    from controlplane.models import Desktop
+    from controlplane.services import jobs
+    from controlplane.states import Operation
+    with db.connection_context():
+        desktop = Desktop.create(user_id=user_id, name="d", plan="BASIC", cpu_cores=2, memory_mb=2048,
+                                 status="STARTING", status_message="VM is booting up", operation="start",
+                                 vmid=vmid, node="pve1")
+        job_id = jobs.new_job_id(desktop.id, Operation.START)
+        Desktop.update(job_id=job_id).where(Desktop.id == desktop.id).execute()
+    jobs.enqueue(settings, Operation.START, desktop.id, job_id)
+    return desktop
+
+
+def work(settings, redis_conn, jobs: int) -> None:
+    """A real RQ worker (SimpleWorker, in this process) runs `jobs` jobs, the scheduler moving the
+    retries' jobs to the queue when due; idle for 30 s, it gives up."""
+    from rq import Queue, SimpleWorker
+    from rq.timeouts import TimerDeathPenalty
+
+    from controlplane.services.queue import QUEUE_NAME
+
+    class Worker(SimpleWorker):
+        death_penalty_class = TimerDeathPenalty  # not SIGALRM, which pytest-timeout uses
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with scheduling(settings):
+        try:
+            Worker([Queue(QUEUE_NAME, connection=redis_conn)], connection=redis_conn).work(max_jobs=jobs,
+                                                                                           max_idle_time=30)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+
 LOCKED = ("Start the VM: 500 Internal Server Error: can't lock file '/var/lock/qemu-server/lock-10001.conf' "
           "- got timeout")
 
@@ -179,15 +216,10 @@ def test_the_worker_waits_the_contracts_schedule_between_runs(client, base_setti
     second), so a schedule that waited less, more or in another order fails here. The lab's workers
     run a short schedule (tests/conftest.py) and check the same messages derived from it; this is the
     test of the default one, 1, 2, 4 and 8 s, and of its wording."""
-    from rq import Queue, SimpleWorker
-    from rq.timeouts import TimerDeathPenalty
 
     from controlplane.extensions import db
     from controlplane.models import Desktop, DesktopEvent
     from controlplane.runner.ansible import PlaybookResult
-    from controlplane.services import jobs
-    from controlplane.services.queue import QUEUE_NAME
-    from controlplane.states import Operation
     from controlplane.tasks import engine
 
     defaults = Settings.from_env({})
@@ -206,25 +238,8 @@ def test_the_worker_waits_the_contracts_schedule_between_runs(client, base_setti
 
     monkeypatch.setattr(engine, "run_playbook", locked_vm)
     monkeypatch.setattr(engine, "_settings", base_settings)
-    with db.connection_context():
-        desktop = Desktop.create(user_id="user_backoff", name="d", plan="BASIC", cpu_cores=2, memory_mb=2048,
-                                 status="STARTING", status_message="VM is booting up", operation="start",
-                                 vmid=10001, node="pve1")
-        job_id = jobs.new_job_id(desktop.id, Operation.START)
-        Desktop.update(job_id=job_id).where(Desktop.id == desktop.id).execute()
-    jobs.enqueue(base_settings, Operation.START, desktop.id, job_id)
-
-    class Worker(SimpleWorker):
-        death_penalty_class = TimerDeathPenalty  # not SIGALRM, which pytest-timeout uses
-
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    with scheduling(base_settings):
-        try:
-            # Five jobs: the first run and its four retries; idle for long, the worker gives up.
-            Worker([Queue(QUEUE_NAME, connection=redis_conn)], connection=redis_conn).work(max_jobs=5, max_idle_time=30)
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+    desktop = starting_desktop(base_settings, "user_backoff", 10001)
+    work(base_settings, redis_conn, 5)  # the first run and its four retries
 
     assert len(runs) == 5, runs
     waits = [later[0] - earlier[1] for earlier, later in zip(runs, runs[1:])]
@@ -247,15 +262,10 @@ def test_a_retry_waits_without_holding_a_worker(client, base_settings, redis_con
     the only worker; a third user's start, asked after theirs, runs while they wait: it is done before
     the first of them has used up its retries, and each of them still runs five times. A retry that
     slept inside the worker would hold it for 15 s per desktop."""
-    from rq import Queue, SimpleWorker
-    from rq.timeouts import TimerDeathPenalty
 
     from controlplane.extensions import db
     from controlplane.models import Desktop
     from controlplane.runner.ansible import PlaybookResult
-    from controlplane.services import jobs
-    from controlplane.services.queue import QUEUE_NAME
-    from controlplane.states import Operation
     from controlplane.tasks import engine
 
     runs: dict[int, list[float]] = {}
@@ -270,29 +280,9 @@ def test_a_retry_waits_without_holding_a_worker(client, base_settings, redis_con
 
     monkeypatch.setattr(engine, "run_playbook", playbook)
     monkeypatch.setattr(engine, "_settings", base_settings)
-    with db.connection_context():
-        first, second, third = (
-            Desktop.create(user_id=f"user_{name}", name="d", plan="BASIC", cpu_cores=2, memory_mb=2048,
-                           status="STARTING", status_message="VM is booting up", operation="start",
-                           vmid=10011 + n, node="pve1") for n, name in enumerate(("one", "two", "three")))
-    for desktop in (first, second, third):
-        job_id = jobs.new_job_id(desktop.id, Operation.START)
-        with db.connection_context():
-            Desktop.update(job_id=job_id).where(Desktop.id == desktop.id).execute()
-        jobs.enqueue(base_settings, Operation.START, desktop.id, job_id)
-
-    class Worker(SimpleWorker):
-        death_penalty_class = TimerDeathPenalty  # not SIGALRM, which pytest-timeout uses
-
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    with scheduling(base_settings):
-        try:
-            # Eleven jobs: five runs of each backing-off desktop, one of the third.
-            Worker([Queue(QUEUE_NAME, connection=redis_conn)], connection=redis_conn).work(max_jobs=11,
-                                                                                           max_idle_time=30)
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+    first, second, third = (starting_desktop(base_settings, f"user_{name}", 10011 + n)
+                            for n, name in enumerate(("one", "two", "three")))
+    work(base_settings, redis_conn, 11)  # five runs of each backing-off desktop, one of the third
 
     assert len(runs[first.id]) == 5 and len(runs[second.id]) == 5 and len(runs[third.id]) == 1, runs
     assert runs[third.id][0] < runs[first.id][1], "the third start waited for a retry"
