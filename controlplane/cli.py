@@ -139,7 +139,7 @@ def cmd_worker(args) -> int:
     from rq import Worker
 
     from .logs import configure_logging
-    from .services.queue import POOL_QUEUE_NAME, QUEUE_NAME, get_redis
+    from .services.queue import WORKER_QUEUES, get_redis
     from .tasks import engine as tasks
     settings = Settings.from_env()
     settings.require_redis()
@@ -159,8 +159,8 @@ def cmd_worker(args) -> int:
     name, restarts = args.name, 0
     try:
         while True:
-            # Desktop and project jobs first; warm pool fills only when none waits.
-            worker = Worker([QUEUE_NAME, POOL_QUEUE_NAME], connection=conn, name=name,
+            # Users' desktop and project jobs first; upkeep, then warm pool fills, only when none waits.
+            worker = Worker(list(WORKER_QUEUES), connection=conn, name=name,
                             job_monitoring_interval=settings.worker_heartbeat)
             try:
                 # A retry's next run waits as a scheduled job (tasks/engine.py): the reaper process

@@ -31,7 +31,7 @@ from . import vmids
 from .maintenance import is_draining
 from .placement import PlacementError, choose_node
 from .plans import POOL_POWERS, load_plans
-from .queue import POOL_QUEUE_NAME, enqueue, get_redis
+from .queue import MAINTENANCE_QUEUE_NAME, POOL_QUEUE_NAME, enqueue, get_redis
 from .reaper import job_is_alive, live_workers
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ def request_refill(settings: Settings) -> None:
         conn = get_redis(settings.redis_url)
         conn.set(REFILL_AGAIN, "1", ex=300)  # a pass running now goes round once more
         if conn.set(REFILL_QUEUED, "1", nx=True, ex=30):
-            enqueue(settings.redis_url, REFILL_JOB, timeout=300, description="refill the warm pool")
+            enqueue(settings.redis_url, REFILL_JOB, timeout=300, queue=MAINTENANCE_QUEUE_NAME,
+                    description="refill the warm pool")
     except redis.RedisError as exc:
         log.warning("could not queue a pool refill: %s", exc)
 

@@ -15,10 +15,15 @@ from rq import Callback, Queue
 
 log = logging.getLogger(__name__)
 
-QUEUE_NAME = "desktops"
-# Warm pool fills and removals: every worker takes them only when no desktop or project job waits
-# (cli.cmd_worker lists this queue second), so refilling never delays a user's request.
+QUEUE_NAME = "desktops"  # users' desktop and project operations, and those the policies ask for
+# The control plane's own upkeep: the refill pass, the periodic policies and reconciliation, the
+# removal of orphans. Taken only when no user's job waits.
+MAINTENANCE_QUEUE_NAME = "maintenance"
+# Warm pool fills and removals: taken only when nothing above waits, so refilling never delays a
+# user's request.
 POOL_QUEUE_NAME = "pool"
+# The queues every worker serves, in this order (RQ takes the first job of the first queue that has one).
+WORKER_QUEUES = (QUEUE_NAME, MAINTENANCE_QUEUE_NAME, POOL_QUEUE_NAME)
 EVENTS_CHANNEL_PREFIX = "controlplane:events:"
 
 

@@ -19,7 +19,7 @@ from ..project_states import ProjectStatus
 from ..states import Status
 from . import guacamole, kinds, lifecycle, proxmox
 from .policy_runs import Action
-from .queue import enqueue
+from .queue import MAINTENANCE_QUEUE_NAME, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _remove(settings: Settings, orphan_vms: list[dict], orphan_connections: list
     whether it was queued."""
     try:
         job = enqueue(settings.redis_url, "controlplane.tasks.maintenance.remove_orphans", orphan_vms,
-                      orphan_connections, timeout=settings.job_timeout,
+                      orphan_connections, timeout=settings.job_timeout, queue=MAINTENANCE_QUEUE_NAME,
                       description=f"remove {len(orphan_vms)} orphaned VM(s) and {len(orphan_connections)} connection(s)")
     except redis.RedisError as exc:
         for action in actions:

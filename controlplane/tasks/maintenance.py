@@ -10,7 +10,7 @@ import logging
 
 from ..runner.ansible import run_playbook
 from ..services import policies, policy_runs
-from ..services.queue import enqueue
+from ..services.queue import MAINTENANCE_QUEUE_NAME, enqueue
 from .engine import settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ def enqueue_if_due(cfg, conn) -> bool:
         return False
     if not conn.set("controlplane:maintenance:due", "1", nx=True, ex=cfg.policy_interval):
         return False
-    enqueue(cfg.redis_url, JOB_FUNCTION, timeout=900, description="lifecycle policies (periodic)")
+    enqueue(cfg.redis_url, JOB_FUNCTION, timeout=900, queue=MAINTENANCE_QUEUE_NAME,
+            description="lifecycle policies (periodic)")
     return True
 
 

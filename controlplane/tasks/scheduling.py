@@ -14,11 +14,11 @@ import threading
 import redis
 from rq.scheduler import RQScheduler
 
-from ..services.queue import POOL_QUEUE_NAME, QUEUE_NAME, get_redis
+from ..services.queue import WORKER_QUEUES, get_redis
 
 log = logging.getLogger(__name__)
 
-QUEUES = frozenset({QUEUE_NAME, POOL_QUEUE_NAME})
+QUEUES = frozenset(WORKER_QUEUES)
 
 
 class Scheduling(threading.Thread):

@@ -16,7 +16,7 @@ from controlplane.extensions import db
 from controlplane.lab.guacamole import GuacamoleStandIn
 from controlplane.models import Desktop, DesktopEvent, utcnow
 from controlplane.services import policies, policy_runs
-from controlplane.services.queue import QUEUE_NAME
+from controlplane.services.queue import MAINTENANCE_QUEUE_NAME, QUEUE_NAME
 from tests.loop import LoopThread
 
 BASE = "/api/v1/desktops"
@@ -308,7 +308,9 @@ def test_the_periodic_job_is_enqueued_once_per_interval_and_runs_every_policy(se
     assert maintenance.enqueue_if_due(settings.replace(policy_interval=0), redis_conn) is False
     assert maintenance.enqueue_if_due(settings.replace(policy_interval=60), redis_conn) is True
     assert maintenance.enqueue_if_due(settings.replace(policy_interval=60), redis_conn) is False  # this interval's
-    [job] = [j for j in Queue(QUEUE_NAME, connection=redis_conn).jobs if j.func_name == maintenance.JOB_FUNCTION]
+    assert not [j for j in Queue(QUEUE_NAME, connection=redis_conn).jobs if j.func_name == maintenance.JOB_FUNCTION]
+    [job] = [j for j in Queue(MAINTENANCE_QUEUE_NAME, connection=redis_conn).jobs
+             if j.func_name == maintenance.JOB_FUNCTION]  # behind users' jobs
     assert job.args == () and job.kwargs == {}
     monkeypatch.setattr(engine, "_settings", settings)  # what the worker's configure() sets
     summary = job.func()

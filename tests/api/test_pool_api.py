@@ -13,7 +13,7 @@ from rq import Queue
 from controlplane.extensions import db
 from controlplane.models import Desktop, PoolVm, PoolVmState, VmidLease
 from controlplane.services import pool
-from controlplane.services.queue import QUEUE_NAME
+from controlplane.services.queue import MAINTENANCE_QUEUE_NAME, QUEUE_NAME
 
 BASE = "/api/v1/desktops"
 POOLS = "/api/v1/admin/pools"
@@ -68,8 +68,9 @@ def test_an_admin_sizes_a_pool_and_a_refill_is_queued(client, auth, redis_conn):
     assert response.status_code == 200, response.get_json()
     data = response.get_json()["data"]
     assert (data["plan"], data["size"], data["power"], data["source"]) == ("STANDARD", 3, "stopped", "admin ops")
-    jobs = Queue(QUEUE_NAME, connection=redis_conn).jobs
+    jobs = Queue(MAINTENANCE_QUEUE_NAME, connection=redis_conn).jobs
     assert [j.func_name for j in jobs] == [pool.REFILL_JOB]
+    assert not Queue(QUEUE_NAME, connection=redis_conn).jobs  # never ahead of a user's job
     assert client.put(f"{POOLS}/STANDARD", json={"size": 2}, headers=auth("ops", admin=True)).get_json()["data"][
         "power"] == "running"  # power defaults to running
     reset = client.delete(f"{POOLS}/STANDARD", headers=auth("ops", admin=True))
@@ -116,9 +117,10 @@ def test_a_create_takes_a_ready_pool_vm_with_its_lease(client, auth, redis_conn)
     assert (desktop.vmid, desktop.node) == (20007, "pve2")
     assert (taken.state, taken.desktop_id) == ("TAKEN", desktop.id) and taken.taken_at is not None
     assert (lease.desktop_id, lease.pool_vm_id) == (desktop.id, None)
-    # The create job and a refill (the pool is one short now) are queued.
-    assert {j.func_name for j in Queue(QUEUE_NAME, connection=redis_conn).jobs} == {
-        "controlplane.tasks.desktops.run_desktop_job", pool.REFILL_JOB}
+    # The create job and a refill (the pool is one short now) are queued, the refill behind users' jobs.
+    assert [j.func_name for j in Queue(QUEUE_NAME, connection=redis_conn).jobs] == [
+        "controlplane.tasks.desktops.run_desktop_job"]
+    assert [j.func_name for j in Queue(MAINTENANCE_QUEUE_NAME, connection=redis_conn).jobs] == [pool.REFILL_JOB]
     # Taken VMs are no longer the pool's.
     assert pool_of(client, auth, "STANDARD")["vms"] == []
 
