@@ -16,7 +16,11 @@
    clock through ffi, wrk's `delay()` per request); a slot missed by more than a second is
    dropped, so a slow API shows as a rate not held. wrk times a request from when it is sent,
    not from its slot (no coordinated-omission correction, unlike wrk2, which Debian lacks).
-2. WebSocket. `--ws-clients` clients sign in on /ws; `--ws-events` status changes per client are
+2. Against a bare app (`--baseline-duration` seconds each, after the runs above): the API's read
+   `GET /api/v1/desktops/{id}` alone, flat out, then the same read from benchmarks/baseline_app.py (Flask +
+   peewee, the same table, no authentication, rate limits or schemas) under the same gunicorn settings.
+   Passes when the API serves at least `--baseline-ratio` (0.8) of the baseline's requests/s (issue 20).
+3. WebSocket. `--ws-clients` clients sign in on /ws; `--ws-events` status changes per client are
    published through the same code the worker uses (lifecycle.publish); passes when every client
    received every event, in order.
 
@@ -209,11 +213,15 @@ def seed(settings, users: int) -> list[tuple[str, int, str]]:
     return [(mint_lab_token(settings, f"bench_{i:05d}"), ids[f"bench_{i:05d}"], f"bench_{i:05d}") for i in range(users)]
 
 
-def start_api(env: dict, port: int, workers: int, threads: int, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "api", "--workers", str(workers),
-                             "--threads", str(threads)], env={**env, "CONTROLPLANE_PORT": str(port)}, cwd=REPO,
+def start_api(env: dict, port: int, workers: int, threads: int, log: Path, app: str | None = None) -> subprocess.Popen:
+    """`controlplane api` (gunicorn, gthread workers), or `app` (a gunicorn app spec) under the same settings."""
+    command = ([sys.executable, "-m", "controlplane.cli", "api", "--workers", str(workers), "--threads", str(threads)]
+               if app is None else
+               [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+                "--threads", str(threads), "--access-logfile", "-", app])
+    proc = subprocess.Popen(command, env={**env, "CONTROLPLANE_PORT": str(port)}, cwd=REPO,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a worker imports and warms the model library before it serves
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"the API exited: {log.read_text()[-2000:]}")
@@ -318,6 +326,8 @@ def main() -> int:
     parser.add_argument("--paced-duration", type=int, default=15, help="seconds of each paced run")
     parser.add_argument("--paced-connections", type=int, default=32)
     parser.add_argument("--p95-ms", type=float, default=20.0, help="p95 target of the paced runs")
+    parser.add_argument("--baseline-duration", type=int, default=20, help="seconds of each run against the bare app")
+    parser.add_argument("--baseline-ratio", type=float, default=0.8, help="the API's share of the bare app's rate")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -356,6 +366,22 @@ def main() -> int:
                                       2, endpoint)
         print(f"websocket: {args.ws_clients} clients x {args.ws_events} events ...", flush=True)
         ws = websocket_fanout(settings, base, creds, args.ws_clients, args.ws_events)
+        baseline = None
+        if args.baseline_duration > 0:
+            print(f"the read alone, flat out, {args.baseline_duration} s: the API, then the bare app ...", flush=True)
+            product = run_wrk(wrk, base, creds_file, lua_file, args.baseline_duration, args.connections, 2, 1)
+            bare_port = free_port()
+            bare = start_api(env, bare_port, args.api_workers, args.api_threads, work / "bare.log",
+                             app="benchmarks.baseline_app:create_app()")
+            try:
+                bare_base = f"http://127.0.0.1:{bare_port}"
+                run_wrk(wrk, bare_base, creds_file, lua_file, 5, args.connections, 2, 1)  # warm-up
+                plain = run_wrk(wrk, bare_base, creds_file, lua_file, args.baseline_duration, args.connections, 2, 1)
+            finally:
+                os.killpg(bare.pid, 15)
+                bare.wait(20)
+            baseline = {"api": product, "bare": plain, "ratio": product["rps"] / plain["rps"] if plain["rps"] else 0,
+                        "target": args.baseline_ratio}
     finally:
         if api is not None and api.poll() is None:
             os.killpg(api.pid, 15)
@@ -370,6 +396,8 @@ def main() -> int:
                             and result["rps"] >= 0.95 * args.rate)
     paced_ok = all(r["passed"] for r in paced.values())
     ws_ok = ws["lost"] == 0 and ws["in_order"] and not ws["failures"]
+    baseline_ok = baseline is None or (baseline["ratio"] >= baseline["target"] and baseline["api"]["errors"] == 0
+                                       and baseline["bare"]["errors"] == 0)
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                "processor": _cpu_model(), "loadavg_at_end": _loadavg()}
     report = {"database": args.database, "duration_s": args.duration, "users": args.users,
@@ -377,7 +405,7 @@ def main() -> int:
               "target_rps": args.rate, "http": http, "websocket": ws, "machine": machine,
               "paced": {"rate": args.rate, "duration_s": args.paced_duration, "connections": args.paced_connections,
                         "p95_target_ms": args.p95_ms, "runs": paced} if paced else None,
-              "passed": http_ok and ws_ok and paced_ok, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "baseline": baseline, "passed": http_ok and ws_ok and paced_ok and baseline_ok, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out = args.out or REPO / "benchmarks" / "results" / f"load-{args.database}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -405,6 +433,10 @@ def main() -> int:
                   f"{r['errors']:>8}   p95 < {args.p95_ms:g} ms  {'ok' if r['passed'] else 'MISSED'}")
             if r["statuses"]:
                 print(f"          non-200 answers by status: {r['statuses']}")
+    if baseline is not None:
+        print(f"\nthe read alone, flat out ({args.baseline_duration} s each): the API {baseline['api']['rps']:.0f} "
+              f"requests/s, the bare Flask + peewee app {baseline['bare']['rps']:.0f}: ratio {baseline['ratio']:.2f} "
+              f"(target >= {baseline['target']:g})  {'ok' if baseline_ok else 'MISSED'}")
     if http["statuses"]:
         print(f"non-200 answers by status: {http['statuses']}")
     if ws["failures"]:

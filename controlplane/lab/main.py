@@ -202,7 +202,7 @@ def run_lab(workers: int = 2) -> int:  # noqa: C901 - starts and stops each part
             _say("lab: stopped; state kept in " + str(directory))
 
 
-def _wait_for_api(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_for_api(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     import requests
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -213,7 +213,7 @@ def _wait_for_api(url: str, proc: subprocess.Popen, timeout: float = 60) -> None
             return
         except requests.RequestException:
             time.sleep(0.2)
-    raise RuntimeError("the API did not answer within a minute")
+    raise RuntimeError("the API did not answer within three minutes")
 
 
 def _screens_line(config, services) -> str:

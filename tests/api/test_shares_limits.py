@@ -74,7 +74,7 @@ def gunicorn_api(client, base_settings, tmp_path):
                                 env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a worker imports and warms the model library before it serves
         while True:
             try:
                 if requests.get(f"{url}/api/v1/health", timeout=1).status_code in (200, 503):

@@ -25,7 +25,7 @@ def start_lab(env: dict, log_path) -> subprocess.Popen:
                             stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_healthy(lab_dir, proc, log_path, timeout=90) -> dict:
+def wait_healthy(lab_dir, proc, log_path, timeout=240) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the lab exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"

@@ -113,13 +113,18 @@ class ApiProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "api", "--workers", "2"],
                                      env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
+        # Until gunicorn has bound the port, connections are refused; then a request waits in the socket's
+        # queue until a worker has started (it imports and warms the model library first: seconds, up to
+        # tens of seconds on a busy machine).
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
-                if requests.get(f"{self.url}/api/v1/health", timeout=1).status_code in (200, 503):
+                if requests.get(f"{self.url}/api/v1/health", timeout=60).status_code in (200, 503):
                     return self
-            except requests.RequestException:
+            except requests.ConnectionError:
                 time.sleep(0.1)
+            except requests.RequestException:
+                pass
         raise AssertionError(f"the API did not come up: {open(self.log_path).read()[-2000:]}")
 
     def kill(self) -> None:
