@@ -36,14 +36,18 @@ class Desktop(pw.Model):
         table_name = "desktop"
 
 
-def _pooled(url: str) -> str:
-    """The URL with peewee's connection pool, as the API keeps its connections (models.init_db)."""
+def _pooled(url: str) -> pw.Database:
+    """The database at `url` with peewee's connection pool, as the API keeps its connections (the same
+    settings as models.init_db)."""
     scheme, rest = url.split("://", 1)
-    return f"{scheme.split('+')[0]}+pool://{rest}" if "+pool" not in scheme else url
+    kwargs = dict(max_connections=64, stale_timeout=300, timeout=10)
+    if scheme == "sqlite":
+        kwargs.update(check_same_thread=False, pragmas={"busy_timeout": 10000})
+    return connect(f"{scheme}+pool://{rest}", **kwargs)
 
 
 def create_app() -> Flask:
-    database.initialize(connect(_pooled(os.environ["CONTROLPLANE_DATABASE_URL"])))
+    database.initialize(_pooled(os.environ["CONTROLPLANE_DATABASE_URL"]))
     app = Flask(__name__)
 
     @app.before_request
