@@ -155,9 +155,9 @@ def test_retry_settings_are_validated():
 def scheduling(settings):
     """RQ's scheduler on `settings`' Redis, as the reaper process runs it, holding the queues' lock
     (so that no scheduler of an earlier test's worker is the one that moves the jobs)."""
-    from controlplane.tasks.scheduling import Scheduling
+    from controlplane.tasks.scheduling import QUEUES, Scheduling
     scheduling = Scheduling(settings.redis_url)
-    assert scheduling.scheduler.acquire_locks() == {"desktops", "pool"}, "another scheduler holds the lock"
+    assert scheduling.scheduler.acquire_locks() == QUEUES, "another scheduler holds the lock"
     scheduling.start()
     try:
         yield scheduling
