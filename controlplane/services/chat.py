@@ -20,7 +20,7 @@ Tokens come from the provider's ``usage``; the cost from litellm's bundled, main
 (``litellm.cost_per_token``). A model the table does not know, and every ``compat/`` model
 (self-hosted: no list price), costs 0.0 with ``cost_known=False``.
 
-litellm is imported lazily (it takes seconds to import; :func:`preload` imports it ahead of the
+litellm is imported lazily (it takes seconds to import; an API worker imports and warms it, :func:`warm`, before the
 first call) and with ``LITELLM_LOCAL_MODEL_COST_MAP=True``, so it uses its bundled price table
 instead of downloading one at import. Calls are made with ``num_retries=0`` and ``max_retries=0``:
 retrying is the caller's business. Every failure is a :class:`ChatError` whose ``kind`` says what
@@ -120,11 +120,6 @@ def _litellm():
                     litellm.telemetry = False
                 _litellm_module = litellm
     return _litellm_module
-
-
-def preload() -> None:
-    """Import litellm now (a few seconds) rather than in the first chat request."""
-    _litellm()
 
 
 def warm() -> None:
