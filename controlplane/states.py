@@ -90,6 +90,7 @@ PLAYBOOK: dict[Operation, str] = {
 TASK_FILE_STATUS: dict[tuple[str, str], tuple[Status, str]] = {
     ("proxmox_desktop", "clone.yml"): (Status.PROVISIONING, "Cloning VM from template"),
     ("proxmox_desktop", "configure.yml"): (Status.PROVISIONING, "Applying the plan's CPU and memory"),
+    ("proxmox_desktop", "adopt.yml"): (Status.PROVISIONING, "Preparing a VM from the warm pool"),
     ("proxmox_desktop", "start.yml"): (Status.STARTING, "VM is booting up"),
     ("proxmox_desktop", "wait_ip.yml"): (Status.WAITING_FOR_IP, "Waiting for the guest agent to report an IP address"),
     ("guacamole_connection", "present.yml"): (Status.CONFIGURING, "Setting up Guacamole connection"),

@@ -9,8 +9,9 @@ waiting for a desktop; a create takes one and is RUNNING in seconds.
   desktop's from then on (renamed cds-desktop-<id>, tagged with its owner) and never returns to
   the pool: no pool VM ever carried another user's session.
 - Refilling (`refill`): one pass at a time (a Redis lock); makes up each plan's deficit with new
-  pool VMs placed by services/placement.py (at most `pool_fill_parallel` filling per plan),
-  removes surplus, failed and abandoned ones. Run after each take and each size change (a job),
+  pool VMs placed by services/placement.py (at most `pool_fill_parallel` filling per plan, and
+  fewer pool jobs at once than there are live workers, so one worker is always free for a user's
+  create: it never waits behind a refill), removes surplus, failed and abandoned ones. Run after each take and each size change (a job),
   and by the reaper every CONTROLPLANE_REAPER_INTERVAL.
 """
 from __future__ import annotations
@@ -203,6 +204,7 @@ def _pass(settings: Settings, conn, done: dict) -> None:
 
     plans = load_plans(settings.plans_file)
     pools = configs(settings)
+    budget = _fill_budget(live)
     for vm in PoolVm.select().where(PoolVm.state == PoolVmState.READY.value):
         if vm.plan not in pools:
             _remove(settings, vm, f"plan {vm.plan} is no longer defined", done)
@@ -226,19 +228,38 @@ def _pass(settings: Settings, conn, done: dict) -> None:
         if conn.exists(BACKOFF + config.plan):
             done["notes"].append(f"{config.plan}: a fill failed less than {settings.pool_retry_after} s ago; waiting")
             continue
-        plan = plans[config.plan]
-        for _ in range(min(deficit, max(settings.pool_fill_parallel - filling, 0))):
-            try:
-                choice = choose_node(settings, plan.memory_mb, plan.template)
-            except PlacementError as exc:
-                done["notes"].append(f"{config.plan}: {exc}")
-                break
-            vm = _new_pool_vm(settings, config, choice.node)
-            if vm is None:
-                done["notes"].append(f"{config.plan}: no free VM id")
-                break
-            done["filling"].append({"id": vm.id, "plan": vm.plan, "vmid": vm.vmid, "node": vm.node,
-                                    "placement": choice.reason})
+        wanted = min(deficit, max(settings.pool_fill_parallel - filling, 0))
+        budget -= _fill(settings, config, plans[config.plan], min(wanted, budget), done)
+        if wanted > 0 and budget <= 0 and not any(f["plan"] == config.plan for f in done["filling"]):
+            done["notes"].append(f"{config.plan}: waiting for a worker (pool jobs leave one free for users)")
+
+
+def _fill(settings: Settings, config: PoolConfig, plan, count: int, done: dict) -> int:
+    """Queue up to `count` fills of the plan's pool, each placed on a node; returns how many."""
+    made = 0
+    for _ in range(count):
+        try:
+            choice = choose_node(settings, plan.memory_mb, plan.template)
+        except PlacementError as exc:
+            done["notes"].append(f"{config.plan}: {exc}")
+            break
+        vm = _new_pool_vm(settings, config, choice.node)
+        if vm is None:
+            done["notes"].append(f"{config.plan}: no free VM id")
+            break
+        made += 1
+        done["filling"].append({"id": vm.id, "plan": vm.plan, "vmid": vm.vmid, "node": vm.node,
+                                "placement": choice.reason})
+    return made
+
+
+def _fill_budget(live: set[str]) -> int:
+    """How many more fills may be queued now: pool jobs (fills and removals) in flight stay below
+    the number of live workers (every worker serves every queue, users' first), so a user's create
+    always finds a worker free of the pool's work; with one worker, one pool job at a time."""
+    in_flight = PoolVm.select().where(PoolVm.state.in_([PoolVmState.FILLING.value,
+                                                        PoolVmState.REMOVING.value])).count()
+    return max(max(len(live) - 1, 1) - in_flight, 0)
 
 
 def _new_pool_vm(settings: Settings, config: PoolConfig, node: str) -> PoolVm | None:

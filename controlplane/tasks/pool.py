@@ -68,6 +68,7 @@ class PoolVmJob(PlaybookJob):
             with db.atomic():
                 VmidLease.delete().where(VmidLease.vmid == row.vmid, VmidLease.pool_vm_id == row.id).execute()
                 PoolVm.delete().where(PoolVm.id == row.id, PoolVm.job_id == row.job_id).execute()
+            pool.request_refill(cfg)  # a fill may have waited for this job's worker
             return {"id": row.id, "vmid": row.vmid, "removed": True}
         now, stats = utcnow(), result.stats
         changed = PoolVm.update(state=PoolVmState.READY.value, ip_address=str(stats.get("vm_ip") or "") or None,

@@ -249,8 +249,10 @@ def test_a_refill_removes_abandoned_surplus_stale_and_drained_pool_vms(client, b
         assert pool.refill(base_settings) == {}
 
 
-def test_a_refill_fills_a_deficit_on_a_leased_vm_id_and_waits_after_a_failure(client, base_settings, redis_conn):
+def test_a_refill_fills_a_deficit_on_a_leased_vm_id_and_waits_after_a_failure(client, base_settings, redis_conn,
+                                                                               monkeypatch):
     from controlplane.models import PoolSetting
+    monkeypatch.setattr(pool, "live_workers", lambda *_: {"w1", "w2", "w3"})  # room for two pool jobs
     with db.connection_context():
         PoolSetting.create(plan="STANDARD", size=2, power="stopped", updated_by="ops")
         done = pool.refill(base_settings)
@@ -271,6 +273,26 @@ def test_a_refill_fills_a_deficit_on_a_leased_vm_id_and_waits_after_a_failure(cl
     assert [r["id"] for r in again["removing"]] == [made[0].id] and "filling" not in again
     assert again["notes"] == [f"STANDARD: a fill failed less than {base_settings.pool_retry_after} s ago; waiting"]
     assert pool_of_report(base_settings, "STANDARD")["lastFailure"] == "Fill failed at 'Clone': no space"
+
+
+@pytest.mark.parametrize("workers, in_flight, fills", [(0, 0, 1), (1, 0, 1), (1, 1, 0), (2, 0, 1), (2, 1, 0),
+                                                       (4, 1, 2), (4, 3, 0)])
+def test_pool_jobs_leave_a_worker_free_for_users(client, base_settings, redis_conn, monkeypatch, workers,
+                                                 in_flight, fills):
+    """Fills are queued only while pool jobs in flight (filling or removing) are fewer than the live
+    workers, one kept free for users' creates; with one worker or none, one pool job at a time."""
+    from controlplane.models import PoolSetting
+    monkeypatch.setattr(pool, "live_workers", lambda *_: {f"w{i}" for i in range(workers)})
+    with db.connection_context():
+        PoolSetting.create(plan="STANDARD", size=4, power="running", updated_by="ops")
+        for i in range(in_flight):
+            PoolVm.create(plan="STANDARD", template="tmpl-debian12-desktop", vmid=20301 + i, node="pve1",
+                          power="running", state="FILLING" if i % 2 == 0 else "REMOVING", job_id=f"job-{i}")
+        done = pool.refill(base_settings)
+    assert len(done.get("filling", [])) == fills
+    assert len([name for name, _ in pool_jobs(redis_conn) if name == pool.FILL_JOB]) == fills
+    if not fills:
+        assert done["notes"] == ["STANDARD: waiting for a worker (pool jobs leave one free for users)"]
 
 
 def pool_of_report(settings, plan: str) -> dict:

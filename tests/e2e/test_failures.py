@@ -180,7 +180,7 @@ def test_no_ip_address_fails_the_desktop_and_removes_the_vm(lab, fresh_user):
     vmid = desktop_row(desktop_id).vmid
     with broken_agent(lab, vmid):  # the VM is cloned and started seconds later
         message = wait_failed(api, desktop_id)
-    assert message.startswith("Create failed at 'Check that the guest agent reported an IPv4 address': "), message
+    assert message.startswith("Create failed at 'Wait for the guest agent to report an IPv4 address': "), message
     assert "guest agent" in message.lower() and "IPv4" in message, message
     assert f"after {QUICK['proxmox_desktop_ip_wait_retries'] + 1} attempts" in message, message
     assert message.endswith("(gave up after 3 attempts)"), message

@@ -191,6 +191,8 @@ def test_a_pool_vm_whose_vm_vanished_is_failed_by_reconcile_and_replaced(lab, po
     assert response.status_code == 200, response.text
     [action] = [a for a in response.json()["data"]["actions"] if a["target"] == f"pool vm {entry['id']}"]
     assert action["action"] == "fail" and action["done"] is True
-    replaced = pools.wait(lambda p: p["ready"] == 1 and p["vms"][0]["id"] != entry["id"] and len(p["vms"]) == 1,
+    # A new pool VM (SQLite may give it the removed one's id: compare when it was made too).
+    replaced = pools.wait(lambda p: p["ready"] == 1 and len(p["vms"]) == 1
+                          and (p["vms"][0]["id"], p["vms"][0]["createdAt"]) != (entry["id"], entry["createdAt"]),
                           "refilled with a new VM")
     assert replaced["vms"][0]["vmid"] in lab.vms()

@@ -59,10 +59,10 @@ CASES = [
     # A create step failed otherwise: the whole create runs again (its rescue cleaned up)
     ("create", "Create failed at 'Clone the VM from its template': Unable to clone vm: 500 Internal Server "
                "Error: lab fault: storage pool is exhausted", True, PROV),
-    ("create", "Create failed at 'Check that the guest agent reported an IPv4 address': Guest agent reported "
+    ("create", "Create failed at 'Wait for the guest agent to report an IPv4 address': Guest agent reported "
                "no IPv4 address after 9 attempts (1 s apart); last answer: Status code was 500 and not [200]: "
                "HTTP Error 500: QEMU guest agent is not running", True, PROV),
-    ("start", "Start failed at 'Check that the guest agent reported an IPv4 address': Guest agent reported "
+    ("start", "Start failed at 'Wait for the guest agent to report an IPv4 address': Guest agent reported "
               "no IPv4 address after 9 attempts (1 s apart); last answer: Status code was 500", False, PERM),
     ("create", "Create failed at 'Start the VM': TASK ERROR: QEMU exited with code 1", True, PROV),
     # Running it again cannot help

@@ -1,5 +1,5 @@
 # The guacamole_connection task, run in the Ansible process: the module's own code
-# (library/guacamole_connection.py, `run`) with ansible.module_utils.urls.open_url in place of
+# (library/guacamole_connection.py, `run`) with ansible.module_utils.urls.Request (open_url's) in place of
 # fetch_url, so no interpreter is started and no AnsiballZ payload built for it (a create and a
 # delete each make one such task). What it answers, and its messages, are the module's.
 from __future__ import annotations
@@ -13,12 +13,23 @@ import urllib.error
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.common.parameters import remove_values
-from ansible.module_utils.urls import open_url
+from ansible.module_utils.urls import Request, make_context
 from ansible.plugins.action import ActionBase
 
 _LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "library",
                         "guacamole_connection.py")
 
+
+
+# open_url builds a TLS context for every request, loading the system's CA certificates each time
+# (about 20 ms, even for http://); one context per setting is built once per process and reused.
+_CONTEXTS: dict = {}
+
+
+def _context(validate_certs: bool):
+    if validate_certs not in _CONTEXTS:
+        _CONTEXTS[validate_certs] = make_context(validate_certs=validate_certs)
+    return _CONTEXTS[validate_certs]
 
 def _module():
     name = "_cds_guacamole_connection_module"
@@ -35,9 +46,10 @@ def _fetch(validate_certs: bool):
     def fetch(url, data, headers, method, timeout):
         info = {"url": url, "status": -1}
         try:
-            response = open_url(url, data=data, headers=headers, method=method, timeout=timeout,
+            response = Request().open(method or ("POST" if data else "GET"), url, data=data, headers=headers,
+                                timeout=timeout,
                                 validate_certs=validate_certs, use_proxy=True, http_agent="ansible-httpget",
-                                follow_redirects="urllib2")
+                                follow_redirects="urllib2", context=_context(validate_certs))
         except urllib.error.HTTPError as exc:
             try:
                 body = exc.read() if exc.fp is not None else b""
@@ -76,5 +88,8 @@ class ActionModule(ActionBase):
         result.update(answer)
         if error:
             result.update(failed=True, msg=error)
+        elif params["state"] == "present" and answer.get("identifier") is not None:
+            # The role's output (present.yml), set here rather than by a set_fact task of its own.
+            result["ansible_facts"] = {"guacamole_connection_identifier": str(answer["identifier"])}
         # As AnsibleModule does: no value of a no_log option (the passwords) in anything answered.
         return remove_values(result, checked._no_log_values)

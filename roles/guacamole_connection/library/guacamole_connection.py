@@ -7,7 +7,7 @@ The role used to make each REST call a task of its own (log in, list, read param
 update, look the user up, create it, read and grant permissions, log out: up to ten module runs,
 about a second each). This module makes the same calls, in the same order, in one process. The
 role's action plugin of the same name (action_plugins/guacamole_connection.py) runs this very code
-in the Ansible process, with ansible.module_utils.urls.open_url, so no interpreter is started for
+in the Ansible process, with ansible.module_utils.urls.Request (open_url's), so no interpreter is started for
 it; `run` is what both call.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 # One Proxmox VE API request for what no community.proxmox module does (the login ticket for the
 # guest agent's addresses, the VM firewall's options), made from the Ansible process with the
-# urllib opener ansible.builtin.uri uses (ansible.module_utils.urls.open_url) and answered as uri
+# urllib opener ansible.builtin.uri uses (ansible.module_utils.urls.Request) and answered as uri
 # answers: status, json, msg ("Status code was 500 and not [200]: HTTP Error 500: ...", "Status
 # code was -1 and not [200]: Request failed: <urlopen error ...>"), failed when the status is not
 # one of status_code. No module process is started for it (a create makes two such requests, and a
@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible.module_utils.urls import open_url
+from ansible.module_utils.urls import Request, make_context
 from ansible.plugins.action import ActionBase
 
 ARGUMENT_SPEC = {
@@ -28,6 +28,17 @@ ARGUMENT_SPEC = {
 }
 
 
+
+# open_url builds a TLS context for every request, loading the system's CA certificates each time
+# (about 20 ms, even for http://); one context per setting is built once per process and reused.
+_CONTEXTS: dict = {}
+
+
+def _context(validate_certs: bool):
+    if validate_certs not in _CONTEXTS:
+        _CONTEXTS[validate_certs] = make_context(validate_certs=validate_certs)
+    return _CONTEXTS[validate_certs]
+
 def request(url: str, method: str, headers: dict, body: dict | None, validate_certs: bool,
             timeout: int) -> tuple[int, bytes, str]:
     """(status, body, message) as fetch_url reports them; status -1 when there was no answer."""
@@ -37,9 +48,9 @@ def request(url: str, method: str, headers: dict, body: dict | None, validate_ce
         data = urlencode(body)
         headers["Content-Type"] = "application/x-www-form-urlencoded"
     try:
-        response = open_url(url, data=data, headers=headers, method=method, timeout=timeout,
-                            validate_certs=validate_certs, use_proxy=True, http_agent="ansible-httpget",
-                            follow_redirects="urllib2")
+        opener = Request(use_proxy=True, http_agent="ansible-httpget", follow_redirects="urllib2",
+                         validate_certs=validate_certs, context=_context(validate_certs))
+        response = opener.open(method, url, data=data, headers=headers, timeout=timeout)
         content = response.read()
         return response.status, content, f"OK ({len(content)} bytes)"
     except urllib.error.HTTPError as exc:

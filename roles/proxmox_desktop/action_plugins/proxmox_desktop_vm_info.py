@@ -8,21 +8,16 @@
 # Documentation: library/proxmox_desktop_vm_info.py.
 from __future__ import annotations
 
+import os
+import runpy
 import warnings
 
-from ansible.errors import AnsibleActionFail
-from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible.module_utils.common.parameters import remove_values
-from ansible.plugins.action import ActionBase
 
+# The connection options and connect() the role's plugins share (module_utils/proxmox_desktop_api.py).
+_API = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils",
+                                   "proxmox_desktop_api.py"))
 ARGUMENT_SPEC = {
-    "api_host": {"type": "str", "required": True},
-    "api_port": {"type": "int"},
-    "api_user": {"type": "str", "required": True},
-    "api_password": {"type": "str", "no_log": True},
-    "api_token_id": {"type": "str"},
-    "api_token_secret": {"type": "str", "no_log": True},
-    "validate_certs": {"type": "bool", "default": False},
+    **_API["API_OPTIONS"],
     "vmid": {"type": "int"},
     "name": {"type": "str"},
     "config": {"type": "str", "choices": ["none", "current", "pending"], "default": "none"},
@@ -33,25 +28,15 @@ def _as_bool(value) -> bool:
     return value in (1, "1", True, "true", "yes")
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
+class ActionModule(_API["ProxmoxAction"]):
+    SPEC = ARGUMENT_SPEC
     _VALID_ARGS = frozenset(ARGUMENT_SPEC)
+    RULES = {"mutually_exclusive": [("vmid", "name")]}
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        checked = ArgumentSpecValidator(ARGUMENT_SPEC, required_one_of=[("api_password", "api_token_id")],
-                                        required_together=[("api_token_id", "api_token_secret")],
-                                        mutually_exclusive=[("vmid", "name")]).validate(self._task.args)
-        if checked.error_messages:
-            raise AnsibleActionFail("; ".join(checked.error_messages))
-        args = checked.validated_parameters
-        result["changed"] = False
-        # As AnsibleModule does: no value of a no_log option (the password, the token) in the answer.
-        return remove_values(self._look_up(args, result), checked._no_log_values)
-
-    def _look_up(self, args, result):
+    def act(self, args, result):
         try:
-            api = self._connect(args)
+            api = _API["connect"](args)
+            api.version.get()  # as proxmox_vm_info: a token is only tried by its first request
         except Exception as exc:  # noqa: BLE001 - the message is the answer, as proxmox_vm_info gives it
             return {**result, "failed": True, "msg": f"{exc}"}
         try:
@@ -66,23 +51,6 @@ class ActionModule(ActionBase):
         result["proxmox_vms"] = [vm for _, vm in sorted(found.items())]
         return result
 
-    @staticmethod
-    def _connect(args):
-        from proxmoxer import ProxmoxAPI  # imported by the warm Ansible process before it forks a run
-
-        auth = {"user": args["api_user"]}
-        if args["api_port"]:
-            auth["port"] = args["api_port"]
-        if args["api_password"]:
-            auth["password"] = args["api_password"]
-        else:
-            auth["token_name"] = args["api_token_id"]
-            auth["token_value"] = args["api_token_secret"]
-        with warnings.catch_warnings():  # an unverified lab certificate: validate_certs says so already
-            warnings.simplefilter("ignore")
-            api = ProxmoxAPI(args["api_host"], verify_ssl=args["validate_certs"], **auth)
-            api.version.get()  # as proxmox_vm_info: a token is only tried by its first request
-        return api
 
     @staticmethod
     def _qemu_vms(api, machines: dict, vmid: int | None, name: str | None, config: str) -> dict:
