@@ -75,6 +75,28 @@ ENVIRONMENT = ("var_dir", "database_url", "redis_url", "host", "port", "settings
 GUACAMOLE_PLAYBOOKS = frozenset({"desktop_create.yml", "desktop_start.yml", "desktop_delete.yml",
                                  "remove_orphans.yml"})
 
+# Rates ("100/minute", "5/hour", "20 per 2 minutes"): the rate limits (api/limits.py) and the WebSocket's.
+_RATE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d*)\s*(second|minute|hour|day)s?\s*$", re.I)
+_RATE_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+@dataclass(frozen=True)
+class Rate:
+    amount: int
+    seconds: int  # the window
+    text: str  # as people read it: "5 per 1 hour"
+
+
+def parse_rate(value: str) -> Rate:
+    """A rate setting; ValueError when it does not look like "100/minute"."""
+    found = _RATE.match(value or "")
+    if not found or int(found.group(1)) < 1 or (found.group(2) and int(found.group(2)) < 1):
+        raise ValueError(f"not a rate: {value!r}")
+    count, unit = int(found.group(2) or 1), found.group(3).lower()
+    text = f"{int(found.group(1))} per {count} {unit}{'s' if count > 1 else ''}"
+    return Rate(int(found.group(1)), count * _RATE_SECONDS[unit], text)
+
+
 # AI chat providers: model ids are "<provider>/<model>" (controlplane/services/chat.py).
 LLM_PROVIDERS = ("openai", "anthropic", "openrouter", "compat")
 
@@ -464,10 +486,9 @@ class Settings:
         for name in self._LONG_SECRETS:
             if getattr(self, name) and len(getattr(self, name)) < 32:
                 self._refuse(name, "must be at least 32 characters")
-        from limits import parse
         for name in self._RATES:
             try:
-                parse(getattr(self, name))
+                parse_rate(getattr(self, name))
             except ValueError:
                 self._refuse(name, f"must look like 100/minute, not {getattr(self, name)!r}")
 

@@ -70,6 +70,10 @@ class RateLimited(DomainError):
     code = "RATE_LIMIT_EXCEEDED"
     default_message = "Too many requests"
 
+    def __init__(self, message: str | None = None, details: dict | None = None, retry_after: int | None = None):
+        super().__init__(message, details)
+        self.retry_after = retry_after  # seconds until the limit's window ends
+
 
 class ProvisioningFailed(DomainError):
     code = "PROVISIONING_FAILED"

@@ -47,10 +47,12 @@ class HttpError(errors.DomainError):
 
 
 def headers_of(exc: errors.DomainError) -> dict[str, str]:
-    """What the answer to `exc` carries besides its body: an HTTP error's own headers, and the model
-    provider's wait after its rate limit (Retry-After)."""
+    """What the answer to `exc` carries besides its body: an HTTP error's own headers, a rate limit's
+    wait (api/limits.py), and the model provider's wait after its rate limit (Retry-After)."""
     if isinstance(exc, HttpError):
         return exc.headers
+    if isinstance(exc, errors.RateLimited) and exc.retry_after:
+        return {"Retry-After": str(exc.retry_after)}
     if isinstance(exc, errors.ChatFailed) and exc.chat_kind == "rate_limited" and (exc.details or {}).get("retry_after"):
         return {"Retry-After": str(int(float(exc.details["retry_after"])) or 1)}
     return {}
@@ -151,8 +153,8 @@ def _from_http(exc: HTTPException) -> errors.DomainError:
                          headers={"Allow": ", ".join(sorted(allowed))} if allowed else None)
     if exc.code == 413:
         return errors.PayloadTooLarge()
-    if exc.code == 429:  # Flask-Limiter's RateLimitExceeded: its description is the limit
-        return errors.RateLimited(f"Rate limit exceeded: {exc.description}", details={"limit": str(exc.description)})
+    if exc.code == 429:  # a 429 raised by Werkzeug (the limits raise RateLimited themselves)
+        return errors.RateLimited(exc.description or None)
     if exc.code == 415:
         return errors.ValidationFailed(details={BODY_KEY: "Content-Type must be application/json"})
     return HttpError(exc.description or exc.name, exc.code or 500, (exc.name or "ERROR").upper().replace(" ", "_"))

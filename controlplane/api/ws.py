@@ -27,6 +27,7 @@ import uuid
 from flask import current_app, request
 from simple_websocket import ConnectionClosed
 
+from ..config import parse_rate
 from ..auth import identity_from_token
 from ..errors import DomainError, RateLimited, Unauthorized, ValidationFailed
 from ..extensions import db
@@ -246,10 +247,9 @@ class Allowance:
     refilled evenly over its period."""
 
     def __init__(self, rate: str):
-        from limits import parse
-        item = parse(rate)
+        item = parse_rate(rate)
         self.capacity = float(item.amount)
-        self.per_second = item.amount / item.get_expiry()
+        self.per_second = item.amount / item.seconds
         self.tokens, self.at = self.capacity, time.monotonic()
 
     def take(self) -> bool:

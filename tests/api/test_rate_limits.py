@@ -1,4 +1,4 @@
-"""Rate limits on Redis (Flask-Limiter): the contracts' limits, their headers, and 429 in each API's
+"""Rate limits on Redis (api/limits.py): the contracts' limits, their headers, and 429 in each API's
 own envelope. Limits are made small by configuration here."""
 from __future__ import annotations
 
@@ -88,3 +88,31 @@ def test_bad_limit_setting_is_refused():
     from controlplane.config import ConfigError, Settings
     with pytest.raises(ConfigError, match="CONTROLPLANE_RATE_LIMIT_CHAT"):
         Settings.from_env({"CONTROLPLANE_RATE_LIMIT_CHAT": "lots"})
+
+
+def test_a_limited_request_costs_one_redis_round_trip(limited, auth):
+    """The budget's count and the headers' figures come from one script call; a create that made
+    something is counted once more after its answer."""
+    c = limited(rate_limit_api="50/minute")
+    limits = c.application.extensions["controlplane_limits"]
+    calls = []
+    script = limits.script
+    limits.script = lambda **kw: calls.append(kw["keys"]) or script(**kw)
+    assert c.get("/api/v1/desktops", headers=auth()).status_code == 200
+    assert len(calls) == 1 and len(calls[0]) == 1  # the per-user budget alone
+    calls.clear()
+    assert c.post("/api/v1/desktops", json={"userId": "user_12345"}, headers=auth()).status_code == 201
+    assert [len(keys) for keys in calls] == [2, 1]  # budget and create limit read, then the create counted
+
+
+def test_limits_are_skipped_when_redis_does_not_answer(base_settings, database, auth):
+    from controlplane import create_app
+    c = create_app(base_settings.replace(rate_limit_api="1/minute")).test_client()
+    import redis as redis_lib
+
+    def down(**_):
+        raise redis_lib.ConnectionError("Redis is down")
+    c.application.extensions["controlplane_limits"].script = down
+    for _ in range(3):  # over the limit, but nothing can count: served, without limit headers
+        response = c.get("/api/v1/desktops", headers=auth())
+        assert response.status_code == 200 and "X-RateLimit-Limit" not in response.headers

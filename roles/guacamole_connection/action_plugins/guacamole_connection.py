@@ -88,8 +88,5 @@ class ActionModule(ActionBase):
         result.update(answer)
         if error:
             result.update(failed=True, msg=error)
-        elif params["state"] == "present" and answer.get("identifier") is not None:
-            # The role's output (present.yml), set here rather than by a set_fact task of its own.
-            result["ansible_facts"] = {"guacamole_connection_identifier": str(answer["identifier"])}
         # As AnsibleModule does: no value of a no_log option (the passwords) in anything answered.
         return remove_values(result, checked._no_log_values)

@@ -44,6 +44,10 @@ options:
 
 RETURN = r"""
 identifier: {description: The connection's identifier (empty when absent)., type: str, returned: always}
+ansible_facts:
+  description: With state present, guacamole_connection_identifier (the identifier, for the role's callers).
+  type: dict
+  returned: success with state present
 created: {description: Whether the connection was created., type: bool, returned: always}
 updated: {description: Whether the connection was re-pointed., type: bool, returned: always}
 deleted: {description: Whether the connection was deleted., type: bool, returned: always}
@@ -291,6 +295,9 @@ def run(p, check_mode, fetch):
         error = str(exc)
     finally:
         guac.logout()
+    if error is None and p["state"] == "present":
+        # The role's output (tasks/present.yml reads no register: the fact is set here).
+        result["ansible_facts"] = {"guacamole_connection_identifier": result["identifier"]}
     return result, error
 
 
