@@ -281,7 +281,7 @@ def _created(event: dict, fallback: float) -> float:
 # Complexity above 15 (C901): one run: warm or cold, its timeout, cancel and the stats it reads back.
 def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: dict, env: dict[str, str],  # noqa: C901
                  timeout: int, secrets: list[str],
-                 on_task: Callable[[str, str, str], None] | None = None) -> PlaybookResult:
+                 on_task: Callable[[str, str, str], None] | None = None, niceness: int = 0) -> PlaybookResult:
     result = PlaybookResult(status="failed", rc=None)
     private, lock = _private_dir()
     secrets_fd = None
@@ -346,6 +346,8 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
         }
         if _warm_socket:
             given["CONTROLPLANE_ANSIBLE_WARM"] = _warm_socket
+        if niceness > 0:  # launch.py lowers the run's CPU priority (a warm-pool fill, say)
+            given["CONTROLPLANE_ANSIBLE_NICE"] = str(niceness)
         runner = runner_interface.init_runner(
             private_data_dir=private,
             project_dir=str(ansible_dir),

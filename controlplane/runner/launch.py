@@ -29,6 +29,9 @@ import sys
 
 MAX_SECRETS = 60000  # bytes: the worker writes at most this much (it fits in a pipe's buffer)
 WARM_SOCKET = "CONTROLPLANE_ANSIBLE_WARM"
+# How much lower than the worker's the run's CPU priority is (os.nice): the warm pool's fills and
+# removals are niced so that on a busy node a user's create gets the cores first.
+NICE = "CONTROLPLANE_ANSIBLE_NICE"
 # Environment entries that Ansible reads when it is imported, besides ANSIBLE_* and LC_*: a warm
 # process primed with other values does not run the playbook warm (runner/warm.py).
 _CONFIG_NAMES = frozenset({"HOME", "TMPDIR", "LANG", "LANGUAGE", "PYTHONPATH", "PYTHONHASHSEED", "USER"})
@@ -155,6 +158,9 @@ def main(argv: list[str]) -> None:
     env = dict(os.environ)
     if secrets:
         env.update(read_secrets(secrets))
+    niceness = env.pop(NICE, "")
+    if niceness.isdigit() and int(niceness) > 0:
+        os.nice(int(niceness))  # ansible-playbook and its forks, cold or warm (warm.py keeps it), run niced
     warm = env.pop(WARM_SOCKET, None)
     if warm and os.path.basename(command[0]) == "ansible-playbook":
         status = run_warm(warm, command, env, private, lock if private else None)

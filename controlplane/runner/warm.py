@@ -20,7 +20,7 @@ The exchange, on a Unix socket in a folder only the worker's user can enter:
    line of JSON with the command and the whole environment (secrets included: they never pass
    through this process, only through the monitor, a fork that ends with the run).
 3. The monitor forks the run: a new session whose descriptors are launch.py's, in launch.py's
-   folder and environment, running ansible-playbook's main (warm), or exec'ing it (cold). It
+   folder and environment and at its niceness (a warm-pool fill's runs are niced), running ansible-playbook's main (warm), or exec'ing it (cold). It
    answers {"pid", "warm"}, then {"status"} when the run ends, and launch.py exits with it.
 4. When launch.py dies first (ansible-runner kills its process group on a timeout or a cancel),
    the monitor kills the run and every process the run started, in whatever session or process
@@ -41,6 +41,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 
 MAX_HEADER = 64 * 1024  # bytes: the settings line
@@ -222,9 +223,11 @@ class Monitor:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         except Exception:  # noqa: BLE001 - without it, only the run's own process group is killed
             pass
+        niceness = _peer_niceness(self.conn)
         child = os.fork()
         if child == 0:
             self.conn.close()
+            _lower_priority(niceness)
             _become_run(fds, argv, env, cwd, self.warm)  # never returns
         for fd in fds:
             os.close(fd)  # the terminal is the run's and launch.py's now
@@ -305,6 +308,25 @@ def _kill_descendants(spare: int | None = None) -> None:
                 waiting = True
         if waiting:
             time.sleep(0.02)
+
+
+def _peer_niceness(conn: socket.socket) -> int:
+    """The niceness of launch.py at the other end (a warm-pool fill runs at a lower priority than a
+    user's create: runner/launch.py NICE), so that the run forked here keeps it; 0 if unknown."""
+    try:
+        pid, _, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except (OSError, AttributeError, struct.error):
+        return 0
+
+
+def _lower_priority(niceness: int) -> None:
+    """Only ever lowers this process' priority (raising it would need privileges and is not asked)."""
+    try:
+        if niceness > os.getpriority(os.PRIO_PROCESS, 0):
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    except OSError:
+        pass
 
 
 def _become_run(fds: list[int], argv: list[str], env: dict[str, str], cwd: str, warm: bool) -> None:

@@ -34,8 +34,9 @@ def project(tmp_path):
             return name
 
         def run(self, playbook: str, env: dict | None = None, timeout: int = 60, secrets: list[str] | None = None,
-                extravars: dict | None = None):
-            return run_playbook(root, playbook, inventory, extravars or {}, env or {}, timeout, secrets or [])
+                extravars: dict | None = None, niceness: int = 0):
+            return run_playbook(root, playbook, inventory, extravars or {}, env or {}, timeout, secrets or [],
+                                niceness=niceness)
 
     return Project()
 
@@ -79,6 +80,27 @@ def test_a_run_with_other_ansible_settings_starts_afresh_and_the_next_one_is_war
     other = project.run("ok.yml", env={"ANSIBLE_DISPLAY_SKIPPED_HOSTS": "False"})
     assert other.ok and not other.warm, other  # imported under other settings: not used
     assert project.run("ok.yml").warm
+
+
+def test_a_niced_run_is_niced_warm_or_cold_and_the_next_one_is_not(project, warm_ansible, tmp_path):
+    """A warm-pool fill's run (PoolVmJob.niceness) gets a lower CPU priority, also when it is forked by
+    the warm process (which keeps its own); a user's run after it does not inherit it."""
+    out = tmp_path / "nice.txt"
+    project.playbook("nice.yml", f"""
+        - name: Write the run's niceness
+          copy: {{dest: "{out}", content: "{{{{ lookup('pipe', 'ps -o ni= -p $PPID') | trim }}}}"}}
+    """)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    niced = project.run("nice.yml", niceness=7)
+    assert niced.ok and niced.warm, niced
+    assert int(out.read_text()) == base + 7
+    plain = project.run("nice.yml")
+    assert plain.ok and plain.warm and int(out.read_text()) == base
+    assert os.getpriority(os.PRIO_PROCESS, warm_ansible.pid) == base  # the warm process itself keeps its own
+    warm_ansible.terminate()
+    warm_ansible.wait(10)
+    cold = project.run("nice.yml", niceness=7)
+    assert cold.ok and not cold.warm and int(out.read_text()) == base + 7
 
 
 def test_settings_sent_to_the_warm_process_are_ansibles_never_secrets():
