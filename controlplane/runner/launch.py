@@ -139,6 +139,20 @@ def run_warm(path: str, command: list, env: dict, private: str | None, lock: int
     return status if status >= 0 else 128 - status
 
 
+def nice_session() -> None:
+    """With the kernel's autogroups (sched_autogroup_enabled), a process' niceness only counts within
+    its session's group, and sessions share the CPU as equals: give this session's group the
+    process' niceness, so that a niced run yields to the other sessions' (a user's create)."""
+    niceness = os.getpriority(os.PRIO_PROCESS, 0)
+    if niceness <= 0:
+        return
+    try:
+        with open("/proc/self/autogroup", "w", encoding="ascii") as group:
+            group.write(str(niceness))
+    except OSError:  # no autogroups here: the niceness alone does it
+        pass
+
+
 def main(argv: list[str]) -> None:
     private = secrets = None
     while argv and argv[0] != "--":
@@ -161,6 +175,7 @@ def main(argv: list[str]) -> None:
     niceness = env.pop(NICE, "")
     if niceness.isdigit() and int(niceness) > 0:
         os.nice(int(niceness))  # ansible-playbook and its forks, cold or warm (warm.py keeps it), run niced
+        nice_session()  # ansible-runner started this one in a session (an autogroup) of its own
     warm = env.pop(WARM_SOCKET, None)
     if warm and os.path.basename(command[0]) == "ansible-playbook":
         status = run_warm(warm, command, env, private, lock if private else None)

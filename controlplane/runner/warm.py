@@ -44,6 +44,8 @@ import socket
 import struct
 import sys
 
+from .launch import nice_session
+
 MAX_HEADER = 64 * 1024  # bytes: the settings line
 MAX_REQUEST = 1024 * 1024  # bytes: the command and environment line (the secrets pipe holds 60 kB)
 MAX_FDS = 4  # stdin, stdout, stderr and the private folder's lock
@@ -333,6 +335,7 @@ def _become_run(fds: list[int], argv: list[str], env: dict[str, str], cwd: str, 
     code = 1
     try:
         os.setsid()
+        nice_session()  # a new session is a new autogroup: it takes the run's niceness too
         fds = [fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD, 3) for fd in fds]  # dup2 below must not clobber one
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
