@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,8 @@ def seed(settings) -> tuple[str, str]:
 
 
 def main() -> int:
+    # A TERM (a timeout, a kill) ends the run through its clean-up: no API, workers or Redis left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--messages", type=int, default=20)

@@ -42,6 +42,7 @@ import platform
 import re
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -516,6 +517,8 @@ def pool_floor(bench: Bench, desktops: list[dict], runs: int) -> dict | None:
 # ---- main ------------------------------------------------------------------------------------------
 
 def main() -> int:
+    # A TERM (a timeout, a kill) ends the run through its clean-up: no API, workers or Redis left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--workers", type=int, default=10, help="controlplane worker processes")

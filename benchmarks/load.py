@@ -35,6 +35,7 @@ import platform
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -312,6 +313,8 @@ def websocket_fanout(settings, base: str, creds: list, clients: int, events: int
 
 
 def main() -> int:
+    # A TERM (a timeout, a kill) ends the run through its clean-up: no API, workers or Redis left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--duration", type=int, default=60)
