@@ -215,6 +215,7 @@ class Settings:
     pool_max_size: int = 50  # the largest size an admin may give one plan's pool
     pool_fill_parallel: int = 4  # pool VMs of one plan being made at once
     pool_retry_after: int = 60  # seconds a plan's pool waits after a failed fill before trying again
+    pool_niceness: int = 10  # how much lower a pool fill's or removal's CPU priority is than a user's job (0-19)
     # Lifecycle policies (services/policies.py); per-plan expiry and idle limits are in plans_file
     policy_interval: int = 300  # seconds between the periodic policy and reconciliation job; 0: off
     expiry_grace: int = 86400  # an expired desktop is stopped, then deleted this many seconds later
@@ -435,7 +436,7 @@ class Settings:
     _PORTS = (("port", 1), ("proxmox_port", 1), ("guacamole_port", 0))
     _CHOICES = (("connect_mode", ("auto", "json", "connection"), ""),
                 ("guacamole_protocol", ("vnc", "rdp"), " (Guacamole has no SPICE)"))
-    _BETWEEN = (("connect_ttl", 10, 86400, "seconds"), ("ws_max_message", 1024, 16 * 1024 * 1024, "bytes"),
+    _BETWEEN = (("connect_ttl", 10, 86400, "seconds"), ("pool_niceness", 0, 19, "(a niceness)"), ("ws_max_message", 1024, 16 * 1024 * 1024, "bytes"),
                 ("max_request_body", 1024, None, "bytes"))
     _URLS = ("llm_openai_base_url", "llm_compat_base_url", "shares_public_url")
     _LONG_SECRETS = ("jwt_secret", "llm_user_keys_secret", "shares_secret")  # at least 32 characters

@@ -423,6 +423,9 @@ def lab_session(tmp_path_factory, lab_database_url, redis_url, model_library):
                         # derive their messages from these; tests/unit/test_failures.py proves the real backoff).
                         retry_backoff="0.1,0.2,0.4,0.8", provisioning_retry_delay=0.1,
                         pool_retry_after=3,  # a failed pool fill is retried soon (tests/e2e/test_pool.py)
+                        # The suite keeps both cores busy: niced fills would wait for it (the niceness is
+                        # tests/unit/test_warm.py's; the timings it buys are make bench's).
+                        pool_niceness=0,
                         rate_limit_api="100000/minute",  # the tests poll fast; limits have their own tests
                         # the lab's echo model answers the chat, as under `make lab` (tests/browser)
                         llm_openai_base_url=services.llm.url, llm_openai_api_key=config.llm_api_key,

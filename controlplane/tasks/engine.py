@@ -59,7 +59,6 @@ class PlaybookJob:
     model: type  # the row's model: it has job_id and job_heartbeat_at
     name: str  # for messages and logs: "desktop", "project", "pool VM"
     failure_callback: str | None = None  # RQ's on_failure of its jobs (as they were enqueued)
-    niceness = 0  # how much lower the playbook run's CPU priority is (runner/launch.py NICE)
 
     # ---- hooks ---------------------------------------------------------------------------------------
 
@@ -69,6 +68,10 @@ class PlaybookJob:
         if row is None or (job_id is not None and row.job_id != job_id):
             return None
         return row
+
+    def niceness(self, cfg: Settings) -> int:
+        """How much lower the playbook run's CPU priority is (runner/launch.py NICE): none."""
+        return 0
 
     def playbook(self, op: Operation) -> str:
         raise NotImplementedError
@@ -144,7 +147,8 @@ class PlaybookJob:
             log.info("running %s for %s %s (VM %s), run %d", playbook, self.name, row.id, row.vmid, plan.runs)
             result = run_playbook(cfg.ansible_dir, playbook, cfg.inventory_path, extravars, cfg.playbook_env(playbook),
                                   timeout=max(1, int(deadline - time.time())), secrets=cfg.secrets(),
-                                  on_task=lambda *task: self.on_task(cfg, row, op, *task), niceness=self.niceness)
+                                  on_task=lambda *task: self.on_task(cfg, row, op, *task),
+                                  niceness=self.niceness(cfg))
             if result.ok:
                 return result
             # A create playbook's rescue cleans up, then hands the failed step to us through set_stats

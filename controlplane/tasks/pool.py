@@ -27,13 +27,15 @@ _VERB = {Operation.CREATE: "Fill failed", Operation.DELETE: "Removal failed"}
 class PoolVmJob(PlaybookJob):
     model = PoolVm
     name = "pool VM"
-    # Fills and removals run niced: on a busy node a user's create (which the pool is for) gets the
-    # cores first, and the pool uses what is left.
-    niceness = 10
 
     def load(self, resource_id: int, job_id: str | None, op: Operation):
         vm = super().load(resource_id, job_id, op)
         return vm if vm is not None and vm.state == _STATE[op].value else None
+
+    def niceness(self, cfg: Settings) -> int:
+        """Fills and removals run niced (pool_niceness): on a busy node a user's create (which the pool
+        is for) gets the cores first, and the pool uses what is left."""
+        return cfg.pool_niceness
 
     def playbook(self, op: Operation) -> str:
         return _PLAYBOOK[op]
