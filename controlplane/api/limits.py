@@ -179,8 +179,10 @@ def _limited(view, endpoint: str):
             if project is not None:  # counted before the model is called, whatever its answer
                 checks.append(Check(limits.chat, _key(endpoint, limits.chat, f"project:{project}"), hit=True))
         limits.apply(checks)
+        if after is None:
+            return view(*args, **kwargs)
         response = current_app.make_response(view(*args, **kwargs))
-        if after is not None and _created(response):
+        if _created(response):
             limits.deduct(after)
         return response
     return limited

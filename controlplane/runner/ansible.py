@@ -43,6 +43,7 @@ import yaml
 from ansible_runner import interface as runner_interface
 
 from ..logs import redact
+from . import launch
 
 log = logging.getLogger(__name__)
 
@@ -345,9 +346,9 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
             "ANSIBLE_PIPELINING": "True",
         }
         if _warm_socket:
-            given["CONTROLPLANE_ANSIBLE_WARM"] = _warm_socket
+            given[launch.WARM_SOCKET] = _warm_socket
         if niceness > 0:  # launch.py lowers the run's CPU priority (a warm-pool fill, say)
-            given["CONTROLPLANE_ANSIBLE_NICE"] = str(niceness)
+            given[launch.NICE] = str(niceness)
         runner = runner_interface.init_runner(
             private_data_dir=private,
             project_dir=str(ansible_dir),
