@@ -141,6 +141,10 @@ def cmd_worker(args) -> int:
     from .logs import configure_logging
     from .services.queue import WORKER_QUEUES, get_redis
     from .tasks import engine as tasks
+    import signal
+    # A stop signal must reach RQ's handlers even when whatever started this process blocked it (the
+    # mask is inherited: a test runner's or supervisor's blocked SIGINT made Ctrl-C do nothing here).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     settings = Settings.from_env()
     settings.require_redis()
     configure_logging(settings)

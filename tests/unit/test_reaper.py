@@ -169,11 +169,12 @@ def test_a_create_committed_but_never_enqueued_is_enqueued(client, base_settings
     assert job.meta["requested_by"] == "reaper"
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
-def test_a_worker_asked_to_stop_stops(client, base_settings, redis_conn, signum):
+@pytest.mark.parametrize("signum, blocked", [("SIGTERM", False), ("SIGINT", False), ("SIGINT", True)])
+def test_a_worker_asked_to_stop_stops(client, base_settings, redis_conn, signum, blocked):
     """`controlplane worker` works again after RQ quits on an error (Redis gone), but a stop
     signal (Ctrl-C in `make lab`, SIGTERM from a supervisor) ends it, with its reaper. On an empty
-    queue and database (`client`): a job left by an earlier test would keep it busy, never idle."""
+    queue and database (`client`): a job left by an earlier test would keep it busy, never idle. Also
+    when whatever started it had SIGINT blocked (an inherited signal mask)."""
     import os
     import signal
     import subprocess
@@ -182,8 +183,10 @@ def test_a_worker_asked_to_stop_stops(client, base_settings, redis_conn, signum)
 
     from rq import Worker
     env = {**os.environ, **base_settings.to_env()}
-    name = f"stop-test-{signum.lower()}"
-    proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "worker", "--name", name], env=env)
+    name = f"stop-test-{signum.lower()}{'-blocked' if blocked else ''}"
+    block = (lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})) if blocked else None
+    proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "worker", "--name", name], env=env,
+                            preexec_fn=block)
     try:
         deadline = time.monotonic() + 30
         # Idle: RQ has installed its signal handlers and waits for jobs.
