@@ -136,11 +136,10 @@ def cmd_worker(args) -> int:
 
     import redis
 
-    from rq import Worker
-
     from .logs import configure_logging
     from .services.queue import WORKER_QUEUES, get_redis
     from .tasks import engine as tasks
+    from .tasks.worker import ControlPlaneWorker
     import signal
     # A stop signal must reach RQ's handlers even when whatever started this process blocked it (the
     # mask is inherited: a test runner's or supervisor's blocked SIGINT made Ctrl-C do nothing here).
@@ -164,7 +163,7 @@ def cmd_worker(args) -> int:
     try:
         while True:
             # Users' desktop and project jobs first; upkeep, then warm pool fills, only when none waits.
-            worker = Worker(list(WORKER_QUEUES), connection=conn, name=name,
+            worker = ControlPlaneWorker(list(WORKER_QUEUES), connection=conn, name=name,
                             job_monitoring_interval=settings.worker_heartbeat)
             try:
                 # A retry's next run waits as a scheduled job (tasks/engine.py): the reaper process
@@ -185,14 +184,17 @@ def cmd_worker(args) -> int:
             if not _wait_for_redis(conn):
                 break
     finally:
-        for process in (reaper, warm and warm[0]):
-            if process is None:
-                continue
+        import time
+        children = [process for process in (reaper, warm and warm[0]) if process is not None]
+        for process in children:  # all at once: each has the same 10 seconds to end
             process.terminate()
+        deadline = time.monotonic() + 10
+        for process in children:
             try:
-                process.wait(10)
+                process.wait(max(deadline - time.monotonic(), 0.01))
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
         if warm is not None:
             import shutil
             shutil.rmtree(warm[1], ignore_errors=True)

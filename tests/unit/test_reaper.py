@@ -199,3 +199,23 @@ def test_a_worker_asked_to_stop_stops(client, base_settings, redis_conn, signum,
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_stopping_worker_is_not_held_by_its_pubsub_thread(redis_conn):
+    """The race behind a worker that took a minute to stop: its pub/sub thread reads the reply to
+    the unsubscribe before the stop flag is cleared, then waits for a subscription. RQ's Worker
+    waits 60 s for it there (redis-py 8 joins the thread); ours wakes every second."""
+    import time
+
+    from controlplane.tasks.worker import PUBSUB_WAKE_SECONDS, ControlPlaneWorker
+    worker = ControlPlaneWorker(["stop-race"], connection=redis_conn, name="stop-race")
+    worker.subscribe()
+    worker.pubsub.unsubscribe()  # the thread reads its reply while the flag is still set
+    deadline = time.monotonic() + 10
+    while worker.pubsub.subscribed:
+        assert time.monotonic() < deadline, "the pub/sub thread never read the unsubscribe's reply"
+        time.sleep(0.02)
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert not worker.pubsub_thread.is_alive()
+    assert time.monotonic() - started < PUBSUB_WAKE_SECONDS + 5
