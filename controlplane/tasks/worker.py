@@ -15,8 +15,8 @@ from rq import Worker
 PUBSUB_WAKE_SECONDS = 1.0
 
 
-class ControlPlaneWorker(Worker):
-    """RQ's Worker, whose pub/sub thread notices a stop within PUBSUB_WAKE_SECONDS."""
+class PromptStop:
+    """A mixin for RQ's worker classes: the pub/sub thread notices a stop within PUBSUB_WAKE_SECONDS."""
 
     def subscribe(self):
         self.log.info('Worker %s: subscribing to channel %s', self.name, self.pubsub_channel_name)
@@ -24,3 +24,7 @@ class ControlPlaneWorker(Worker):
         self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
         self.pubsub_thread = self.pubsub.run_in_thread(
             sleep_time=PUBSUB_WAKE_SECONDS, daemon=True, exception_handler=self._pubsub_exception_handler)
+
+
+class ControlPlaneWorker(PromptStop, Worker):
+    """RQ's Worker (a work horse forked per job) that stops promptly."""

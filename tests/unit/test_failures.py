@@ -188,8 +188,9 @@ def work(settings, redis_conn, jobs: int) -> None:
     from rq.timeouts import TimerDeathPenalty
 
     from controlplane.services.queue import QUEUE_NAME
+    from controlplane.tasks.worker import PromptStop
 
-    class Worker(SimpleWorker):
+    class Worker(PromptStop, SimpleWorker):  # its pub/sub thread does not hold it 60 s as it stops
         death_penalty_class = TimerDeathPenalty  # not SIGALRM, which pytest-timeout uses
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
