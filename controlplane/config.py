@@ -265,6 +265,7 @@ class Settings:
     rate_limit_desktop_create: str = "5/hour"  # desktops created, per user
     rate_limit_project_create: str = "5/hour"  # projects created, per user
     rate_limit_chat: str = "20/minute"  # chat messages, per project
+    rate_limit_sync: float = 0.05  # seconds between an API process's counts reaching Redis; 0: each request
     # Bounds on what clients send (api/wsserver.py, api/ws.py, api/bodies.py; /shares has its own)
     max_request_body: int = 64 * 1024  # bytes of an HTTP request body of either API (413 beyond)
     ws_max_message: int = 16 * 1024  # bytes of one WebSocket message, refused (1009) from its frame headers
@@ -436,7 +437,7 @@ class Settings:
     _PORTS = (("port", 1), ("proxmox_port", 1), ("guacamole_port", 0))
     _CHOICES = (("connect_mode", ("auto", "json", "connection"), ""),
                 ("guacamole_protocol", ("vnc", "rdp"), " (Guacamole has no SPICE)"))
-    _BETWEEN = (("connect_ttl", 10, 86400, "seconds"), ("pool_niceness", 0, 19, "(a niceness)"), ("ws_max_message", 1024, 16 * 1024 * 1024, "bytes"),
+    _BETWEEN = (("connect_ttl", 10, 86400, "seconds"), ("rate_limit_sync", 0, 10, "seconds"), ("pool_niceness", 0, 19, "(a niceness)"), ("ws_max_message", 1024, 16 * 1024 * 1024, "bytes"),
                 ("max_request_body", 1024, None, "bytes"))
     _URLS = ("llm_openai_base_url", "llm_compat_base_url", "shares_public_url")
     _LONG_SECRETS = ("jwt_secret", "llm_user_keys_secret", "shares_secret")  # at least 32 characters

@@ -14,13 +14,24 @@ limit counts, and refuses, only members whose role may chat in that project (an 
 or a viewer's 403s do not use up the owner's 20 a minute, nor learn that it is spent). Keys hold
 no user text: a user is a SHA-256 digest of their id, a project its database id.
 
-Fixed windows (a window starts with its first request), one Redis round trip per request: one Lua
-script counts the request against the per-user budget and reads (or, for chat, counts) the
-endpoint's limit, and answers each count with its window's time left. A create is counted after
-its answer, only when it made something. Answers carry X-RateLimit-Limit, X-RateLimit-Remaining
-and X-RateLimit-Reset (epoch seconds) of the tightest limit; a refusal is RATE_LIMIT_EXCEEDED in
-the API's own envelope (api/errors.py) with Retry-After, and only a refusal says Retry-After. If
-Redis does not answer, the limits are skipped rather than failing requests.
+Fixed windows (a window starts with its first request). One Lua script counts requests against
+the per-user budget and reads (or, for chat, counts) the endpoint's limit, and answers each count
+with its window's time left. A create is counted after its answer, only when it made something.
+Answers carry X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset (epoch seconds) of the
+tightest limit; a refusal is RATE_LIMIT_EXCEEDED in the API's own envelope (api/errors.py) with
+Retry-After, and only a refusal says Retry-After. If Redis does not answer, the limits are skipped
+rather than failing requests.
+
+The per-user budget of a plain request (a read, an update: everything but a create or a chat
+message) is counted in the API process while its first half lasts, and reaches Redis in one script
+call for all users every `rate_limit_sync` seconds (0.05; Kong's `sync_rate`): such a request
+makes no round trip of its own. The second half of a budget is counted in Redis request by
+request, so the refusal comes exactly at the limit; a user past it is refused by the process
+without asking Redis until the window ends. What this costs: a user who sends more than half a
+budget within one sync interval, across several API processes, may get a few requests past the
+limit (at most what the other processes let through in that interval), and X-RateLimit-Remaining
+in the first half is this process's count, behind the others' by up to that interval.
+`rate_limit_sync: 0` counts every request in Redis as it comes.
 """
 from __future__ import annotations
 
@@ -28,7 +39,10 @@ import functools
 import hashlib
 import logging
 import math
+import os
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import redis
@@ -45,21 +59,23 @@ LIMITED_PREFIXES = ("/api/v1/desktops", "/api/projects", "/api/chat", "/api/user
 KEY_PREFIX = "controlplane:ratelimit"
 EXTENSION = "controlplane_limits"
 
-# KEYS: the windows' keys. ARGV: for each key, its window in milliseconds and whether to count this
-# request (1) or only read (0). Answers, for each key, the count and the window's milliseconds left.
+# KEYS: the windows' keys. ARGV: for each key, its window in milliseconds and how many requests to
+# count (0: only read). Answers, for each key, the count and the window's milliseconds left.
 _SCRIPT = """
 local answer = {}
 for i, key in ipairs(KEYS) do
   local window, count = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
   local seen
-  if count == 1 then
-    seen = redis.call('INCR', key)
-    if seen == 1 then redis.call('PEXPIRE', key, window) end
+  if count > 0 then
+    seen = redis.call('INCRBY', key, count)
   else
     seen = tonumber(redis.call('GET', key) or '0')
   end
   local left = redis.call('PTTL', key)
-  if left < 0 then left = window end
+  if left < 0 then
+    if count > 0 then redis.call('PEXPIRE', key, window) end
+    left = window
+  end
   answer[2 * i - 1], answer[2 * i] = seen, left
 end
 return answer
@@ -76,6 +92,17 @@ class Check:
     hit: bool
 
 
+@dataclass
+class _Count:
+    """This process's view of one budget's window."""
+    window_ms: int
+    ends: float  # when the window ends (epoch seconds): Redis's word once it answered, until then a guess
+    seen: int = 0  # Redis's count at its last answer
+    pending: int = 0  # requests counted here that Redis has not been told of yet
+    sending: int = 0  # requests counted here on their way to Redis (in a call not answered yet)
+    answered: bool = False  # `seen` and `ends` are Redis's
+
+
 class Limits:
     def __init__(self, settings: Settings):
         self.connection = get_redis(settings.redis_url)
@@ -84,18 +111,79 @@ class Limits:
         self.desktop_create = parse_rate(settings.rate_limit_desktop_create)
         self.project_create = parse_rate(settings.rate_limit_project_create)
         self.chat = parse_rate(settings.rate_limit_chat)
+        self.sync_interval = settings.rate_limit_sync
+        self._start(None)
+
+    def _start(self, pid: int | None) -> None:
+        """This process's counts, empty (and, after a fork, nothing of the parent's: its locks may
+        have been held by a thread the child does not have)."""
+        self._pid = pid
+        self._counts: dict[str, _Count] = {}
+        self._lock = threading.Lock()  # the counts
+        self._redis_lock = threading.Lock()  # a sync, or a request counted in Redis: one at a time
+        self._syncer: threading.Thread | None = None
 
     def apply(self, checks: list[Check]) -> None:
-        """Count and check this request (one round trip); raise RateLimited past a limit. Notes the
-        tightest limit's headers for the answer (g.rate_limit_headers)."""
-        keys = [c.key for c in checks]
-        args = [x for c in checks for x in (c.rate.seconds * 1000, 1 if c.hit else 0)]
-        try:
-            answer = self.script(keys=keys, args=args)
-        except redis.RedisError as exc:
-            log.warning("rate limits skipped: Redis did not answer (%s)", type(exc).__name__)
+        """Count and check this request; raise RateLimited past a limit. Notes the tightest limit's
+        headers for the answer (g.rate_limit_headers). A plain request (the per-user budget alone)
+        is counted here while its budget's first half lasts; anything else in Redis (one round trip)."""
+        if self._pid != os.getpid():
+            self._start(os.getpid())
+        if self.sync_interval > 0 and len(checks) == 1 and checks[0].hit and self._apply_here(checks[0]):
             return
+        self._apply_in_redis(checks)
+
+    def _apply_here(self, check: Check) -> bool:
+        """Count the request in this process (True) while its budget is in its first half, or refuse
+        it when Redis said the budget is spent; False: it is counted in Redis."""
+        amount = check.rate.amount
         now = time.time()
+        with self._lock:
+            count = self._counts.get(check.key)
+            if count is None or now >= count.ends:  # a new window (what is pending goes into it)
+                count = self._counts[check.key] = _Count(check.rate.seconds * 1000, now + check.rate.seconds,
+                                                         pending=count.pending if count else 0)
+            spent = count.answered and count.seen + count.sending + count.pending >= amount
+            used = count.seen + count.sending + count.pending + 1
+            here = not spent and used <= amount // 2
+            if here:
+                count.pending += 1
+            ends = count.ends
+        if spent:
+            g.rate_limit_headers = _headers(check.rate, 0, ends)
+            raise RateLimited(f"Rate limit exceeded: {check.rate.text}", details={"limit": check.rate.text},
+                              retry_after=max(math.ceil(ends - now), 1))
+        if here:
+            g.rate_limit_headers = _headers(check.rate, amount - used, ends)
+            if self._syncer is None:
+                self._start_syncer()
+        return here
+
+    def _apply_in_redis(self, checks: list[Check]) -> None:
+        """One round trip: the request counted (with what this process counted of its budget and has
+        not told Redis yet) or the limit read."""
+        with self._redis_lock:
+            with self._lock:
+                extra = {c.key: self._take_pending(c.key) for c in checks if c.hit}
+            keys = [c.key for c in checks]
+            args = [x for c in checks for x in (c.rate.seconds * 1000, 1 + extra[c.key] if c.hit else 0)]
+            try:
+                answer = self.script(keys=keys, args=args)
+            except redis.RedisError as exc:
+                log.warning("rate limits skipped: Redis did not answer (%s)", type(exc).__name__)
+                with self._lock:
+                    for key, sent in extra.items():
+                        self._answered(key, None, None, 0, sent)
+                return
+            now = time.time()
+            with self._lock:
+                for i, check in enumerate(checks):
+                    if check.rate is self.api and check.key not in self._counts and self.sync_interval > 0:
+                        # known from now on: once spent, refused here without a round trip
+                        self._counts[check.key] = _Count(check.rate.seconds * 1000, now)
+                    self._answered(check.key, int(answer[2 * i]), int(answer[2 * i + 1]), now, extra.get(check.key, 0))
+        if self._counts and self._syncer is None:
+            self._start_syncer()  # it also forgets the windows that are over
         tightest = None
         for i, check in enumerate(checks):
             seen, left_ms = int(answer[2 * i]), int(answer[2 * i + 1])
@@ -110,12 +198,95 @@ class Limits:
                                   retry_after=max(math.ceil(left_ms / 1000), 1))
         g.rate_limit_headers = _headers(*tightest)
 
+    def _take_pending(self, key: str) -> int:
+        """What is pending of budget `key`, now on its way to Redis."""
+        count = self._counts.get(key)
+        if count is None:
+            return 0
+        pending, count.pending = count.pending, 0
+        count.sending += pending
+        return pending
+
+    def _answered(self, key: str, seen: int | None, left_ms: int | None, now: float, sent: int) -> None:
+        """Redis's answer for budget `key` (None: no answer), to a call that carried `sent` of its requests."""
+        count = self._counts.get(key)
+        if count is None:
+            return
+        count.sending = max(count.sending - sent, 0)
+        if seen is not None:
+            count.seen, count.ends, count.answered = seen, now + left_ms / 1000, True
+
+    def sync(self) -> int:
+        """Tell Redis what this process counted (one script call for every budget), and learn each
+        budget's count across all processes. Returns the number of budgets sent."""
+        with self._redis_lock:
+            now = time.time()
+            with self._lock:
+                for key in [k for k, c in self._counts.items() if not c.pending and now >= c.ends]:
+                    del self._counts[key]  # its window is over and nothing of it is left to send
+                batch = [(key, c.window_ms, self._take_pending(key)) for key, c in self._counts.items() if c.pending]
+            if not batch:
+                return 0
+            try:
+                answer = self.script(keys=[key for key, _, _ in batch],
+                                     args=[x for _, window, pending in batch for x in (window, pending)])
+            except redis.RedisError as exc:
+                log.warning("rate limits: %d budgets not counted: Redis did not answer (%s)", len(batch),
+                            type(exc).__name__)
+                answer = None
+            now = time.time()
+            with self._lock:
+                for i, (key, _, sent) in enumerate(batch):
+                    if answer is None:
+                        self._answered(key, None, None, now, sent)
+                    else:
+                        self._answered(key, int(answer[2 * i]), int(answer[2 * i + 1]), now, sent)
+            return len(batch) if answer is not None else 0
+
+    def _start_syncer(self) -> None:
+        with self._lock:
+            if self._syncer is not None:
+                return
+            self._syncer = threading.Thread(target=_sync_loop, args=(weakref.ref(self), os.getpid()),
+                                            name="rate-limit-sync", daemon=True)
+        self._syncer.start()
+
+    def _idle(self) -> bool:
+        """Whether there is nothing left to sync (then the syncer ends; the next request starts one)."""
+        with self._lock:
+            if self._counts:
+                return False
+            self._syncer = None
+            return True
+
     def deduct(self, check: Check) -> None:
         """Count a request after its answer (a create that made something)."""
         try:
             self.script(keys=[check.key], args=[check.rate.seconds * 1000, 1])
         except redis.RedisError as exc:
             log.warning("rate limit not counted: Redis did not answer (%s)", type(exc).__name__)
+
+
+def _sync_loop(limits_ref, pid: int) -> None:
+    """The syncer thread of an API process: until its Limits are gone (an app dropped), the process
+    forked, or every window it counted in is over."""
+    while True:
+        limits = limits_ref()
+        if limits is None or limits._pid != pid:
+            return
+        interval = limits.sync_interval
+        del limits
+        time.sleep(interval)
+        limits = limits_ref()
+        if limits is None or limits._pid != pid:
+            return
+        try:
+            limits.sync()
+        except Exception:  # noqa: BLE001 - the next interval tries again; counting must not stop
+            log.exception("rate limits: a sync failed")
+        if limits._idle():
+            return
+        del limits
 
 
 def _headers(rate: Rate, remaining: int, reset: float) -> dict[str, str]:

@@ -90,19 +90,60 @@ def test_bad_limit_setting_is_refused():
         Settings.from_env({"CONTROLPLANE_RATE_LIMIT_CHAT": "lots"})
 
 
-def test_a_limited_request_costs_one_redis_round_trip(limited, auth):
-    """The budget's count and the headers' figures come from one script call; a create that made
-    something is counted once more after its answer."""
-    c = limited(rate_limit_api="50/minute")
+def test_the_first_half_of_a_budget_is_counted_here_and_sent_in_one_call(limited, auth):
+    """A plain request in the first half of its user's budget makes no round trip: the counts of every
+    user reach Redis together, one script call per sync; the second half is counted request by
+    request, and the refusal comes exactly at the limit. A create is counted in Redis (with what is
+    pending of its user's budget), and once more after its answer when it made something."""
+    c = limited(rate_limit_api="10/minute", rate_limit_sync=10)  # no sync in the background here
     limits = c.application.extensions["controlplane_limits"]
     calls = []
     script = limits.script
-    limits.script = lambda **kw: calls.append(kw["keys"]) or script(**kw)
-    assert c.get("/api/v1/desktops", headers=auth()).status_code == 200
-    assert len(calls) == 1 and len(calls[0]) == 1  # the per-user budget alone
+    limits.script = lambda **kw: calls.append((kw["keys"], kw["args"])) or script(**kw)
+    for n in range(5):
+        response = c.get("/api/v1/desktops", headers=auth())
+        assert response.status_code == 200 and response.headers["X-RateLimit-Remaining"] == str(9 - n)
+    assert c.get("/api/v1/desktops", headers=auth("user_other")).status_code == 200
+    assert calls == []
+    assert limits.sync() == 2
+    assert len(calls) == 1 and sorted(calls[0][1][1::2]) == [1, 5]  # both users' counts in one call
+    assert limits.sync() == 0 and len(calls) == 1  # nothing new: nothing sent
     calls.clear()
-    assert c.post("/api/v1/desktops", json={"userId": "user_12345"}, headers=auth()).status_code == 201
-    assert [len(keys) for keys in calls] == [2, 1]  # budget and create limit read, then the create counted
+    for n in range(5, 10):  # the second half: each one counted in Redis
+        response = c.get("/api/v1/desktops", headers=auth())
+        assert response.status_code == 200 and response.headers["X-RateLimit-Remaining"] == str(9 - n)
+    assert len(calls) == 5
+    refused = c.get("/api/v1/desktops", headers=auth())
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    calls.clear()
+    # Past the limit, this process refuses without asking Redis until the window ends.
+    assert c.get("/api/v1/desktops", headers=auth()).status_code == 429 and calls == []
+
+    c = limited(rate_limit_api="50/minute", rate_limit_sync=10)
+    limits = c.application.extensions["controlplane_limits"]
+    calls.clear()
+    script = limits.script
+    limits.script = lambda **kw: calls.append((kw["keys"], kw["args"])) or script(**kw)
+    assert c.get("/api/v1/desktops", headers=auth("user_creates")).status_code == 200 and calls == []
+    created = c.post("/api/v1/desktops", json={"userId": "user_creates"}, headers=auth("user_creates"))
+    assert created.status_code == 201 and created.headers["X-RateLimit-Remaining"] == "4"  # 5/hour, this one
+    # budget (the read pending here and this request) and create limit read, then the create counted
+    assert [(len(keys), args[1::2]) for keys, args in calls] == [(2, [2, 0]), (1, [1])]
+
+
+def test_a_budget_counted_in_two_api_processes(limited, auth):
+    """Two API processes (two apps) share a user's budget through Redis: the first half is counted in
+    each and synced; from the second half on, every request is counted in Redis, so the refusal
+    comes at the limit when the requests were more than a sync interval apart."""
+    one, two = limited(rate_limit_api="8/minute", rate_limit_sync=10), limited(rate_limit_api="8/minute",
+                                                                                rate_limit_sync=10)
+    statuses = []
+    for n in range(10):
+        client = (one, two)[n % 2]
+        statuses.append(client.get("/api/v1/desktops", headers=auth("user_shared")).status_code)
+        for c in (one, two):  # the background syncs, made here at once
+            c.application.extensions["controlplane_limits"].sync()
+    assert statuses == [200] * 8 + [429, 429]
 
 
 def test_limits_are_skipped_when_redis_does_not_answer(base_settings, database, auth):
@@ -116,3 +157,18 @@ def test_limits_are_skipped_when_redis_does_not_answer(base_settings, database, 
     for _ in range(3):  # over the limit, but nothing can count: served, without limit headers
         response = c.get("/api/v1/desktops", headers=auth())
         assert response.status_code == 200 and "X-RateLimit-Limit" not in response.headers
+
+
+def test_the_counts_reach_redis_in_the_background(limited, auth, redis_conn):
+    import time
+    c = limited(rate_limit_api="100/minute", rate_limit_sync=0.05)
+    for _ in range(3):
+        assert c.get("/api/v1/desktops", headers=auth("user_synced")).status_code == 200
+    deadline = time.monotonic() + 10
+    while True:
+        counts = [int(redis_conn.get(k)) for k in redis_conn.keys("controlplane:ratelimit:api:*")]
+        if counts == [3]:
+            break
+        assert time.monotonic() < deadline, f"the budget never reached Redis: {counts}"
+        time.sleep(0.02)
+    assert 55 <= redis_conn.ttl(redis_conn.keys("controlplane:ratelimit:api:*")[0]) <= 60
