@@ -9,7 +9,7 @@
 #               all four at once, each pass in parallel (pytest-xdist:
 #               every worker has its own databases, Redis and lab) and in a random order (pytest-randomly)
 # and one for the inner loop:
-#   make check  lint, then the unit and API tests (no lab) on SQLite, in parallel: a few minutes
+#   make check  lint and, beside it, the unit and API tests (no lab) on SQLite, in parallel: about 3 minutes
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,13 +19,16 @@ PYTEST_ARGS ?= --durations=25
 # PostgreSQL pass has a third of the end-to-end tests, and under make test it runs beside SQLite's.
 TEST_WORKERS ?= 3
 PG_TEST_WORKERS ?= 2
-CHECK_WORKERS ?= 2
+CHECK_WORKERS ?= 3
+# The inner loop fuzzes each operation with fewer generated cases than make test (100): the same
+# operations, boundaries and mutations, fewer random ones.
+CHECK_FUZZ_EXAMPLES ?= 5
 # xdist hands out one test at a time (each worker keeps two queued), so the long tests, first in each pass
 # (tests/conftest.py), spread over all workers instead of landing in the first worker's initial chunk.
 PYTEST := $(VENV)/bin/pytest -p randomly
 XDIST := --dist load --maxschedchunk 1
 
-.PHONY: help install lab check test test-sqlite test-postgresql lint lint-python lint-ansible molecule bench clean
+.PHONY: help install lab check check-tests test test-sqlite test-postgresql lint lint-python lint-ansible molecule bench clean
 
 help:
 	@echo "make lab     run the whole system on this machine (API, workers, Proxmox and Guacamole stand-ins, Redis)"
@@ -66,9 +69,14 @@ test-postgresql: install
 	CONTROLPLANE_TEST_DATABASE=postgresql $(PYTEST) -n $(PG_TEST_WORKERS) $(XDIST) -m "not faults and not playbooks and not browser and not dbfree" $(PYTEST_ARGS)
 
 # Everything that needs no lab (no stand-ins, no workers, no playbooks): unit, API, stand-in and fuzz tests.
-check: install lint
+# The lint runs beside the tests: the tests leave a core idle part of the time (waits on processes).
+check: install
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint check-tests
+
+check-tests: install
 	scripts/ensure-debian-packages.sh screens
-	CONTROLPLANE_TEST_DATABASE=sqlite $(PYTEST) -n $(CHECK_WORKERS) $(XDIST) -m "not lab and not e2e" $(PYTEST_ARGS)
+	CONTROLPLANE_TEST_DATABASE=sqlite CONTROLPLANE_TEST_FUZZ_EXAMPLES=$(CHECK_FUZZ_EXAMPLES) \
+	  $(PYTEST) -n $(CHECK_WORKERS) $(XDIST) -m "not lab and not e2e" $(PYTEST_ARGS)
 
 # The Python checks and the Ansible checks at once (pylint's duplicate-code pass and ansible-lint take
 # most of the time, each about 15 s).
