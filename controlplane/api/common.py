@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 
 from flask import current_app, request
-from marshmallow import fields
+from marshmallow import Schema, fields
 
 from ..config import Settings
 from ..errors import ValidationFailed
@@ -84,3 +84,9 @@ def refuse_unusable_input() -> None:
         found.append("body")
     if found:
         raise ValidationFailed(details={name: "Must not contain NUL (0x00) characters" for name in found})
+
+
+class ListAnswer(Schema):
+    """A list answer of the projects API: `success: true` beside the list, as its other answers have
+    it and as clients written for the contract's origin expect (an addition within the contract)."""
+    success = fields.Boolean(required=True, dump_default=True)

@@ -113,10 +113,11 @@ def choose_node(settings: Settings, memory_mb: int, template: str) -> Choice:
 
     best = min(candidates, key=key)
     free_gib = free_after(best) / GIB
-    if free_after(best) < memory_mb * 1024 * 1024:
-        log.warning("placement: node %s has only %.1f GiB free for a %d MB VM", best["node"], free_gib, memory_mb)
-    reason = f"{free_gib:.1f} GiB free, {count.get(str(best['node']), 0)} of our VMs" + (
-        f"; skipped {', '.join(skipped)}" if skipped else "")
+    # A node short of memory for the VM is still the best there is (Proxmox overcommits, the guest
+    # balloons): the choice says so, and nothing is logged for a decision it did not change.
+    short = free_after(best) < memory_mb * 1024 * 1024
+    reason = f"{free_gib:.1f} GiB free{' (less than the VM asks)' if short else ''}, " \
+             f"{count.get(str(best['node']), 0)} of our VMs" + (f"; skipped {', '.join(skipped)}" if skipped else "")
     return Choice(str(best["node"]), reason)
 
 

@@ -44,7 +44,7 @@ def test_an_unverified_email_cannot_answer_someone_elses_invitation(client, bear
     project_id, invitation = invite(client, owner)
     attacker = bearer("user_attacker", VICTIM, verified)
 
-    assert client.get("/api/invitations", headers=attacker).get_json() == {"invitations": []}
+    assert client.get("/api/invitations", headers=attacker).get_json() == {"success": True, "invitations": []}
     for verb in ("accept", "decline"):
         refused = client.post(f"/api/invitations/{invitation}/{verb}", headers=attacker)
         assert refused.status_code == 403, refused.get_data(as_text=True)

@@ -128,6 +128,18 @@ def test_list_projects_shows_only_mine(client, people):
     assert Z.match(project["created_at"]) and project["vm_ip"] is None
 
 
+def test_list_answers_say_success_beside_their_list(client, people):
+    """As the projects API's other answers do, and as clients written for the contract's origin read
+    a list only when the answer says `success: true`."""
+    project_id = create_project(client, people["owner"])
+    for path, key in (("/api/projects", "projects"), (f"/api/projects/{project_id}/collaborators", "collaborators"),
+                      ("/api/invitations", "invitations"), (f"/api/chat/{project_id}/history", "messages")):
+        response = client.get(path, headers=people["owner"])
+        assert response.status_code == 200, (path, response.get_json())
+        body = response.get_json()
+        assert body["success"] is True and isinstance(body[key], list), (path, body)
+
+
 def test_project_details(client, people):
     project_id = team(client, people)
     set_status(project_id, "running", vm_ip="172.30.0.2", network="p1")
@@ -175,7 +187,7 @@ def test_deleted_project_is_gone_for_everyone(client, people):
     project_id = create_project(client, people["owner"])
     set_status(project_id, "deleted")
     assert_error(client.get(f"/api/projects/{project_id}", headers=people["owner"]), 404, "NOT_FOUND")
-    assert client.get("/api/projects", headers=people["owner"]).get_json() == {"projects": []}
+    assert client.get("/api/projects", headers=people["owner"]).get_json() == {"success": True, "projects": []}
 
 
 # ---- collaboration -----------------------------------------------------------------------------------------
@@ -193,7 +205,7 @@ def test_invite_accept_list_remove(client, people):
     mine = client.get("/api/invitations", headers=people["editor"]).get_json()["invitations"]
     assert [(i["id"], i["project_id"], i["role"], i["status"]) for i in mine] == [
         (body["invitation_id"], project_id, "editor", "sent")]
-    assert client.get("/api/invitations", headers=people["viewer"]).get_json() == {"invitations": []}
+    assert client.get("/api/invitations", headers=people["viewer"]).get_json() == {"success": True, "invitations": []}
     # Someone else cannot accept it.
     assert_error(client.post(f"/api/invitations/{body['invitation_id']}/accept", headers=people["viewer"]), 404,
                  "NOT_FOUND")
@@ -219,7 +231,7 @@ def test_decline(client, people):
                              json={"email": "user_viewer@example.com", "role": "viewer"}).get_json()["invitation_id"]
     declined = client.post(f"/api/invitations/{invitation}/decline", headers=people["viewer"]).get_json()
     assert declined["status"] == "declined"
-    assert client.get("/api/invitations", headers=people["viewer"]).get_json() == {"invitations": []}
+    assert client.get("/api/invitations", headers=people["viewer"]).get_json() == {"success": True, "invitations": []}
     assert_error(client.get(f"/api/projects/{project_id}", headers=people["viewer"]), 404, "NOT_FOUND")
 
 

@@ -114,7 +114,7 @@ def test_project_lifecycle(lab, fresh_user):
     assert not share_dir.exists()
     assert requests.get(share + "hello.txt", auth=(folder["username"], folder["password"]),
                         timeout=10).status_code == 401
-    assert owner.call("GET", "/api/projects").json() == {"projects": []}
+    assert owner.call("GET", "/api/projects").json() == {"success": True, "projects": []}
 
 
 def test_failed_project_create_cleans_up(lab, fresh_user):

@@ -67,6 +67,17 @@ def test_the_node_with_the_most_free_memory_wins(settings):
     assert "GiB free" in choice.reason
 
 
+def test_a_node_short_of_memory_is_still_chosen_and_said_so_without_a_warning(settings, caplog):
+    # pve1 (the template's node) reports 6 of 8 GiB free; a VM still being made there takes 4 more.
+    desktop_on("pve1", status="PROVISIONING", memory_mb=4096, age_minutes=0)
+    with caplog.at_level("INFO", logger="controlplane.services.placement"):
+        short = choose(settings, memory_mb=4096)
+        roomy = choose(settings, memory_mb=1024)
+    assert short.node == "pve1" and "(less than the VM asks)" in short.reason, short
+    assert roomy.node == "pve1" and "less than" not in roomy.reason, roomy
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+
+
 def test_equal_nodes_share_the_desktops_and_the_pool(settings):
     shared = settings.replace(proxmox_shared_storage=True)
     desktop_on("pve1")

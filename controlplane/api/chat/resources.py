@@ -6,7 +6,7 @@ from flask.views import MethodView
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from ...services import conversations as service
-from ..common import NOT_BLANK, settings
+from ..common import NOT_BLANK, ListAnswer, settings
 from ..envelope import ProjectsApiBlueprint
 from ..projects.resources import with_errors
 from ..projects.schemas import ProjectError  # noqa: F401  (documented error shape)
@@ -37,7 +37,7 @@ class ChatAnswer(Schema):
     cost = fields.Float(attribute="result.cost", required=True)
 
 
-class History(Schema):
+class History(ListAnswer):
     messages = fields.List(fields.Nested(service.MessageSchema), required=True)
 
 

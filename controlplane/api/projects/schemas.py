@@ -4,7 +4,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
 
 from ...services import shares
-from ..common import NOT_BLANK, JsonBoolean, ProjectsDateTime, settings
+from ..common import NOT_BLANK, JsonBoolean, ListAnswer, ProjectsDateTime, settings
 
 
 class Strict(Schema):
@@ -53,7 +53,7 @@ class ProjectSummary(Schema):
     shared_folder_url = SharedFolderUrl(allow_none=True)
 
 
-class ProjectList(Schema):
+class ProjectList(ListAnswer):
     projects = fields.List(fields.Nested(ProjectSummary), required=True)
 
 
@@ -124,7 +124,7 @@ class Invited(Schema):
     status = fields.String(required=True)
 
 
-class CollaboratorList(Schema):
+class CollaboratorList(ListAnswer):
     collaborators = fields.List(fields.Nested(Collaborator), required=True)
 
 
@@ -139,7 +139,7 @@ class InvitationOut(Schema):
     created_at = ProjectsDateTime()
 
 
-class InvitationList(Schema):
+class InvitationList(ListAnswer):
     invitations = fields.List(fields.Nested(InvitationOut), required=True)
 
 
