@@ -110,7 +110,8 @@ def test_a_new_user_goes_from_sign_in_to_an_open_desktop_by_clicking(lab, new_pa
     page.get_by_role("button", name="Stop…").click()
     dialog.get_by_role("button", name="Stop desktop").click()
     expect(page.get_by_role("button", name="Start")).to_be_visible(timeout=120_000)
-    expect(card.locator(".badge")).to_have_text("STOPPED")
+    expect(card.locator(".badge")).to_have_text("Stopped")  # words people use; the API's name in the tooltip
+    expect(card.locator(".badge")).to_have_attribute("title", "STOPPED")
     assert lab.vm(desktop["vmid"]).status == "stopped"
     shots(page, "stopped")
 

@@ -27,8 +27,18 @@ export function showError(slot, err, form) {
   slot.replaceChildren(errorBox(err, form));
   if (err.status === 401) signOut("Your session has ended: sign in again.");
 }
+// What a status means in words people use; the API's name stays in the tooltip (desktops' statuses
+// are upper case, projects' lower case: the same words for both).
+export const STATUS_WORDS = {
+  PENDING: "Queued", PROVISIONING: "Preparing…", STARTING: "Starting…", WAITING_FOR_IP: "Connecting…",
+  CONFIGURING: "Setting up access…", RUNNING: "Running", STOPPING: "Stopping…", STOPPED: "Stopped",
+  DELETING: "Deleting…", DELETED: "Deleted", FAILED: "Failed",
+};
+export function statusWords(status) {
+  return STATUS_WORDS[String(status).toUpperCase()] || String(status);
+}
 export function badge(status) {
-  return h("span", { class: `badge s-${String(status).toLowerCase()}` }, status);
+  return h("span", { class: `badge s-${String(status).toLowerCase()}`, title: String(status) }, statusWords(status));
 }
 // A row of buttons whose actions show their errors below it; a button is disabled while it works.
 export function actionBar() {
