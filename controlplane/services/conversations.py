@@ -201,6 +201,13 @@ def history(identity: Identity, project_id: str, limit: int = 200, before: str |
 
 # ---- usage ---------------------------------------------------------------------------------------------
 
+def model_key(model: str) -> str:
+    """The key of a model in usage's `by_model`: its own name, without the provider (and, through
+    OpenRouter, the vendor) before it, as the contract's example has it ("gpt-4"): one key per
+    model, whichever way it was called (openai/gpt-4, openrouter/openai/gpt-4)."""
+    return model.rsplit("/", 1)[-1] or model
+
+
 def usage(identity: Identity, period: str) -> dict:
     if period not in PERIODS:
         raise ValidationFailed("Unknown period", details={"period": "Must be one of " + ", ".join(PERIODS)})
@@ -210,7 +217,7 @@ def usage(identity: Identity, period: str) -> dict:
     by_model: dict[str, dict] = {}
     total_tokens, total_cost = 0, 0.0
     for record in query:
-        key = record.model.split("/", 1)[1] if "/" in record.model else record.model
+        key = model_key(record.model)
         entry = by_model.setdefault(key, {"tokens": 0, "cost": 0.0, "requests": 0})
         entry["tokens"] += record.tokens
         entry["cost"] += record.cost

@@ -185,3 +185,14 @@ def test_usage_periods(chat_client, people, project):
     assert everything["total_tokens"] == 110 and set(everything["by_model"]) == {"gpt-4", "claude-3-opus"}
     bad = chat_client.get("/api/user/usage?period=forever", headers=people["owner"])
     assert bad.status_code == 400 and "period" in bad.get_json()["error"]["details"]
+
+
+def test_usage_has_one_key_per_model_whichever_way_it_was_called(chat_client, people, project):
+    with db.connection_context():
+        for model in ("openai/gpt-4", "openrouter/openai/gpt-4", "gpt-4"):
+            UsageRecord.create(user_id="user_owner", model=model, tokens=10, cost=0.5, created_at=utcnow())
+        UsageRecord.create(user_id="user_owner", model="openrouter/anthropic/claude-3-opus", tokens=1, cost=0.0,
+                           created_at=utcnow())
+    usage = chat_client.get("/api/user/usage", headers=people["owner"]).get_json()
+    assert usage["by_model"] == {"gpt-4": {"tokens": 30, "cost": 1.5, "requests": 3},
+                                 "claude-3-opus": {"tokens": 1, "cost": 0.0, "requests": 1}}
