@@ -320,7 +320,9 @@ def test_status_with_a_bad_refresh_value(client, auth):
 
 def test_connect_to_a_running_desktop(client, auth, base_settings):
     desktop_id = running(client, auth)
-    body = client.get(f"{BASE}/{desktop_id}/connect", headers=auth()).get_json()
+    response = client.get(f"{BASE}/{desktop_id}/connect", headers=auth())
+    assert response.status_code == 200 and "Retry-After" not in response.headers  # only a refusal says when
+    body = response.get_json()
     assert list(body) == ["success", "data", "timestamp"]
     data = body["data"]
     assert list(data) == ["desktopId", "connectionUrl", "protocol", "expiresAt"]
