@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 LIMITED_PREFIXES = ("/api/v1/desktops", "/api/projects", "/api/chat", "/api/user", "/api/invitations")
 KEY_PREFIX = "controlplane:ratelimit"
 EXTENSION = "controlplane_limits"
+SYNCER_IDLE_SECONDS = 2.0  # an API process's syncer ends after this long with nothing to send
 
 # KEYS: the windows' keys. ARGV: for each key, its window in milliseconds and how many requests to
 # count (0: only read). Answers, for each key, the count and the window's milliseconds left.
@@ -252,9 +253,10 @@ class Limits:
         self._syncer.start()
 
     def _idle(self) -> bool:
-        """Whether there is nothing left to sync (then the syncer ends; the next request starts one)."""
+        """Whether nothing is left to send (then the syncer ends; the next request counted here starts
+        one, and its first sync forgets the windows that are over)."""
         with self._lock:
-            if self._counts:
+            if any(count.pending for count in self._counts.values()):
                 return False
             self._syncer = None
             return True
@@ -270,6 +272,7 @@ class Limits:
 def _sync_loop(limits_ref, pid: int) -> None:
     """The syncer thread of an API process: until its Limits are gone (an app dropped), the process
     forked, or every window it counted in is over."""
+    quiet = 0  # syncs in a row that had nothing to send
     while True:
         limits = limits_ref()
         if limits is None or limits._pid != pid:
@@ -281,10 +284,10 @@ def _sync_loop(limits_ref, pid: int) -> None:
         if limits is None or limits._pid != pid:
             return
         try:
-            limits.sync()
+            quiet = 0 if limits.sync() else quiet + 1
         except Exception:  # noqa: BLE001 - the next interval tries again; counting must not stop
             log.exception("rate limits: a sync failed")
-        if limits._idle():
+        if quiet * interval >= SYNCER_IDLE_SECONDS and limits._idle():
             return
         del limits
 

@@ -159,8 +159,12 @@ def test_limits_are_skipped_when_redis_does_not_answer(base_settings, database, 
         assert response.status_code == 200 and "X-RateLimit-Limit" not in response.headers
 
 
-def test_the_counts_reach_redis_in_the_background(limited, auth, redis_conn):
+def test_the_counts_reach_redis_in_the_background(limited, auth, redis_conn, monkeypatch):
+    """The syncer sends what was counted; with nothing to send it ends, and the next request starts it again."""
     import time
+
+    from controlplane.api import limits as limits_module
+    monkeypatch.setattr(limits_module, "SYNCER_IDLE_SECONDS", 0.3)
     c = limited(rate_limit_api="100/minute", rate_limit_sync=0.05)
     for _ in range(3):
         assert c.get("/api/v1/desktops", headers=auth("user_synced")).status_code == 200
@@ -171,3 +175,11 @@ def test_the_counts_reach_redis_in_the_background(limited, auth, redis_conn):
         assert time.monotonic() < deadline, f"the budget never reached Redis: {redis_conn.get(key)}"
         time.sleep(0.02)
     assert 55 <= redis_conn.ttl(key) <= 60
+    limits = c.application.extensions["controlplane_limits"]
+    while limits._syncer is not None:
+        assert time.monotonic() < deadline, "the syncer never ended with nothing to send"
+        time.sleep(0.02)
+    assert c.get("/api/v1/desktops", headers=auth("user_synced")).status_code == 200
+    while redis_conn.get(key) != b"4":
+        assert time.monotonic() < deadline, f"a new syncer never sent the count: {redis_conn.get(key)}"
+        time.sleep(0.02)
