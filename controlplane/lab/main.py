@@ -164,6 +164,9 @@ def run_lab(workers: int = 2) -> int:  # noqa: C901 - starts and stops each part
                                      f"lab-worker-{n}-{os.getpid()}"], env=child_env, cwd=REPO_ROOT)
 
         worker_procs = {n: spawn_worker(n) for n in range(1, workers + 1)}
+        started = {n: time.monotonic() for n in worker_procs}
+        backoff = {n: 0.0 for n in worker_procs}  # seconds before the next start of a worker that keeps dying
+        due: dict[int, float] = {}  # worker -> when it starts again
         api = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"{api_host}:{api_port}", "--workers", "2",
                                 "--threads", "8", "--graceful-timeout", "5", "--log-level", "warning",
                                 "--config", "python:controlplane.gunicorn_conf",  # as `controlplane api`
@@ -178,9 +181,20 @@ def run_lab(workers: int = 2) -> int:  # noqa: C901 - starts and stops each part
                 _say(f"lab: the API exited with {api.returncode}; stopping the lab")
                 return 1
             for n, proc in list(worker_procs.items()):
-                if proc.poll() is not None and not stopping:
-                    _say(f"lab: worker {n} exited with {proc.returncode}; starting it again")
+                if stopping or proc.poll() is None:
+                    continue
+                now = time.monotonic()
+                if n not in due:
+                    # Under its own name again (a dead worker's registration does not refuse it:
+                    # tasks/worker.py); one that dies within 10 s of starting waits 1, 2, 4 … 30 s.
+                    backoff[n] = min(max(backoff[n] * 2, 1.0), 30.0) if now - started[n] < 10 else 0.0
+                    due[n] = now + backoff[n]
+                    _say(f"lab: worker {n} exited with {proc.returncode}; starting it again"
+                         + (f" in {backoff[n]:g} s" if backoff[n] else ""))
+                if now >= due[n]:
+                    del due[n]
                     worker_procs[n] = spawn_worker(n)
+                    started[n] = time.monotonic()
                     children.append(worker_procs[n])
         _say("\nlab: stopping ...")
         return 0

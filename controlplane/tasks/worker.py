@@ -7,10 +7,21 @@ PubSubWorkerThread.stop joins it, without a bound). When the thread reads the re
 unsubscribe before the flag is cleared, it waits for a subscription for the full 60 seconds: a
 stop signal (Ctrl-C, a supervisor's SIGTERM) then took a minute to end the worker, often on a
 loaded machine. Here the thread wakes every second.
+
+A worker killed outright (SIGKILL, the OOM killer, a power cut of its container) leaves its
+registration in Redis for up to RQ's worker TTL (7 minutes), and RQ refuses to start another worker
+under that name: a supervisor restarting it under the same name (the lab, a systemd unit per
+worker) was refused again and again while one worker did all the work. A registration whose
+process is gone from this host is the dead worker's: it is marked dead and the new worker starts.
 """
 from __future__ import annotations
 
+import logging
+import os
+
 from rq import Worker
+
+log = logging.getLogger(__name__)
 
 PUBSUB_WAKE_SECONDS = 1.0
 
@@ -27,4 +38,27 @@ class PromptStop:
 
 
 class ControlPlaneWorker(PromptStop, Worker):
-    """RQ's Worker (a work horse forked per job) that stops promptly."""
+    """RQ's Worker (a work horse forked per job) that stops promptly, and takes over its name from
+    a worker of this host that died without saying so."""
+
+    def register_birth(self):
+        fields = self.connection.hmget(self.key, "hostname", "pid", "death")
+        hostname, pid, death = (value.decode() if isinstance(value, bytes) else value for value in fields)
+        if hostname is not None and death is None and hostname == self.hostname and pid and not _alive(int(pid)):
+            log.warning("worker %s: the worker of that name before it (pid %s) died without unregistering; "
+                        "taking its name", self.name, pid)
+            dead = Worker.find_by_key(self.key, connection=self.connection)
+            if dead is not None:
+                dead.register_death()
+        super().register_birth()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (another user's counts: it is not ours to take)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

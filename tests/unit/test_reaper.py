@@ -219,3 +219,44 @@ def test_a_stopping_worker_is_not_held_by_its_pubsub_thread(redis_conn):
     worker.unsubscribe()
     assert not worker.pubsub_thread.is_alive()
     assert time.monotonic() - started < PUBSUB_WAKE_SECONDS + 5
+
+
+def test_a_worker_killed_outright_is_replaced_under_its_name(client, base_settings, redis_conn):
+    """A supervisor (the lab, a systemd unit per worker) starts a killed worker again under the same
+    name: the dead one's registration, left in Redis, no longer refuses it. On an empty queue (`client`)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rq import Worker
+    env = {**os.environ, **base_settings.to_env()}
+    name = "killed-and-replaced"
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "controlplane.cli", "worker", "--name", name], env=env)
+
+    def wait_idle(proc, pid_other_than=None):
+        deadline = time.monotonic() + 60
+        while not [w for w in Worker.all(connection=redis_conn)
+                   if w.name == name and w.get_state() == "idle" and w.pid != pid_other_than]:
+            assert proc.poll() is None, f"the worker exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "the worker did not start"
+            time.sleep(0.1)
+
+    first = start()
+    second = None
+    try:
+        wait_idle(first)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert [w for w in Worker.all(connection=redis_conn) if w.name == name]  # still registered
+        second = start()
+        wait_idle(second, pid_other_than=first.pid)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
