@@ -20,9 +20,11 @@ PYTEST_ARGS ?= --durations=25
 TEST_WORKERS ?= 3
 PG_TEST_WORKERS ?= 2
 CHECK_WORKERS ?= 3
-# The inner loop fuzzes each operation with fewer generated cases than make test (100): the same
-# operations, boundaries and mutations, fewer random ones.
+# Generated cases per operation of the fuzz tests (tests/fuzz), beyond their boundaries and mutations:
+# 100 on PostgreSQL; 50 on SQLite, the longer pass of make test (the same operations, fewer random
+# cases); 5 in the inner loop.
 CHECK_FUZZ_EXAMPLES ?= 5
+SQLITE_FUZZ_EXAMPLES ?= 50
 # xdist hands out one test at a time (each worker keeps two queued), so the long tests, first in each pass
 # (tests/conftest.py), spread over all workers instead of landing in the first worker's initial chunk.
 PYTEST := $(VENV)/bin/pytest -p randomly
@@ -62,7 +64,8 @@ test: install
 
 test-sqlite: install
 	scripts/ensure-debian-packages.sh test
-	CONTROLPLANE_TEST_DATABASE=sqlite $(PYTEST) -n $(TEST_WORKERS) $(XDIST) $(PYTEST_ARGS)
+	CONTROLPLANE_TEST_DATABASE=sqlite CONTROLPLANE_TEST_FUZZ_EXAMPLES=$(SQLITE_FUZZ_EXAMPLES) \
+	  $(PYTEST) -n $(TEST_WORKERS) $(XDIST) $(PYTEST_ARGS)
 
 test-postgresql: install
 	PYTHON=$(PY) scripts/ensure-postgres.sh

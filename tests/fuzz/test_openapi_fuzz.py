@@ -50,7 +50,8 @@ LAB_KEY = "lab-key-for-fuzz-tests-0123456789"
 # Per operation: schemathesis' examples and coverage phases (deterministic, one case per boundary or
 # mutation) plus this many fuzzed cases. 30-odd operations, the desktop ones with two tokens: about
 # 5,000 requests, a minute on SQLite, a minute and a half on PostgreSQL. `make check` (the inner
-# loop) asks for fewer through CONTROLPLANE_TEST_FUZZ_EXAMPLES; `make test` runs them all.
+# loop) asks for 5 through CONTROLPLANE_TEST_FUZZ_EXAMPLES, `make test`'s SQLite pass for 50 (its
+# PostgreSQL pass runs 100).
 MAX_EXAMPLES = int(os.environ.get("CONTROLPLANE_TEST_FUZZ_EXAMPLES") or 100)
 
 SCHEMATHESIS_CONFIG = {
