@@ -17,9 +17,10 @@ process is gone from this host is the dead worker's: it is marked dead and the n
 from __future__ import annotations
 
 import logging
-import os
 
 from rq import Worker
+
+from ..processes import alive
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class ControlPlaneWorker(PromptStop, Worker):
     def register_birth(self):
         fields = self.connection.hmget(self.key, "hostname", "pid", "death")
         hostname, pid, death = (value.decode() if isinstance(value, bytes) else value for value in fields)
-        if hostname is not None and death is None and hostname == self.hostname and pid and not _alive(int(pid)):
+        if hostname is not None and death is None and hostname == self.hostname and pid and not alive(int(pid)):
             log.warning("worker %s: the worker of that name before it (pid %s) died without unregistering; "
                         "taking its name", self.name, pid)
             dead = Worker.find_by_key(self.key, connection=self.connection)
@@ -52,13 +53,3 @@ class ControlPlaneWorker(PromptStop, Worker):
                 dead.register_death()
         super().register_birth()
 
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (another user's counts: it is not ours to take)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

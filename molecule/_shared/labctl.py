@@ -37,6 +37,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from controlplane.processes import alive
+
 HOST = "127.0.0.1"
 PROXMOX_USER = "root@pam"
 PROXMOX_NODE = "pve1"
@@ -132,20 +134,6 @@ def _ours(name: str) -> bool:
     return name in STATE_FILES or name.endswith((".pid", ".log", ".tmp"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own child that exited) counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 # ---- start -----------------------------------------------------------------------------------
 
 def _start_proxmox(state_dir: Path, args: argparse.Namespace, deadline: float) -> dict:
@@ -224,9 +212,9 @@ def _stop(state_dir: Path, timeout: float = 15.0) -> list[str]:
                 pid = None
             else:
                 deadline = time.monotonic() + timeout
-                while _alive(pid) and time.monotonic() < deadline:
+                while alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.1)
-                if _alive(pid):
+                if alive(pid):
                     os.kill(pid, signal.SIGKILL)
                 stopped.append(service)
         (state_dir / f"{service}.pid").unlink(missing_ok=True)
