@@ -161,25 +161,27 @@ def test_limits_are_skipped_when_redis_does_not_answer(base_settings, database, 
 
 def test_the_counts_reach_redis_in_the_background(limited, auth, redis_conn, monkeypatch):
     """The syncer sends what was counted; with nothing to send it ends, and the next request starts it again."""
-    import time
+    import hashlib
 
     from controlplane.api import limits as limits_module
     monkeypatch.setattr(limits_module, "SYNCER_IDLE_SECONDS", 0.3)
     c = limited(rate_limit_api="100/minute", rate_limit_sync=0.05)
-    for _ in range(3):
-        assert c.get("/api/v1/desktops", headers=auth("user_synced")).status_code == 200
-    import hashlib
-    key = "controlplane:ratelimit:api:100-60:user:" + hashlib.sha256(b"user_synced").hexdigest()[:32]
-    deadline = time.monotonic() + 10
-    while redis_conn.get(key) != b"3":
-        assert time.monotonic() < deadline, f"the budget never reached Redis: {redis_conn.get(key)}"
-        time.sleep(0.02)
-    assert 55 <= redis_conn.ttl(key) <= 60
     limits = c.application.extensions["controlplane_limits"]
-    while limits._syncer is not None:
-        assert time.monotonic() < deadline, "the syncer never ended with nothing to send"
-        time.sleep(0.02)
-    assert c.get("/api/v1/desktops", headers=auth("user_synced")).status_code == 200
-    while redis_conn.get(key) != b"4":
-        assert time.monotonic() < deadline, f"a new syncer never sent the count: {redis_conn.get(key)}"
-        time.sleep(0.02)
+    key = "controlplane:ratelimit:api:100-60:user:" + hashlib.sha256(b"user_synced").hexdigest()[:32]
+
+    def requests_then_syncers_end(count: int) -> None:
+        """`count` requests; then every syncer they started ends, which it does only once all it
+        counted is in Redis and nothing more came for a while."""
+        syncers = []
+        for _ in range(count):
+            assert c.get("/api/v1/desktops", headers=auth("user_synced")).status_code == 200
+            syncers.append(limits._syncer)  # the one that sends this request's count, unless done already
+        for syncer in filter(None, syncers):
+            syncer.join(10)
+            assert not syncer.is_alive(), "the syncer never ended with nothing to send"
+
+    requests_then_syncers_end(3)
+    assert redis_conn.get(key) == b"3" and 55 <= redis_conn.ttl(key) <= 60
+    assert limits._syncer is None
+    requests_then_syncers_end(1)  # a new syncer sends it
+    assert redis_conn.get(key) == b"4"

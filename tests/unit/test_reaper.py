@@ -205,16 +205,23 @@ def test_a_stopping_worker_is_not_held_by_its_pubsub_thread(redis_conn):
     """The race behind a worker that took a minute to stop: its pub/sub thread reads the reply to
     the unsubscribe before the stop flag is cleared, then waits for a subscription. RQ's Worker
     waits 60 s for it there (redis-py 8 joins the thread); ours wakes every second."""
+    import threading
     import time
 
     from controlplane.tasks.worker import PUBSUB_WAKE_SECONDS, ControlPlaneWorker
     worker = ControlPlaneWorker(["stop-race"], connection=redis_conn, name="stop-race")
     worker.subscribe()
-    worker.pubsub.unsubscribe()  # the thread reads its reply while the flag is still set
-    deadline = time.monotonic() + 10
-    while worker.pubsub.subscribed:
-        assert time.monotonic() < deadline, "the pub/sub thread never read the unsubscribe's reply"
-        time.sleep(0.02)
+    pubsub, unsubscribed = worker.pubsub, threading.Event()
+    handle = pubsub.handle_message
+
+    def handled(response, *args, **kwargs):  # the thread's reading of each message
+        answer = handle(response, *args, **kwargs)
+        if not pubsub.subscribed:
+            unsubscribed.set()
+        return answer
+    pubsub.handle_message = handled
+    pubsub.unsubscribe()  # the thread reads its reply while the flag is still set
+    assert unsubscribed.wait(10), "the pub/sub thread never read the unsubscribe's reply"
     started = time.monotonic()
     worker.unsubscribe()
     assert not worker.pubsub_thread.is_alive()
@@ -237,23 +244,25 @@ def test_a_worker_killed_outright_is_replaced_under_its_name(client, base_settin
     def start():
         return subprocess.Popen([sys.executable, "-m", "controlplane.cli", "worker", "--name", name], env=env)
 
-    def wait_idle(proc, pid_other_than=None):
+    def works(proc) -> None:
+        """A job put on the queue is done by `proc` (the only worker): it is up, under `name`, with its
+        stop handlers in place. Waits on the job's result (RQ's blocking read of its result stream)."""
+        job = Queue(QUEUE_NAME, connection=redis_conn).enqueue("os.getpid")
         deadline = time.monotonic() + 60
-        while not [w for w in Worker.all(connection=redis_conn)
-                   if w.name == name and w.get_state() == "idle" and w.pid != pid_other_than]:
+        while job.latest_result(timeout=5) is None:  # each wait under the connection's 10 s socket timeout
             assert proc.poll() is None, f"the worker exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "the worker did not start"
-            time.sleep(0.1)
+            assert time.monotonic() < deadline, "the worker did not take the job"
 
     first = start()
     second = None
     try:
-        wait_idle(first)
+        works(first)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         assert [w for w in Worker.all(connection=redis_conn) if w.name == name]  # still registered
         second = start()
-        wait_idle(second, pid_other_than=first.pid)
+        works(second)
+        assert [w.pid for w in Worker.all(connection=redis_conn) if w.name == name] == [second.pid]
         second.send_signal(signal.SIGTERM)
         assert second.wait(20) == 0
     finally:
