@@ -159,13 +159,8 @@ def main() -> int:
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
     finally:
-        for proc in (api, model):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        from controlplane.processes import stop_all
+        stop_all([api, model], timeout=20)
         redis_server.stop()
         database.drop()
     out = args.out or REPO / "benchmarks" / "results" / f"chat-{args.database}.json"

@@ -129,14 +129,8 @@ class Workers:
         sys.exit("the workers did not register in time")
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        from controlplane.processes import stop_all
+        stop_all(self.procs.values(), timeout=20)
 
     def log_text(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.log_dir.glob("*.log"))

@@ -132,6 +132,7 @@ def _wait_for_redis(conn) -> bool:
 
 
 def cmd_worker(args) -> int:
+    import signal
     import subprocess
 
     import redis
@@ -140,7 +141,6 @@ def cmd_worker(args) -> int:
     from .services.queue import WORKER_QUEUES, get_redis
     from .tasks import engine as tasks
     from .tasks.worker import ControlPlaneWorker
-    import signal
     # A stop signal must reach RQ's handlers even when whatever started this process blocked it (the
     # mask is inherited: a test runner's or supervisor's blocked SIGINT made Ctrl-C do nothing here).
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -184,17 +184,8 @@ def cmd_worker(args) -> int:
             if not _wait_for_redis(conn):
                 break
     finally:
-        import time
-        children = [process for process in (reaper, warm and warm[0]) if process is not None]
-        for process in children:  # all at once: each has the same 10 seconds to end
-            process.terminate()
-        deadline = time.monotonic() + 10
-        for process in children:
-            try:
-                process.wait(max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        from .processes import stop_all
+        stop_all([reaper, warm and warm[0]], timeout=10)  # together: 10 s for both, not each
         if warm is not None:
             import shutil
             shutil.rmtree(warm[1], ignore_errors=True)

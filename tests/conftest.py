@@ -325,14 +325,8 @@ class Workers:
         raise RuntimeError("the workers did not register in time")
 
     def stop(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        from controlplane.processes import stop_all
+        stop_all(self.procs.values(), timeout=20)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.log_dir.glob("*.log"))

@@ -151,9 +151,7 @@ class Limits:
                 count.pending += 1
             ends = count.ends
         if spent:
-            g.rate_limit_headers = _headers(check.rate, 0, ends)
-            raise RateLimited(f"Rate limit exceeded: {check.rate.text}", details={"limit": check.rate.text},
-                              retry_after=max(math.ceil(ends - now), 1))
+            _refuse(check.rate, ends - now)
         if here:
             g.rate_limit_headers = _headers(check.rate, amount - used, ends)
             if self._syncer is None:
@@ -194,9 +192,7 @@ class Limits:
             if tightest is None or remaining < tightest[1]:
                 tightest = (check.rate, remaining, reset)
             if used > check.rate.amount:
-                g.rate_limit_headers = _headers(check.rate, 0, reset)
-                raise RateLimited(f"Rate limit exceeded: {check.rate.text}", details={"limit": check.rate.text},
-                                  retry_after=max(math.ceil(left_ms / 1000), 1))
+                _refuse(check.rate, left_ms / 1000)
         g.rate_limit_headers = _headers(*tightest)
 
     def _take_pending(self, key: str) -> int:
@@ -290,6 +286,13 @@ def _sync_loop(limits_ref, pid: int) -> None:
         if quiet * interval >= SYNCER_IDLE_SECONDS and limits._idle():
             return
         del limits
+
+
+def _refuse(rate: Rate, left: float) -> None:
+    """Refuse the request: `rate` is spent for another `left` seconds (its headers, and Retry-After)."""
+    g.rate_limit_headers = _headers(rate, 0, time.time() + left)
+    raise RateLimited(f"Rate limit exceeded: {rate.text}", details={"limit": rate.text},
+                      retry_after=max(math.ceil(left), 1))
 
 
 def _headers(rate: Rate, remaining: int, reset: float) -> dict[str, str]:

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from ..config import REPO_ROOT
+from ..processes import stop_all
 from .layout import endpoints_file, lab_dir, lab_env_file
 
 
@@ -199,15 +200,7 @@ def run_lab(workers: int = 2) -> int:  # noqa: C901 - starts and stops each part
         _say("\nlab: stopping ...")
         return 0
     finally:
-        for proc in children:
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 15
-        for proc in children:
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(children, timeout=15)
         if services is not None:
             services.stop()
         if private_redis is not None:
