@@ -73,6 +73,7 @@ ENVIRONMENT = ("var_dir", "database_url", "redis_url", "host", "port", "settings
 # The playbooks the worker runs that talk to Guacamole (roles/guacamole_connection): only they are
 # given its passwords (Settings.playbook_env); tests/unit/test_runner_secrets.py checks the list.
 GUACAMOLE_PLAYBOOKS = frozenset({"desktop_create.yml", "desktop_start.yml", "desktop_delete.yml",
+                                 "project_create.yml", "project_start.yml", "project_delete.yml",
                                  "remove_orphans.yml"})
 
 # Rates ("100/minute", "5/hour", "20 per 2 minutes"): the rate limits (api/limits.py) and the WebSocket's.

@@ -30,10 +30,14 @@ P = ProjectStatus
 
 TRANSITIONAL = frozenset({P.PROVISIONING, P.STARTING, P.STOPPING, P.DELETING})
 
+RESTING = frozenset({P.RUNNING, P.STOPPED, P.FAILED})
+# A create or start under way, which a delete cancels (states.CANCELLABLE).
+CANCELLABLE = frozenset({P.PROVISIONING, P.STARTING})
+
 ALLOWED_FROM: dict[Operation, frozenset[ProjectStatus]] = {
     Operation.START: frozenset({P.STOPPED}),
     Operation.STOP: frozenset({P.RUNNING}),
-    Operation.DELETE: frozenset({P.RUNNING, P.STOPPED, P.FAILED}),
+    Operation.DELETE: RESTING | CANCELLABLE,
 }
 
 ACCEPTED: dict[Operation, tuple[ProjectStatus, str]] = {
@@ -76,6 +80,8 @@ TASK_FILE_STATUS: dict[tuple[str, str], tuple[ProjectStatus, str]] = {
     ("proxmox_desktop", "configure.yml"): (P.PROVISIONING, "Attaching the VM to the project's network"),
     ("proxmox_desktop", "start.yml"): (P.PROVISIONING, "VM is booting up"),
     ("proxmox_desktop", "wait_ip.yml"): (P.PROVISIONING, "Waiting for the VM's network"),
+    ("guacamole_connection", "present.yml"): (P.PROVISIONING, "Setting up the project's screen"),
+    ("guacamole_connection", "absent.yml"): (P.DELETING, "Removing the project's screen"),
     ("proxmox_desktop", "stop.yml"): (P.STOPPING, "Shutting down VM"),
     ("proxmox_desktop", "delete.yml"): (P.DELETING, "Removing VM"),
 }

@@ -40,11 +40,17 @@ TRANSITIONAL = frozenset({Status.PENDING, Status.PROVISIONING, Status.STARTING, 
                           Status.CONFIGURING, Status.STOPPING, Status.DELETING})
 # A user has at most one desktop that is not DELETED (the database enforces it too).
 INACTIVE = frozenset({Status.DELETED})
+# Where no job is under way: the statuses the contract's user actions start from.
+RESTING = frozenset({Status.RUNNING, Status.STOPPED, Status.FAILED})
+# A create (or a start) under way: a delete asked for now cancels it (the job stops where it is,
+# then the delete removes whatever it had made), as every peer lets you cancel a launch.
+CANCELLABLE = frozenset({Status.PENDING, Status.PROVISIONING, Status.STARTING, Status.WAITING_FOR_IP,
+                         Status.CONFIGURING})
 
 ALLOWED_FROM: dict[Operation, frozenset[Status]] = {
     Operation.START: frozenset({Status.STOPPED}),
     Operation.STOP: frozenset({Status.RUNNING}),
-    Operation.DELETE: frozenset({Status.RUNNING, Status.STOPPED, Status.FAILED}),
+    Operation.DELETE: RESTING | CANCELLABLE,
 }
 
 # Status (and message) the API sets when it accepts an operation, before the job runs.

@@ -869,28 +869,39 @@ class GuacamoleStandIn(SessionsMixin):
             writer.close()
             log.warning("Guacamole stand-in: the VNC server of %s refused the relay: %s", parsed[0], exc)
             return json_response({"message": "The desktop's screen refused the connection"}, status=502)
+        # A read-only connection (its `read-only` parameter, as Guacamole's): the browser's input
+        # never reaches the VNC server, only its requests for pictures.
+        guard = rfb.ReadOnly() if str((conn.get("parameters") or {}).get("read-only", "")).lower() == "true" else None
         # noVNC's messages are key and pointer events, and clipboard text: 4 MiB is plenty
         ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=4 * 1024 * 1024)
         await ws.prepare(request)
         browser = rfb.MessageBytes(ws)
         try:  # the browser is past the VNC server's security already: it is offered None
             await rfb.offer_none(browser.read, ws.send_bytes)
-            writer.write(browser.rest())
+            rest = browser.rest()
+            writer.write(guard.feed(rest) if guard else rest)
         except (rfb.RfbError, ConnectionError) as exc:
             writer.close()
             log.info("Guacamole stand-in: the browser's RFB handshake for %s failed: %s", parsed[0], exc)
             await ws.close()
             return ws
-        log.info("Guacamole stand-in: %s watches %s's screen (VNC 127.0.0.1:%s)", user, parsed[0], port)
+        log.info("Guacamole stand-in: %s watches %s's screen (VNC 127.0.0.1:%s%s)", user, parsed[0], port,
+                 ", read-only" if guard else "")
 
         async def browser_to_vnc():
-            async for message in ws:
-                if message.type == web.WSMsgType.BINARY:
-                    writer.write(message.data)
+            try:
+                async for message in ws:
+                    if message.type == web.WSMsgType.BINARY:
+                        data = message.data
+                    elif message.type == web.WSMsgType.TEXT:
+                        data = message.data.encode("latin-1")
+                    else:
+                        continue
+                    writer.write(guard.feed(data) if guard else data)
                     await writer.drain()
-                elif message.type == web.WSMsgType.TEXT:
-                    writer.write(message.data.encode("latin-1"))
-                    await writer.drain()
+            except rfb.RfbError as exc:
+                log.info("Guacamole stand-in: ended the read-only relay of %s: %s", parsed[0], exc)
+                await ws.close()
             writer.close()
 
         async def vnc_to_browser():
@@ -921,6 +932,7 @@ class GuacamoleStandIn(SessionsMixin):
             return json_response({"identifier": identifier, "dataSource": "json", "name": identifier,
                           "protocol": conn.get("protocol", ""), "hostname": params.get("hostname", ""),
                           "port": params.get("port", ""), "username": user,
+                          "readOnly": str(params.get("read-only", "")).lower() == "true",
                           "screen": self._screen_port(params.get("hostname", "")) is not None})
         conn = self.connections.get(identifier) if data_source == self.data_source else None
         if conn is None:

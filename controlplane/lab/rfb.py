@@ -168,3 +168,53 @@ class MessageBytes:
         """What the browser sent beyond the handshake (for the VNC server)."""
         data, self.buffer = bytes(self.buffer), bytearray()
         return data
+
+
+class ReadOnly:
+    """A browser's RFB messages to the VNC server with its input taken out (key and pointer events,
+    clipboard text): a connection whose `read-only` parameter is true, as guacd keeps one. The
+    messages that only ask for pictures pass; a message of a type it does not know ends the relay.
+    It starts where the relay hands over, after the security handshake: with the browser's
+    ClientInit (one byte, the shared flag), which passes as it is."""
+
+    INPUT = frozenset({4, 5, 6, 255})  # KeyEvent, PointerEvent, ClientCutText, QEMU's extended key event
+    FIXED = {0: 20, 3: 10, 4: 8, 5: 6, 150: 10, 250: 4, 255: 12}  # SetPixelFormat ... xvp, QEMU key
+
+    def __init__(self):
+        self.buffer = bytearray()
+        self.client_init = True  # the first byte: ClientInit
+
+    def _length(self) -> int | None:
+        """The length of the message at the buffer's head, or None until enough of it is there."""
+        kind, have = self.buffer[0], len(self.buffer)
+        if kind in self.FIXED:
+            return self.FIXED[kind]
+        if kind == 2:  # SetEncodings: 4 bytes, then 4 per encoding
+            return None if have < 4 else 4 + 4 * struct.unpack(">H", self.buffer[2:4])[0]
+        if kind == 6:  # ClientCutText: 8 bytes, then the text (a negative length: extended clipboard's)
+            return None if have < 8 else 8 + abs(struct.unpack(">i", self.buffer[4:8])[0])
+        if kind == 248:  # Fence: 9 bytes, then its payload
+            return None if have < 9 else 9 + self.buffer[8]
+        if kind == 251:  # SetDesktopSize: 8 bytes, then 16 per screen
+            return None if have < 8 else 8 + 16 * self.buffer[6]
+        raise RfbError(f"unknown RFB client message type {kind}")
+
+    MAX_MESSAGE = 4 * 1024 * 1024  # bytes: as the relay's WebSocket messages
+
+    def feed(self, data: bytes) -> bytes:
+        """What of `data` (and what came before it) may go to the VNC server now."""
+        self.buffer += data
+        out = bytearray()
+        if self.client_init and self.buffer:
+            out.append(self.buffer.pop(0))
+            self.client_init = False
+        while self.buffer:
+            length = self._length()
+            if length is not None and length > self.MAX_MESSAGE:
+                raise RfbError(f"an RFB client message too large (type {self.buffer[0]}, {length} bytes)")
+            if length is None or len(self.buffer) < length:
+                break
+            if self.buffer[0] not in self.INPUT:
+                out += self.buffer[:length]
+            del self.buffer[:length]
+        return bytes(out)

@@ -31,6 +31,7 @@ class Project(BaseModel):
     vm_ip = pw.CharField(max_length=64, null=True)
     network = pw.CharField(max_length=16, null=True)  # the SDN VNet id
     network_cidr = pw.CharField(max_length=32, null=True)
+    guacamole_connection_id = pw.CharField(max_length=64, null=True)  # the VM's screen (cds-project-<id>)
     # Bumped when a collaborator who knew the share's password is removed: a new password
     # (services.shares.password).
     share_generation = pw.IntegerField(default=0)

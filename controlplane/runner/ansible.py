@@ -65,6 +65,7 @@ _LAUNCHER = str(Path(__file__).with_name("launch.py"))
 RUN_PREFIX = "controlplane-run-"  # a run's private data directory, in tempfile.gettempdir()
 _NEW_PREFIX = ".controlplane-new-"  # the same before it is locked and renamed
 _LOCKED = ".locked-while-running"  # in every folder made so (not in those of older versions)
+CANCEL_POLL = 1  # seconds
 _warm_socket: str | None = None  # this worker's warm Ansible process (runner/warm.py), if it has one
 
 
@@ -282,7 +283,13 @@ def _created(event: dict, fallback: float) -> float:
 # Complexity above 15 (C901): one run: warm or cold, its timeout, cancel and the stats it reads back.
 def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: dict, env: dict[str, str],  # noqa: C901
                  timeout: int, secrets: list[str],
-                 on_task: Callable[[str, str, str], None] | None = None, niceness: int = 0) -> PlaybookResult:
+                 on_task: Callable[[str, str, str], None] | None = None, niceness: int = 0,
+                 cancel: Callable[[], bool] | None = None) -> PlaybookResult:
+    """Run the playbook. `cancel`, when given, is asked about once a second and at every line of
+    output: once it says True, the run is stopped (ansible-runner kills ansible-playbook's process
+    group; a warm run's monitor kills what the run started) and the result's status is canceled."""
+    if cancel is not None and cancel():
+        return PlaybookResult(status="canceled", rc=None)
     result = PlaybookResult(status="failed", rc=None)
     private, lock = _private_dir()
     secrets_fd = None
@@ -358,6 +365,7 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
             suppress_env_files=True,  # no env/envvars, env/passwords ...
             fact_cache_type="memory",  # no artifacts/<id>/fact_cache
             event_handler=handle,
+            cancel_callback=cancel,
             quiet=True,
             timeout=timeout,
         )
@@ -369,6 +377,7 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
         # No artifacts/<id>/stdout and stderr (a task's output may hold anything). Set here: prepare()
         # resets the option from env/settings, which is not written.
         runner.config.suppress_output_file = True
+        runner.config.pexpect_timeout = CANCEL_POLL  # how often a quiet run asks `cancel` (and checks its timeout)
         launcher = [sys.executable, "-I", "-S", _LAUNCHER, "--dir", private]
         if secret_env:
             fifo, secrets_fd = _send_secrets(private, secret_env)

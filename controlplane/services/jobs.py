@@ -31,17 +31,20 @@ def origin() -> dict:
 
 def enqueue(settings: Settings, operation: Operation, resource_id: int, job_id: str, force: bool = False,
             kind: str = "desktop", reason: str | None = None, requested_by: str | None = None,
-            request_id: str | None = None):
+            request_id: str | None = None, after: str | None = None):
     """Put the operation's job on the queue. Raises redis errors to the caller.
 
     The job's arguments are ids and flags only: never secrets, never user input beyond ids. Its
     meta may carry `reason`, written by a policy (never user input), for the final message, and
     who asked for it in which request (`requested_by`, `request_id`: the caller's, a policy's name,
-    the reaper) for the audit log."""
+    the reaper) for the audit log, and `after`: the job it cancels, which it waits for (ours: an id
+    of new_job_id's form)."""
     described = kinds.get(kind)
     meta = {"kind": kind, "resource_id": resource_id, "operation": operation.value, "force": force}
     if reason:
         meta["reason"] = reason
+    if after:
+        meta["after"] = after
     asked = origin()
     meta["requested_by"] = requested_by or asked.get("requested_by")
     meta["request_id"] = request_id or asked.get("request_id") or job_id

@@ -59,6 +59,7 @@ class Kind:
     event: Callable  # (row) -> dict published on status changes
     accepted: dict  # operation -> (status, message) when it is accepted
     allowed_from: dict  # operation -> statuses it may start from
+    cancellable: frozenset  # statuses of a job under way that a delete cancels (states.CANCELLABLE)
     same_status_steps: bool = False  # a step may keep the status and change only the message
 
     def advances(self, operation: Operation, current, new, current_message: str = "", new_message: str = "") -> bool:
@@ -87,6 +88,7 @@ DESKTOP = Kind(
     job_function="controlplane.tasks.desktops.run_desktop_job",
     release=_desktop_release,
     channel=lambda d: [user_channel(d.user_id)], accepted=ds.ACCEPTED, allowed_from=ds.ALLOWED_FROM,
+    cancellable=ds.CANCELLABLE,
     event=lambda d: {"type": "desktop_status", "desktop_id": d.id, "user_id": d.user_id, "status": d.status,
                      "statusMessage": d.status_message},
 )
@@ -125,7 +127,7 @@ PROJECT = Kind(
     task_status=ps.TASK_FILE_STATUS, job_function="controlplane.tasks.projects.run_project_job",
     release=_project_release,
     channel=_project_channels, event=_project_event, accepted=ps.ACCEPTED, allowed_from=ps.ALLOWED_FROM,
-    same_status_steps=True,
+    cancellable=ps.CANCELLABLE, same_status_steps=True,
 )
 
 KINDS = {k.name: k for k in (DESKTOP, PROJECT)}

@@ -93,33 +93,56 @@ def enqueue_create(settings, row, undo: Callable[[], None] | None = None) -> Non
     publish(settings.redis_url, row)
 
 
+ACCEPT_TRIES = 5  # a job under way may move the record on between the caller's read and our write
+
+
 def accept(settings, row, operation, accepted, message: str, force: bool = False, source: str = "api",
            reason: str | None = None):
     """Accept an operation on a desktop or project whose current status allows it: move it to
-    `accepted` (conditional on the status the caller checked, so two concurrent requests cannot
+    `accepted` (conditional on the status and job the write saw, so two concurrent requests cannot
     both win), record the event (from `source`: the API, or a policy), enqueue the job, and
-    publish. Returns the fresh record, or None when another request changed the status first. If
+    publish. Returns the fresh record, or None when its status no longer allows the operation. If
     Redis refuses the job, the record is put back and QueueUnavailable is raised. `reason` (why a
-    policy acts) travels with the job and ends up in the final status message."""
+    policy acts) travels with the job and ends up in the final status message.
+
+    A delete of a record whose create or start is under way (its kind's `cancellable` statuses)
+    cancels that job: the record is the delete's from now on, so the running job stops its playbook
+    at once (tasks/engine.py), a job not started yet is cancelled in RQ, and the delete's job waits
+    for the old one to end (its meta's `after`) before removing whatever the old one had made."""
     kind = kinds.of(row)
     model = kind.model
-    previous = {"status": row.status, "status_message": row.status_message, "operation": row.operation,
-                "job_id": row.job_id}
     job_id = jobs.new_job_id(row.id, operation, kind.name)
-    with db.atomic():
-        changed = (model.update(status=accepted.value, status_message=message, operation=operation.value,
-                                job_id=job_id, resumes=0, updated_at=utcnow())
-                   .where(model.id == row.id, model.status == row.status).execute())
-        if not changed:
+    for _ in range(ACCEPT_TRIES):
+        previous = {"status": row.status, "status_message": row.status_message, "operation": row.operation,
+                    "job_id": row.job_id}
+        cancels = (operation is Operation.DELETE and kind.status(row.status) in kind.cancellable
+                   and row.job_id is not None)
+        said = f"{(row.operation or 'operation').capitalize()} cancelled; {message[:1].lower()}{message[1:]}" \
+            if cancels else message
+        with db.atomic():
+            same_job = model.job_id.is_null() if row.job_id is None else model.job_id == row.job_id
+            changed = (model.update(status=accepted.value, status_message=said, operation=operation.value,
+                                    job_id=job_id, resumes=0, updated_at=utcnow())
+                       .where(model.id == row.id, model.status == row.status, same_job).execute())
+            if changed:
+                record_event(row, accepted, said, source)
+        if changed:
+            break
+        row = model.get_or_none(model.id == row.id)  # moved on meanwhile: is the operation still allowed?
+        if row is None or kind.status(row.status) not in kind.allowed_from[operation]:
             return None
-        record_event(row, accepted, message, source)
+    else:
+        return None
+    after = previous["job_id"] if cancels else None
     try:
         jobs.enqueue(settings, operation, row.id, job_id, force=force, kind=kind.name, reason=reason,
-                     requested_by=None if source == "api" else source)
+                     requested_by=None if source == "api" else source, after=after)
     except redis.RedisError as exc:
         log.error("enqueue of %s for %s %s failed: %s", operation.value, kind.name, row.id, exc)
         model.update(**previous).where(model.id == row.id, model.job_id == job_id).execute()
         raise QueueUnavailable(str(exc)) from None
+    if after:
+        queue.cancel_if_waiting(settings.redis_url, after)
     fresh = model.get_by_id(row.id)
     publish(settings.redis_url, fresh)
     return fresh

@@ -22,7 +22,7 @@ import redis
 from ..config import Settings
 from ..extensions import db
 from ..models import Desktop, DesktopEvent, utcnow
-from ..states import ALLOWED_FROM, FAILURE_VERB, TRANSITIONAL, Operation, Status
+from ..states import FAILURE_VERB, RESTING, TRANSITIONAL, Operation, Status
 from ..timestamps import utc_iso
 from . import guacamole, lifecycle
 from .plans import duration_text, load_plans
@@ -71,7 +71,7 @@ def _expire(settings: Settings, now: dt.datetime, dry_run: bool) -> tuple[list[A
     for desktop in expired:
         expires_at = desktop.expires_at
         status = Status(desktop.status)
-        if now >= expires_at + grace and status in ALLOWED_FROM[Operation.DELETE]:
+        if now >= expires_at + grace and status in RESTING:  # never cancels a job under way
             operation = Operation.DELETE
             reason = (f"expired at {utc_iso(expires_at)}; deleted after the grace period of "
                       f"{duration_text(settings.expiry_grace)}")

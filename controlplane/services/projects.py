@@ -7,6 +7,7 @@ playbooks.
 """
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import ipaddress
 import logging
@@ -21,7 +22,8 @@ from ..extensions import db
 from ..models import Invitation, NetworkLease, Project, ProjectMember, utcnow
 from ..project_states import ACCEPTED, ALLOWED_FROM, ProjectStatus
 from ..states import Operation
-from . import jobs, lifecycle, share_locks, shares
+from ..user_ids import guacamole_username
+from . import guacamole_json, jobs, lifecycle, share_locks, shares
 from .identity import Identity
 from .maintenance import maintenance_refusal
 from .plans import projects_config
@@ -47,6 +49,7 @@ class Action(str, enum.Enum):
     DELETE = "delete"
     MANAGE_MEMBERS = "manage_members"  # invite and remove collaborators
     WRITE_SHARE = "write_share"  # change the shared folder, and be given its password (any member reads it)
+    CONNECT = "connect"  # open the VM's screen (with OPERATE: in control; without: view only)
 
 
 # The permission table, used by every REST view and the WebSocket. Admins may do everything.
@@ -58,6 +61,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.DELETE: frozenset({Role.OWNER}),
     Action.MANAGE_MEMBERS: frozenset({Role.OWNER}),
     Action.WRITE_SHARE: frozenset({Role.EDITOR, Role.OWNER}),
+    Action.CONNECT: frozenset({Role.VIEWER, Role.EDITOR, Role.OWNER}),
 }
 
 INVITABLE_ROLES = (Role.EDITOR, Role.VIEWER)
@@ -228,6 +232,52 @@ def request(settings: Settings, identity: Identity, project_id: str, operation: 
         current = Project.get_by_id(project.id)
         raise InvalidOperation(f"Cannot {operation.value} project in {current.status} state")
     return fresh
+
+
+# ---- the VM's screen ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Screen:
+    """What POST /api/projects/{id}/connect answers: a link that signs the browser into Guacamole with
+    the project's connection, until `expires_at`; view only for a member who may not operate the VM."""
+    project: Project
+    url: str
+    expires_at: dt.datetime
+    protocol: str
+    read_only: bool
+
+
+def connect(settings: Settings, identity: Identity, project_id: str) -> Screen:
+    """A fresh auth-json link to the project VM's screen, as desktops' /connect makes (single use,
+    CONTROLPLANE_CONNECT_TTL), for any member: in control for the owner and editors, view only (the
+    connection's `read-only` parameter, which guacd enforces) for viewers. The project's room is told
+    who opened it. Links are auth-json only: a plain connection URL could not be made view only."""
+    project, role = access(identity, project_id, Action.CONNECT)
+    if project.status != ProjectStatus.RUNNING.value or not project.vm_ip:
+        raise InvalidOperation(f"Project {project_id} is not running (status: {project.status})",
+                               details={"status": project.status})
+    if not project.guacamole_connection_id:
+        raise InvalidOperation(f"Project {project_id}'s VM has no screen yet: stop and start it once to register one",
+                               details={"status": project.status})
+    if settings.effective_connect_mode != "json":
+        raise Unavailable("Project screens need auth-json links: set CONTROLPLANE_GUACAMOLE_JSON_SECRET",
+                          details={"connect_mode": settings.effective_connect_mode})
+    read_only = not allowed(role, Action.OPERATE, identity.is_admin)
+    protocol = settings.guacamole_protocol
+    parameters = {"hostname": project.vm_ip, "port": settings.effective_guacamole_port}
+    if settings.guacamole_vnc_password and protocol == "vnc":
+        parameters["password"] = settings.guacamole_vnc_password
+    if read_only:
+        parameters["read-only"] = "true"
+    expires_at = utcnow() + dt.timedelta(seconds=settings.connect_ttl)
+    url = guacamole_json.link(settings.effective_guacamole_public_url, settings.guacamole_json_secret,
+                              username=guacamole_username(identity.user_id), connection=f"cds-project-{project.id}",
+                              protocol=protocol, parameters=parameters, expires_at=expires_at,
+                              single_use=settings.connect_single_use)
+    lifecycle_notify(settings, project, {"type": "collaborator_activity", "project_id": project.public_id,
+                                         "user": {"id": identity.user_id, "name": identity.name},
+                                         "activity": "opened_screen", "read_only": read_only})
+    return Screen(project, url, expires_at, protocol, read_only)
 
 
 # ---- collaborators ---------------------------------------------------------------------------------------

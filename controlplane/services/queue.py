@@ -12,6 +12,8 @@ import time
 
 import redis
 from rq import Callback, Queue
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +86,37 @@ def enqueue(redis_url: str, function: str, *args, timeout: int, queue: str = QUE
         due = dt.datetime.fromtimestamp(math.ceil(time.time() + delay), tz=dt.timezone.utc)
         return get_queue(redis_url, queue).enqueue_at(due, function, *args, **options)
     return get_queue(redis_url, queue).enqueue(function, *args, **options)
+
+
+def cancel_if_waiting(redis_url: str, job_id: str) -> bool:
+    """Cancel the job if it has not started (queued, scheduled for a retry, deferred): True if it was.
+    Best effort: a job that starts anyway finds that its record names another job and skips."""
+    try:
+        job = Job.fetch(job_id, connection=get_redis(redis_url))
+        if job.get_status(refresh=False) not in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+            return False
+        job.cancel()
+        return True
+    except (NoSuchJobError, InvalidJobOperation):
+        return False
+    except redis.RedisError as exc:
+        log.warning("could not cancel job %s: %s", job_id, exc)
+        return False
+
+
+def wait_until_ended(redis_url: str, job_id: str, timeout: float, poll: float = 0.1) -> bool:
+    """Wait while the job runs (RQ's started status), at most `timeout` seconds: True once it is no
+    longer running (or unknown), False when it still ran at the deadline (its worker died without
+    telling RQ, say)."""
+    deadline = time.monotonic() + timeout
+    conn = get_redis(redis_url)
+    while True:
+        try:
+            status = Job.fetch(job_id, connection=conn).get_status(refresh=False)
+        except NoSuchJobError:
+            return True
+        if status != JobStatus.STARTED:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)

@@ -103,19 +103,19 @@ def _orphan_vms(settings: Settings, vms: list[dict], live: _Live, notes: list[st
 
 
 def _orphan_connections(connections: dict[str, str], live: _Live) -> tuple[list[str], list[Action]]:
-    """Guacamole connections named as a desktop's that no live desktop owns."""
+    """Guacamole connections named as a desktop's or a project's that no live record owns."""
     orphans: list[str] = []
     actions: list[Action] = []
     for identifier, name in sorted(connections.items()):
         match = _OUR_NAME.match(name)
-        if not match or match.group(1) != "desktop":
+        if not match or match.group(1) not in ("desktop", "project"):
             continue
-        desktop_id = int(match.group(2))
-        if desktop_id in live.desktops:
+        kind, record_id = match.group(1), int(match.group(2))
+        if record_id in (live.desktops if kind == "desktop" else live.projects):
             continue
         orphans.append(name)
-        actions.append(Action(desktop_id, None, "", "remove-connection",
-                              f"connection {identifier} ({name}) belongs to no live desktop: desktop {desktop_id} "
+        actions.append(Action(record_id if kind == "desktop" else None, None, "", "remove-connection",
+                              f"connection {identifier} ({name}) belongs to no live {kind}: {kind} {record_id} "
                               "does not exist or was deleted", target=f"connection {identifier}"))
     return orphans, actions
 

@@ -30,6 +30,13 @@ from ..states import Operation
 
 log = logging.getLogger(__name__)
 
+# A job stops its playbook once its row names another job (a delete cancelling a create): the
+# heartbeat thread looks every OWNERSHIP_POLL seconds, and every task start looks too.
+OWNERSHIP_POLL = 0.5
+# How long the delete of a cancelled create waits for that job to stop before it goes ahead anyway
+# (its worker died without telling RQ, say): the job stops within a few seconds once told.
+CANCELLED_JOB_WAIT = 60.0
+
 _settings: Settings | None = None
 
 
@@ -110,21 +117,30 @@ class PlaybookJob:
         job = get_current_job()
         job_id = job.id if job is not None else None
         op = Operation(operation)
+        self.moved_on = threading.Event()  # set once the row names another job: the playbook stops
         with db.connection_context():
             row = self.load(resource_id, job_id, op)
             if row is None:
                 log.warning("job %s for %s %s is stale; skipping", job_id, self.name, resource_id)
                 return {"id": resource_id, "skipped": "stale job"}
+            cancelled = (job.meta or {}).get("after") if job is not None else None
+            if cancelled and not queue.wait_until_ended(cfg.redis_url, cancelled, CANCELLED_JOB_WAIT):
+                log.warning("job %s, cancelled by %s, still runs after %g s; going ahead", cancelled, job_id,
+                            CANCELLED_JOB_WAIT)
             try:
                 extravars = self.extravars(cfg, row, op, force)
             except JobFailed as exc:
                 self.fail(cfg, row, op, str(exc))
                 self.audit(job, row, op, ok=False)
                 raise
-            with _heartbeat(cfg, self.model, row.id, row.job_id):
+            with _heartbeat(cfg, self.model, row.id, row.job_id, self.moved_on):
                 result = self._run_with_retries(cfg, job, row, op, extravars)
             if isinstance(result, RetryScheduled):
                 return {"id": resource_id, "retry": result.job_id, "in_seconds": result.delay}
+            if result.status == "canceled":
+                log.info("%s %s: job %s stopped its playbook: the %s is another job's now (cancelled)",
+                         self.name, resource_id, job_id, self.name)
+                return {"id": resource_id, "cancelled": True}
             if not result.ok:
                 self.audit(job, row, op, ok=False)
                 raise JobFailed(f"{op.value} of {self.name} {row.id} failed: {_message_of(row)}")
@@ -148,8 +164,8 @@ class PlaybookJob:
             result = run_playbook(cfg.ansible_dir, playbook, cfg.inventory_path, extravars, cfg.playbook_env(playbook),
                                   timeout=max(1, int(deadline - time.time())), secrets=cfg.secrets(),
                                   on_task=lambda *task: self.on_task(cfg, row, op, *task),
-                                  niceness=self.niceness(cfg))
-            if result.ok:
+                                  niceness=self.niceness(cfg), cancel=self.moved_on.is_set)
+            if result.ok or result.status == "canceled":
                 return result
             # A create playbook's rescue cleans up, then hands the failed step to us through set_stats
             # (failed_step, failed_message): a failure of that step, not of the infrastructure as such.
@@ -212,10 +228,13 @@ class VmJob(PlaybookJob):
 
     def on_task(self, cfg: Settings, row, op: Operation, role: str, filename: str, task: str) -> None:
         mapped = self.kind.task_status.get((role, filename))
+        current = self.model.get_by_id(row.id)
+        if current.job_id != row.job_id:  # cancelled (a delete took the row): stop at this task
+            self.moved_on.set()
+            return
         if mapped is None:
             return
         status, message = mapped
-        current = self.model.get_by_id(row.id)
         if self.kind.advances(op, current.status, status, current.status_message, message):
             lifecycle.set_status(current, status, message, "worker", job_id=row.job_id, publish_to=cfg.redis_url,
                                  settings=cfg)
@@ -289,24 +308,34 @@ def _message_of(row) -> str:
 
 
 @contextlib.contextmanager
-def _heartbeat(cfg: Settings, model, resource_id: int, job_id: str | None):
+def _heartbeat(cfg: Settings, model, resource_id: int, job_id: str | None, moved_on: threading.Event):
     """While the job runs, write its sign of life on the row every `worker_heartbeat` seconds
     (job_heartbeat_at). The reaper trusts it over Redis, which may have lost the job (a restart
-    without persistence) while the work horse runs on. Only the row's own job writes it."""
+    without persistence) while the work horse runs on. Only the row's own job writes it. Between
+    beats, every OWNERSHIP_POLL seconds, it looks whether the row still names the job: once it
+    does not (a delete cancelled the job), `moved_on` is set, which stops the playbook."""
     if job_id is None:
         yield
         return
     stop = threading.Event()
 
     def beat():
+        last_beat = None
         while True:
             try:
                 with db.connection_context():
-                    model.update(job_heartbeat_at=utcnow()).where(model.id == resource_id,
-                                                                  model.job_id == job_id).execute()
+                    ours = model.id == resource_id, model.job_id == job_id
+                    if last_beat is None or time.monotonic() - last_beat >= cfg.worker_heartbeat:
+                        owned = model.update(job_heartbeat_at=utcnow()).where(*ours).execute() > 0
+                        last_beat = time.monotonic()
+                    else:
+                        owned = model.select(model.id).where(*ours).exists()
+                if not owned:
+                    moved_on.set()
+                    return
             except Exception as exc:  # the next beat tries again; the job itself goes on
                 log.warning("heartbeat of job %s failed: %s", job_id, exc)
-            if stop.wait(cfg.worker_heartbeat):
+            if stop.wait(min(OWNERSHIP_POLL, cfg.worker_heartbeat)):
                 return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)

@@ -31,10 +31,12 @@ class ProjectJob(VmJob):
             if not ip:
                 raise JobFailed("the playbook reported no IP address")
             fields.update(vm_ip=str(ip), network=str(stats.get("network") or "") or None)
+            if stats.get("guacamole_connection_id"):  # its screen (POST /api/projects/{id}/connect)
+                fields["guacamole_connection_id"] = str(stats["guacamole_connection_id"])
         if op is Operation.CREATE:
             fields["provisioning_finished_at"] = utcnow()
         if op is Operation.DELETE:
-            fields["deleted_at"] = utcnow()
+            fields.update(deleted_at=utcnow(), guacamole_connection_id=None)
         return fields
 
 

@@ -147,6 +147,26 @@ def test_projects_api(client, members, endpoint, caller):
         assert list(body) == ["error"] and body["error"]["code"] == PROJECT_CODES[want], body
 
 
+@pytest.mark.parametrize("caller", PROJECT_CALLERS)
+def test_projects_api_screen(base_settings, database, client, members, caller):
+    """POST /api/projects/{id}/connect (auth-json links configured): every member, view only for viewers."""
+    import dataclasses
+
+    from controlplane import create_app
+    screens = create_app(dataclasses.replace(base_settings, guacamole_json_secret="0123456789abcdef" * 2)).test_client()
+    project_id = team_project(client, members)
+    with db.connection_context():
+        Project.update(vm_ip="172.30.1.2", guacamole_connection_id="3").where(Project.public_id == project_id).execute()
+    response = screens.post(f"/api/projects/{project_id}/connect", headers=members[caller])
+    want = {**ALL_READ}[caller]
+    assert response.status_code == want, (caller, response.get_json())
+    if want >= 400:
+        body = response.get_json()
+        assert list(body) == ["error"] and body["error"]["code"] == PROJECT_CODES[want], body
+    else:
+        assert response.get_json()["read_only"] is (caller == "viewer")
+
+
 # ---- the WebSocket ---------------------------------------------------------------------------------------------
 
 from tests.api.test_chat_api import llm  # noqa: E402,F401  (fixture of the server)

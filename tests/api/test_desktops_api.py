@@ -412,8 +412,47 @@ def test_delete(client, auth, status):
     assert status_body["status"] == "DELETING"
 
 
-@pytest.mark.parametrize("status", ["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP", "CONFIGURING",
-                                    "STOPPING", "DELETING", "DELETED"])
+@pytest.mark.parametrize("status", ["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP", "CONFIGURING"])
+def test_delete_during_a_create_cancels_it(client, auth, redis_conn, status):
+    """The create is cancelled: its job, not started here, is cancelled in RQ; the delete's job
+    names it (meta `after`), so that it waits for a running one to stop before removing anything."""
+    desktop_id = create(client, auth).get_json()["data"]["id"]
+    create_job = Desktop.get_by_id(desktop_id).job_id
+    set_state(desktop_id, status)
+    response = client.delete(f"{BASE}/{desktop_id}", headers=auth())
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["message"] == "Desktop deleted successfully."
+    data = client.get(f"{BASE}/{desktop_id}/status", headers=auth()).get_json()["data"]
+    assert data["status"] == "DELETING" and data["statusMessage"] == "Create cancelled; removing desktop"
+    row = Desktop.get_by_id(desktop_id)
+    queue = Queue(QUEUE_NAME, connection=redis_conn)
+    assert row.operation == "delete" and row.job_id != create_job and queue.job_ids == [row.job_id]
+    assert queue.fetch_job(create_job).get_status() == "canceled"
+    assert queue.fetch_job(row.job_id).meta["after"] == create_job
+
+
+def test_a_delete_that_races_a_step_of_the_create_still_cancels_it(client, auth, redis_conn, monkeypatch):
+    """The worker moves the desktop on (PENDING → PROVISIONING) between the API's read and its
+    write: the write is conditional, so it is tried again on the fresh row, and still cancels."""
+    desktop_id = create(client, auth).get_json()["data"]["id"]
+    moved = []
+    original_update = Desktop.update
+
+    def update_racing(*args, **kwargs):
+        if not moved and kwargs.get("status") == "DELETING":  # the step lands just before our write
+            moved.append(True)
+            original_update(status="PROVISIONING").where(Desktop.id == desktop_id).execute()
+        return original_update(*args, **kwargs)
+
+    monkeypatch.setattr(Desktop, "update", update_racing)
+    response = client.delete(f"{BASE}/{desktop_id}", headers=auth())
+    monkeypatch.setattr(Desktop, "update", original_update)
+    assert moved and response.status_code == 200, response.get_json()
+    events = [e.status for e in DesktopEvent.select().where(DesktopEvent.desktop == desktop_id)]
+    assert events[-1] == "DELETING" and Desktop.get_by_id(desktop_id).status == "DELETING"
+
+
+@pytest.mark.parametrize("status", ["STOPPING", "DELETING", "DELETED"])
 def test_delete_in_the_wrong_state(client, auth, status):
     desktop_id = create(client, auth).get_json()["data"]["id"]
     set_state(desktop_id, status)

@@ -165,7 +165,24 @@ def test_delete_project(client, people):
     assert client.get(f"/api/projects/{project_id}", headers=people["owner"]).get_json()["status"] == "deleting"
 
 
-@pytest.mark.parametrize("status", ["provisioning", "starting", "stopping", "deleting"])
+@pytest.mark.parametrize("status", ["provisioning", "starting"])
+def test_delete_while_it_is_being_created_or_started_cancels_it(client, people, redis_conn, status):
+    """As the contract's own frontend does (it cancels a project while it is being created)."""
+    project_id = create_project(client, people["owner"])
+    create_job = Project.get(Project.public_id == project_id).job_id
+    set_status(project_id, status)
+    response = client.delete(f"/api/projects/{project_id}", headers=people["owner"])
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json() == {"success": True, "message": "Project deleted successfully"}
+    project = client.get(f"/api/projects/{project_id}", headers=people["owner"]).get_json()
+    assert project["status"] == "deleting"
+    assert project["status_message"] == "Create cancelled; removing the project"
+    queue = Queue(QUEUE_NAME, connection=redis_conn)
+    delete_job = queue.fetch_job(Project.get(Project.public_id == project_id).job_id)
+    assert delete_job.meta["after"] == create_job and queue.fetch_job(create_job).get_status() == "canceled"
+
+
+@pytest.mark.parametrize("status", ["stopping", "deleting"])
 def test_delete_while_busy_is_refused(client, people, status):
     project_id = create_project(client, people["owner"])
     set_status(project_id, status)
@@ -307,7 +324,8 @@ def test_permission_table_in_code_matches_the_documented_one():
     assert {a: {r.value for r in roles} for a, roles in PERMISSIONS.items()} == {
         Action.READ: {"owner", "editor", "viewer"}, Action.READ_CHAT: {"owner", "editor", "viewer"},
         Action.CHAT: {"owner", "editor"}, Action.OPERATE: {"owner", "editor"}, Action.DELETE: {"owner"},
-        Action.MANAGE_MEMBERS: {"owner"}, Action.WRITE_SHARE: {"owner", "editor"}}
+        Action.MANAGE_MEMBERS: {"owner"}, Action.WRITE_SHARE: {"owner", "editor"},
+        Action.CONNECT: {"owner", "editor", "viewer"}}
     assert set(Role) == {Role.OWNER, Role.EDITOR, Role.VIEWER}
 
 
@@ -318,6 +336,7 @@ def test_permission_table_in_code_matches_the_documented_one():
                                          ("GET", "/api/projects/proj_1/collaborators"),
                                          ("POST", "/api/projects/proj_1/collaborators"),
                                          ("DELETE", "/api/projects/proj_1/collaborators/u"),
+                                         ("POST", "/api/projects/proj_1/connect"),
                                          ("GET", "/api/invitations")])
 def test_every_endpoint_needs_a_token(client, method, path):
     assert_error(client.open(path, method=method, json={}), 401, "UNAUTHORIZED")

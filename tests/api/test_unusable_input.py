@@ -37,6 +37,7 @@ OPERATIONS = [
     ("POST", "/api/projects", "user"),
     ("POST", "/api/projects/{project_id}/start", "user"),
     ("POST", "/api/projects/{project_id}/stop", "user"),
+    ("POST", "/api/projects/{project_id}/connect", "user"),
     ("POST", "/api/projects/{project_id}/collaborators", "user"),
     ("POST", "/api/invitations/{invitation_id}/accept", "user"),
     ("POST", "/api/invitations/{invitation_id}/decline", "user"),

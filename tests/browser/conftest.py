@@ -119,3 +119,20 @@ def sign_in(page, base_url: str, user: str, admin: bool = False):
         page.get_by_label("Sign in as an administrator").check()
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("button", name="Sign out").wait_for()
+
+
+@pytest.fixture
+def screens(lab, tmp_path):
+    """The lab's screens on, for this test (the other tests' VMs need none)."""
+    from controlplane.lab.screens import LabScreens, missing
+    lacks = missing()
+    if lacks:
+        pytest.fail(f"the lab's screens need {', '.join(lacks)}: `make test` installs them "
+                    "(scripts/ensure-debian-packages.sh); Debian: apt-get install xvfb x11vnc xterm novnc", pytrace=False)
+    made = LabScreens(tmp_path / "screens", lab.services.config.vnc_password)
+    lab.services.call(lambda: setattr(lab.services.proxmox, "screens", made))
+    lab.services.guacamole.screens = made
+    yield made
+    lab.services.call(lambda: setattr(lab.services.proxmox, "screens", None))
+    lab.services.guacamole.screens = None
+    lab.services.call(made.stop)

@@ -16,23 +16,6 @@ from tests.browser.conftest import sign_in
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture
-def screens(lab, tmp_path):
-    """The lab's screens on, for this test (the other tests' VMs need none)."""
-    from controlplane.lab.screens import LabScreens, missing
-    lacks = missing()
-    if lacks:
-        pytest.fail(f"the lab's screens need {', '.join(lacks)}: `make test` installs them "
-                    "(scripts/ensure-debian-packages.sh); Debian: apt-get install xvfb x11vnc xterm novnc", pytrace=False)
-    made = LabScreens(tmp_path / "screens", lab.services.config.vnc_password)
-    lab.services.call(lambda: setattr(lab.services.proxmox, "screens", made))
-    lab.services.guacamole.screens = made
-    yield made
-    lab.services.call(lambda: setattr(lab.services.proxmox, "screens", None))
-    lab.services.guacamole.screens = None
-    lab.services.call(made.stop)
-
-
 def canvas_digest(frame) -> str:
     data = frame.evaluate("() => document.querySelector('#screen canvas').toDataURL('image/png')")
     return hashlib.sha256(data.encode()).hexdigest()

@@ -266,3 +266,35 @@ def test_signing_out_forgets_the_token(lab, new_page, fresh_user):
     assert page.evaluate("sessionStorage.getItem('cds.token')") is None
     page.reload()
     expect(page.get_by_label("User ID")).to_be_visible()
+
+
+def test_a_create_is_cancelled_from_the_portal(lab, new_page, shots, fresh_user):
+    """While the desktop is being made, its card offers Cancel… (not Delete…); confirming stops the
+    create and removes what it made, and the create form is back."""
+    page = new_page()
+    sign_in(page, lab.url, fresh_user)
+    lab.services.call(lambda: lab.pve.slow_network(0.2 / lab.services.config.time_scale))  # a create to catch
+    try:
+        page.get_by_role("button", name="Create desktop").click()
+        card = page.get_by_role("article")
+        expect(card).to_have_attribute("data-status", "PROVISIONING", timeout=60_000)
+        expect(page.get_by_role("button", name="Delete…")).to_have_count(0)
+        page.get_by_role("button", name="Cancel…").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("stopped where it is and removed")
+        shots(page, "cancel-dialog")
+        dialog.get_by_role("button", name="Cancel and remove").click()
+        expect(page.get_by_role("heading", name="Create your desktop")).to_be_visible(timeout=120_000)
+    finally:
+        lab.services.call(lambda: lab.pve.slow_network(0))
+    from tests.e2e.helpers import events
+    from tests.e2e.test_failures import assert_nothing_left
+    from controlplane.extensions import db
+    from controlplane.models import Desktop
+    with db.connection_context():
+        row = Desktop.get(Desktop.user_id == fresh_user)
+        desktop = {"id": row.id, "vmid": row.vmid}
+    history = events(desktop["id"])
+    assert ("DELETING", "Create cancelled; removing desktop", "api") in history, history
+    assert history[-1][0] == "DELETED" and "RUNNING" not in {e[0] for e in history}, history
+    assert_nothing_left(lab, desktop["id"], desktop["vmid"])

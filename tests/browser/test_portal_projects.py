@@ -123,3 +123,45 @@ def test_the_admin_view(lab, new_page, shots, fresh_user):
     expect(user.get_by_role("alert")).to_contain_text("Only administrators")
     requests.delete(f"{lab.url}/api/v1/desktops/{created['id']}", headers=headers, timeout=10)
     assert not admin.errors, admin.errors
+
+
+def test_members_open_the_project_vms_screen_viewers_only_watch(lab, screens, new_page, shots, fresh_user):
+    """The owner presses Open screen and sees the project VM's real screen (the lab's X display over
+    VNC); a viewer gets Watch screen, a view-only connection, and the owner's page says who watches."""
+    from controlplane.auth import mint_lab_token
+    owner_id, viewer_id = fresh_user, fresh_user + "_viewer"
+
+    def call(user, method, path, **kwargs):
+        token = mint_lab_token(lab.settings, user, email=f"{user}@example.com", name=user)
+        response = requests.request(method, lab.url + path, timeout=10, headers={"Authorization": f"Bearer {token}"},
+                                    **kwargs)
+        assert response.ok, response.text
+        return response.json()
+
+    project_id = call(owner_id, "POST", "/api/projects", json={"name": "Screens", "os": "debian12"})["project_id"]
+    invitation = call(owner_id, "POST", f"/api/projects/{project_id}/collaborators",
+                      json={"email": f"{viewer_id}@example.com", "role": "viewer"})["invitation_id"]
+    call(viewer_id, "POST", f"/api/invitations/{invitation}/accept")
+    owner, viewer = new_page(), new_page()
+    for page, user in ((owner, owner_id), (viewer, viewer_id)):
+        sign_in(page, lab.url, user)
+        page.goto(f"{lab.url}/#/projects/{project_id}")
+        expect(page.locator("[data-status]").first).to_have_attribute("data-status", "running", timeout=240_000)
+
+    owner.get_by_role("button", name="Open screen").click()
+    screen = owner.frame_locator("iframe[title='Screen of Screens']")
+    expect(screen.get_by_text(re.compile(r"^Connected to the screen of cds-project-\d+$"))).to_be_visible(
+        timeout=30_000)
+    expect(owner.get_by_role("region", name="Project screen")).to_contain_text("You are in control")
+    shots(owner, "project-screen-owner")
+
+    expect(viewer.get_by_role("button", name="Open screen")).to_have_count(0)
+    viewer.get_by_role("button", name="Watch screen").focus()
+    viewer.keyboard.press("Enter")  # with the keyboard alone
+    watched = viewer.frame_locator("iframe[title='Screen of Screens']")
+    expect(watched.get_by_text(re.compile(r"^Connected to the screen of cds-project-\d+ \(view only\)$"))).to_be_visible(
+        timeout=30_000)
+    expect(viewer.get_by_role("region", name="Project screen")).to_contain_text("View only")
+    expect(owner.locator(".activity").filter(has_text=f"{viewer_id}: opened the VM's screen (view only)")).to_be_visible()
+    shots(viewer, "project-screen-viewer")
+    call(owner_id, "DELETE", f"/api/projects/{project_id}")

@@ -103,7 +103,12 @@ def test_a_project_gets_a_vm_on_its_own_network_and_leaves_nothing_behind(projec
 
     created = run(project_lab, "project_create.yml", **args, project_os="windows11", project_network_cidr=cidr)
     assert created.ok, created.reason()
-    assert created.stats == {"vmid": vmid, "vm_ip": "172.30.201.2", "network": vnet, "vm_status": "running"}
+    connection = created.stats.get("guacamole_connection_id")
+    assert created.stats == {"vmid": vmid, "vm_ip": "172.30.201.2", "network": vnet, "vm_status": "running",
+                             "guacamole_connection_id": connection, "guacamole_protocol": "vnc"}
+    # Its screen: a Guacamole connection to the VM's address, granted to no Guacamole user.
+    screen = project_lab.services.call(lambda: dict(project_lab.services.guacamole.connections[connection]))
+    assert screen["name"] == f"cds-project-{project}" and screen["parameters"]["hostname"] == "172.30.201.2"
 
     # The network: vnet and subnet applied (running configuration), gateway .1, nothing pending.
     assert vnets(pve_api, running=1)[vnet]["zone"] == ZONE
@@ -155,6 +160,7 @@ def test_a_project_gets_a_vm_on_its_own_network_and_leaves_nothing_behind(projec
     assert deleted.ok, deleted.reason()
     assert deleted.stats == {"vmid": vmid, "vm_ip": "", "network": "", "vm_status": "absent"}
     assert vmid not in vm_ids(pve_api)
+    assert project_lab.services.call(lambda: connection not in project_lab.services.guacamole.connections)
     assert vnet not in vnets(pve_api) and vnet not in vnets(pve_api, running=1)
     assert subnet not in subnets(pve_api) and subnet not in subnets(pve_api, running=1)
     assert ZONE in [z["zone"] for z in pve_api.cluster.sdn.zones.get()]  # shared: it stays

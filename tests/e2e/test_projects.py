@@ -67,6 +67,11 @@ def test_project_lifecycle(lab, fresh_user):
     assert vm.config["ipconfig0"] == f"ip={network}.2/24,gw={network}.1"
     assert f"p{row.id}" in sdn_vnets(lab)
 
+    # Its screen is registered in Guacamole (no Guacamole user is granted it: /connect's links carry it).
+    screens = {ident: c for ident, c in lab.connections().items() if c["name"] == f"cds-project-{row.id}"}
+    assert list(screens) == [row.guacamole_connection_id], screens
+    assert screens[row.guacamole_connection_id]["parameters"]["hostname"] == f"{network}.2"
+
     # Measured provisioning time feeds the next estimate.
     assert row.provisioning_finished_at is not None
 
@@ -110,6 +115,7 @@ def test_project_lifecycle(lab, fresh_user):
         assert not VmidLease.select().where(VmidLease.project_id == row.id).exists()
     assert row.vmid not in lab.vms()
     assert f"p{row.id}" not in sdn_vnets(lab)
+    assert f"cds-project-{row.id}" not in {c["name"] for c in lab.connections().values()}
     # The worker removed the shared folder when it marked the project deleted; the share refuses.
     assert not share_dir.exists()
     assert requests.get(share + "hello.txt", auth=(folder["username"], folder["password"]),
@@ -136,6 +142,7 @@ def test_failed_project_create_cleans_up(lab, fresh_user):
         messages = [e.message for e in ProjectEvent.select().where(ProjectEvent.project == row.id)]
     assert not any(" of 3 in " in m for m in messages), messages  # one attempt
     assert row.vmid not in lab.vms() and f"p{row.id}" not in sdn_vnets(lab)
+    assert f"cds-project-{row.id}" not in {c["name"] for c in lab.connections().values()}
     # A failed project can be deleted, which finishes cleanly.
     assert owner.call("DELETE", f"/api/projects/{project_id}").status_code == 200
     assert owner.wait(project_id, {"gone", "failed"}) is None
@@ -161,3 +168,35 @@ def test_a_project_create_whose_clone_fails_once_is_run_again_and_runs(lab, fres
     assert messages[-1] == "Project is ready"
     # The first attempt's network was removed and made again; the project has exactly one.
     assert lab.vm(row.vmid).status == "running" and f"p{row.id}" in sdn_vnets(lab)
+
+
+@pytest.mark.parametrize("step", ["Creating the project's network", "Cloning VM from template"])
+def test_a_project_deleted_while_it_is_being_created_is_cancelled_and_leaves_nothing(lab, fresh_user, step):
+    """As the contract's own frontend does: the create stops where it is, the delete removes the
+    network and VM it had made, and the project is gone with its leases."""
+    owner = Client(lab, fresh_user)
+    lab.services.call(lambda: lab.pve.slow_network(0.1 / lab.services.config.time_scale))
+    try:
+        project_id = owner.call("POST", "/api/projects", json={"name": "Changed my mind"}).json()["project_id"]
+        deadline, seen = time.monotonic() + 60, None
+        while seen != ("provisioning", step):
+            assert time.monotonic() < deadline, f"project {project_id} never showed {step!r}; last {seen}"
+            body = owner.call("GET", f"/api/projects/{project_id}").json()
+            seen = (body["status"], body["status_message"])
+            time.sleep(0.02)
+        cancelled = owner.call("DELETE", f"/api/projects/{project_id}")
+    finally:
+        lab.services.call(lambda: lab.pve.slow_network(0))
+    assert cancelled.json() == {"success": True, "message": "Project deleted successfully"}, cancelled.text
+    assert owner.wait(project_id, {"gone", "failed"}) is None
+    with db.connection_context():
+        row = Project.get(Project.public_id == project_id)
+        messages = [(e.status, e.message) for e in ProjectEvent.select().where(ProjectEvent.project == row.id)
+                    .order_by(ProjectEvent.id)]
+        assert not NetworkLease.select().where(NetworkLease.project == row.id).exists()
+        assert not VmidLease.select().where(VmidLease.project_id == row.id).exists()
+    at = messages.index(("deleting", "Create cancelled; removing the project"))
+    assert messages[at - 1] == ("provisioning", step) and messages[-1][0] == "deleted", messages
+    assert "running" not in {status for status, _ in messages}, messages
+    assert row.vmid not in lab.vms() and f"p{row.id}" not in sdn_vnets(lab)
+    assert f"cds-project-{row.id}" not in {c["name"] for c in lab.connections().values()}

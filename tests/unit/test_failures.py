@@ -230,7 +230,7 @@ def test_the_worker_waits_the_contracts_schedule_between_runs(client, base_setti
 
     runs: list[tuple[float, float]] = []  # (start, end) of each playbook run, time.monotonic()
 
-    def locked_vm(ansible_dir, playbook, inventory, extravars, env, timeout, secrets, on_task=None, niceness=0):
+    def locked_vm(ansible_dir, playbook, inventory, extravars, env, timeout, secrets, on_task=None, niceness=0, cancel=None):
         start = time.monotonic()
         assert playbook == "desktop_start.yml" and extravars["desktop_id"] == desktop.id, (playbook, extravars)
         result = PlaybookResult(status="failed", rc=2, failed_task="Start the VM", failure=LOCKED)
@@ -271,7 +271,7 @@ def test_a_retry_waits_without_holding_a_worker(client, base_settings, redis_con
 
     runs: dict[int, list[float]] = {}
 
-    def playbook(ansible_dir, playbook, inventory, extravars, env, timeout, secrets, on_task=None, niceness=0):
+    def playbook(ansible_dir, playbook, inventory, extravars, env, timeout, secrets, on_task=None, niceness=0, cancel=None):
         desktop_id = extravars["desktop_id"]
         runs.setdefault(desktop_id, []).append(time.monotonic())
         if desktop_id == third.id:

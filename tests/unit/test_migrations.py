@@ -27,7 +27,7 @@ def test_fresh_database_gets_every_table(tmp_path):
     applied = migrate(database, models)
     assert applied == ["m0001_initial", "m0002_projects", "m0003_share_generation",
                        "m0004_desktop_expiry", "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat",
-                       "m0008_warm_pool", "m0009_pool_vm_heartbeat"]
+                       "m0008_warm_pool", "m0009_pool_vm_heartbeat", "m0010_project_connection"]
     assert {m._meta.table_name for m in ALL_MODELS} <= tables(database)
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert migrate(database, models) == []
@@ -42,7 +42,7 @@ def test_version_one_database_is_upgraded_in_place(tmp_path):
     applied(database, 1)
     assert migrate(database, models) == ["m0002_projects", "m0003_share_generation", "m0004_desktop_expiry",
                                  "m0005_policy_runs", "m0006_audit", "m0007_job_heartbeat", "m0008_warm_pool",
-                                 "m0009_pool_vm_heartbeat"]
+                                 "m0009_pool_vm_heartbeat", "m0010_project_connection"]
     assert "project_id" in {c.name for c in database.get_columns("vmid_lease")}
     assert database.execute_sql("SELECT vmid, desktop_id, project_id FROM vmid_lease").fetchall() == [(10001, 7, None)]
     assert "project" in tables(database)
@@ -63,7 +63,7 @@ def test_version_two_projects_get_a_share_generation(tmp_path):
                          "name VARCHAR(100) NOT NULL, share_username VARCHAR(64), "
                          "share_password_hash VARCHAR(255))")
     database.execute_sql("INSERT INTO project (id, public_id, name) VALUES (3, 'proj_00000000000000aa', 'Kept')")
-    applied(database, 1, 2, 4, 5, 6, 7, 8, 9)  # all but 3
+    applied(database, 1, 2, 4, 5, 6, 7, 8, 9, 10)  # all but 3
     assert migrate(database, models) == ["m0003_share_generation"]
     columns = {c.name for c in database.get_columns("project")}
     assert "share_generation" in columns and not {"share_username", "share_password_hash"} & columns
@@ -78,7 +78,8 @@ def test_version_six_records_get_a_job_heartbeat(tmp_path):
     database.execute_sql("INSERT INTO desktop (id, status) VALUES (5, 'RUNNING')")
     database.execute_sql("CREATE TABLE project (id INTEGER NOT NULL PRIMARY KEY, status VARCHAR(32) NOT NULL)")
     applied(database, *range(1, 7))
-    assert migrate(database, models) == ["m0007_job_heartbeat", "m0008_warm_pool", "m0009_pool_vm_heartbeat"]
+    assert migrate(database, models) == ["m0007_job_heartbeat", "m0008_warm_pool", "m0009_pool_vm_heartbeat",
+                                         "m0010_project_connection"]
     for table in ("desktop", "project"):
         assert "job_heartbeat_at" in {c.name for c in database.get_columns(table)}
     assert database.execute_sql("SELECT id, status, job_heartbeat_at FROM desktop").fetchall() == [(5, "RUNNING", None)]
@@ -91,7 +92,7 @@ def test_version_seven_leases_are_kept_and_can_belong_to_a_pool_vm(tmp_path):
                          "project_id BIGINT, created_at DATETIME NOT NULL)")
     database.execute_sql("INSERT INTO vmid_lease (vmid, desktop_id, created_at) VALUES (10002, 9, '2026-11-30')")
     applied(database, *range(1, 8))
-    assert migrate(database, models) == ["m0008_warm_pool", "m0009_pool_vm_heartbeat"]
+    assert migrate(database, models) == ["m0008_warm_pool", "m0009_pool_vm_heartbeat", "m0010_project_connection"]
     assert {"pool_vm", "pool_setting"} <= tables(database)
     assert database.execute_sql("SELECT vmid, desktop_id, project_id, pool_vm_id FROM vmid_lease").fetchall() == [
         (10002, 9, None, None)]
@@ -105,9 +106,21 @@ def test_version_eight_pool_vms_get_a_job_heartbeat(tmp_path):
                          "job_id VARCHAR(128))")
     database.execute_sql("INSERT INTO pool_vm (id, state, job_id) VALUES (4, 'FILLING', 'pool-fill-1')")
     applied(database, *range(1, 9))
-    assert migrate(database, models) == ["m0009_pool_vm_heartbeat"]
+    assert migrate(database, models) == ["m0009_pool_vm_heartbeat", "m0010_project_connection"]
     assert database.execute_sql("SELECT id, state, job_id, job_heartbeat_at FROM pool_vm").fetchall() == [
         (4, "FILLING", "pool-fill-1", None)]
+    assert migrate(database, models) == []
+
+
+def test_version_nine_projects_get_a_screen_connection(tmp_path):
+    database = connect(f"sqlite:///{tmp_path / 'v9.db'}")
+    # The project table as version 9 made it (the columns that matter here), with a running project.
+    database.execute_sql("CREATE TABLE project (id INTEGER NOT NULL PRIMARY KEY, status VARCHAR(32) NOT NULL)")
+    database.execute_sql("INSERT INTO project (id, status) VALUES (5, 'running')")
+    applied(database, *range(1, 10))
+    assert migrate(database, models) == ["m0010_project_connection"]
+    assert database.execute_sql("SELECT id, status, guacamole_connection_id FROM project").fetchall() == [
+        (5, "running", None)]  # project_start.yml registers its screen at its next start
     assert migrate(database, models) == []
 
 
@@ -130,7 +143,7 @@ def test_processes_migrating_a_new_database_at_once_take_turns(tmp_path):
     assert [p.exitcode for p in processes] == [0] * 6
     database = connect(url)
     with database.bind_ctx([SchemaMigration]):
-        assert [m.number for m in SchemaMigration.select().order_by(SchemaMigration.number)] == list(range(1, 10))
+        assert [m.number for m in SchemaMigration.select().order_by(SchemaMigration.number)] == list(range(1, 11))
 
 
 def test_processes_starting_at_the_same_moment_on_a_new_sqlite_file_all_start(tmp_path):

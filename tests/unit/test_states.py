@@ -6,9 +6,9 @@ import itertools
 import pytest
 
 from controlplane.config import REPO_ROOT
-from controlplane.states import (ACCEPTED, ALLOWED_FROM, FAILURE_VERB, FINAL_STATUS, INACTIVE, PLAYBOOK,
-                                          PROGRESSION, TASK_FILE_STATUS, TRANSITIONAL, Operation, Status,
-                                          can)
+from controlplane.states import (ACCEPTED, ALLOWED_FROM, CANCELLABLE, FAILURE_VERB, FINAL_STATUS, INACTIVE,
+                                 PLAYBOOK, PROGRESSION, RESTING, TASK_FILE_STATUS, TRANSITIONAL, Operation, Status,
+                                 can)
 
 S = Status
 CONTRACT_STATUSES = ["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP", "CONFIGURING", "RUNNING", "STOPPING",
@@ -33,8 +33,12 @@ def test_allowed_from_matches_the_contract():
     assert ALLOWED_FROM == {
         Operation.START: {S.STOPPED},
         Operation.STOP: {S.RUNNING},
-        Operation.DELETE: {S.RUNNING, S.STOPPED, S.FAILED},
+        # a delete also cancels a create or start under way (issue 21): never a stop or another delete
+        Operation.DELETE: {S.RUNNING, S.STOPPED, S.FAILED,
+                           S.PENDING, S.PROVISIONING, S.STARTING, S.WAITING_FOR_IP, S.CONFIGURING},
     }
+    assert CANCELLABLE == set(PROGRESSION[Operation.CREATE]) | set(PROGRESSION[Operation.START])
+    assert RESTING == {S.RUNNING, S.STOPPED, S.FAILED}
     # create is not a per-desktop operation: it has no "allowed from" row
     assert Operation.CREATE not in ALLOWED_FROM
 
@@ -53,7 +57,9 @@ def test_allowed_from_matches_the_contract():
     (Operation.DELETE, S.FAILED, True),
     (Operation.DELETE, S.DELETED, False),
     (Operation.DELETE, S.DELETING, False),
-    (Operation.DELETE, S.PENDING, False),
+    (Operation.DELETE, S.PENDING, True),  # cancels the create
+    (Operation.DELETE, S.CONFIGURING, True),
+    (Operation.DELETE, S.STOPPING, False),
 ])
 def test_can(operation, status, expected):
     assert can(operation, status) is expected
@@ -65,9 +71,10 @@ def test_can_rejects_an_unknown_status():
         can(Operation.START, "ASLEEP")
 
 
-def test_no_user_operation_while_a_transition_runs_or_after_deletion():
+def test_no_user_operation_while_a_transition_runs_or_after_deletion_but_a_cancelling_delete():
     for operation, status in itertools.product(ALLOWED_FROM, TRANSITIONAL | INACTIVE):
-        assert not can(operation, status), (operation, status)
+        cancels = operation is Operation.DELETE and status in CANCELLABLE
+        assert can(operation, status) is cancels, (operation, status)
 
 
 def test_every_resting_status_offers_the_contracts_user_actions():

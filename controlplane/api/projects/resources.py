@@ -94,6 +94,21 @@ class ProjectStop(MethodView):
                 "status": project.status}
 
 
+@blp.route("/projects/<project_id>/connect")
+class ProjectConnect(MethodView):
+    @blp.arguments(schemas.ProjectEmptyBody, required=False)
+    @blp.response(200, schemas.ProjectScreen)
+    @with_errors(400, 401, 403, 404, 503)
+    def post(self, _body, project_id):
+        """A link to the project VM's screen in Guacamole, new on every call, single use and short-lived
+        (like a desktop's /connect): the owner and editors get control of the VM, viewers a view-only
+        connection. The project's other members see who opened it (a collaborator_activity event)."""
+        screen = service.connect(settings(), g.identity, project_id)
+        return {"success": True, "message": "Open connection_url before it expires", "project_id": screen.project.public_id,
+                "url": screen.url, "expires_at": screen.expires_at, "protocol": screen.protocol,
+                "read_only": screen.read_only}
+
+
 @blp.route("/projects/<project_id>/collaborators")
 class Collaborators(MethodView):
     @blp.response(200, schemas.CollaboratorList)

@@ -106,6 +106,18 @@ class ProjectOperation(Done):
     status = fields.String()
 
 
+class ProjectScreen(Done):
+    """POST /api/projects/{id}/connect: a link to the project VM's screen (services.projects.Screen)."""
+    project_id = fields.String(required=True)
+    connection_url = fields.String(attribute="url", required=True,
+                                   metadata={"description": "Signs the browser into Guacamole with the VM's connection: "
+                                                            "open it once, before expires_at"})
+    expires_at = ProjectsDateTime(required=True)
+    protocol = fields.String(required=True, metadata={"example": "vnc"})
+    read_only = fields.Boolean(required=True, metadata={"description": "View only: the member's role may not operate "
+                                                                       "the VM (viewers)"})
+
+
 class Invite(Strict):
     email = fields.Email(required=True, error_messages={"required": "Email is required", "invalid": "Not a valid email address"},
                          metadata={"pattern": r"@[^@]+\.[^@.]+$"})  # fields.Email wants a dotted domain

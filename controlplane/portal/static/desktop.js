@@ -9,6 +9,8 @@ import { actionBar, badge, dialog, query, showError, submitWith } from "./ui.js"
 
 export const PROGRESSION = ["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP", "CONFIGURING", "RUNNING"];
 export const TRANSITIONAL = new Set(["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP", "CONFIGURING", "STOPPING", "DELETING"]);
+// A create or start under way: deleting now cancels it (the API stops the job and removes what it made).
+export const CANCELLABLE = new Set(["PENDING", "PROVISIONING", "STARTING", "WAITING_FOR_IP", "CONFIGURING"]);
 export const STATUS_TEXT = {
   PENDING: "Creation initiated", PROVISIONING: "Cloning the VM from its template", STARTING: "Booting",
   WAITING_FOR_IP: "Waiting for its network", CONFIGURING: "Setting up the connection", RUNNING: "Ready",
@@ -106,7 +108,8 @@ export async function desktopView() {
     if (d.status === "RUNNING") add("Open", openDesktop, "primary");
     if (d.status === "STOPPED") add("Start", () => act("POST", `/api/v1/desktops/${d.id}/start`));
     if (d.status === "RUNNING") add("Stop…", stopDesktop);
-    if (d.status !== "DELETING") add("Delete…", deleteDesktop, "danger");
+    if (CANCELLABLE.has(d.status)) add("Cancel…", cancelDesktop, "danger");
+    else if (d.status !== "DELETING" && d.status !== "STOPPING") add("Delete…", deleteDesktop, "danger");
     return h("article", { class: "card desktop", "aria-labelledby": "desktop-name", dataset: { status: d.status } },
       h("div", { class: "row" }, h("h2", { id: "desktop-name" }, d.name), badge(d.status)),
       h("p", { class: "status-message", "aria-live": "polite" }, d.statusMessage || STATUS_TEXT[d.status] || ""),
@@ -176,6 +179,14 @@ export async function desktopView() {
         "This may result in data loss or file system corruption. Use only when necessary.")), "Stop desktop");
     if (!answer) return;
     await act("POST", `/api/v1/desktops/${desktop.id}/stop`, { force: answer.force === "yes" });
+  }
+
+  async function cancelDesktop() {
+    const answer = await dialog(`Cancel ${desktop.name}?`, h("p", {},
+      "The desktop is stopped where it is and removed, with whatever was made of it so far."),
+      "Cancel and remove", { danger: true, cancelLabel: "Keep going" });
+    if (!answer) return;
+    await act("DELETE", `/api/v1/desktops/${desktop.id}`);
   }
 
   async function deleteDesktop() {

@@ -77,7 +77,8 @@ export async function projectView(projectId) {
   const head = h("div");
   const people = h("div", { class: "card" });
   const chat = h("section", { class: "card chat", "aria-labelledby": "chat-title" });
-  root.append(h("p", {}, h("a", { href: "#/projects" }, "← All projects")), slot, head,
+  const viewer = h("div", { id: "project-viewer" });  // outside the head: a status redraw keeps the screen open
+  root.append(h("p", {}, h("a", { href: "#/projects" }, "← All projects")), slot, head, viewer,
     h("div", { class: "columns" }, chat, people));
   main().replaceChildren(root);
   let project = null;
@@ -102,8 +103,12 @@ export async function projectView(projectId) {
     const { actions, actionSlot, add } = actionBar();
     const canRun = myRole === "owner" || myRole === "editor" || myRole === "admin";
     if (canRun && p.status === "stopped") add("Start", () => projectAct("start"));
+    if (p.status === "running" && myRole) add(canRun ? "Open screen" : "Watch screen", openScreen, "primary");
     if (canRun && p.status === "running") add("Stop", () => projectAct("stop"));
-    if (myRole === "owner" || myRole === "admin") add("Delete…", deleteProject, "danger");
+    const busy = p.status === "provisioning" || p.status === "starting";  // deleting now cancels it
+    if ((myRole === "owner" || myRole === "admin") && p.status !== "deleting" && p.status !== "stopping") {
+      add(busy ? "Cancel…" : "Delete…", deleteProject, "danger");
+    }
     const folder = p.shared_folder && p.shared_folder.url ? p.shared_folder.url : p.shared_folder_url;
     head.replaceChildren(h("div", { class: "card", dataset: { status: p.status } },
       h("div", { class: "row" }, h("h1", { id: "project-title" }, p.name), badge(p.status)),
@@ -118,15 +123,29 @@ export async function projectView(projectId) {
       actions, actionSlot));
   }
 
+  // The VM's screen: /connect's one-time link (view only for viewers) in a frame, as a desktop's Open.
+  async function openScreen() {
+    const c = await api("POST", `/api/projects/${encodeURIComponent(projectId)}/connect`, {});
+    const mode = c.read_only ? "View only: your role lets you watch, not type." : "You are in control: what you type reaches the VM.";
+    viewer.replaceChildren(h("section", { class: "card viewer", "aria-label": "Project screen" },
+      h("div", { class: "row" },
+        h("p", { class: "muted" }, `${mode} Connected over ${c.protocol.toUpperCase()}; the link was valid until ${when(c.expires_at)}.`),
+        h("button", { type: "button", onclick: () => viewer.replaceChildren() }, "Close screen")),
+      h("iframe", { src: c.connection_url, title: `Screen of ${project.name}`, allow: "clipboard-read; clipboard-write; fullscreen" })));
+    viewer.querySelector("iframe").focus();
+  }
+
   async function projectAct(verb) {
     await api("POST", `/api/projects/${encodeURIComponent(projectId)}/${verb}`, {});
     await load();
   }
 
   async function deleteProject() {
-    const ok = await dialog(`Delete ${project.name}?`, h("p", {},
-      "The project's VM, network, chat and shared folder are removed for every member. This cannot be undone."),
-    "Delete project", { danger: true });
+    const busy = project.status === "provisioning" || project.status === "starting";
+    const ok = await dialog(busy ? `Cancel ${project.name}?` : `Delete ${project.name}?`, h("p", {},
+      busy ? "The project is stopped where it is and removed, with its network, chat and shared folder, for every member."
+        : "The project's VM, network, chat and shared folder are removed for every member. This cannot be undone."),
+    busy ? "Cancel and remove" : "Delete project", { danger: true, cancelLabel: busy ? "Keep going" : undefined });
     if (!ok) return;
     await api("DELETE", `/api/projects/${encodeURIComponent(projectId)}`);
     notice(`Project ${project.name} is being deleted.`);
@@ -238,7 +257,9 @@ export async function projectView(projectId) {
     if (event.project_id !== projectId) return;
     const who = (event.user && (event.user.name || event.user.id)) || "Someone";
     if (event.user && event.user.id === session.userId) return;
-    log.append(h("li", { class: "activity" }, `${who}: ${String(event.activity).replace(/_/g, " ")}`));
+    const said = event.activity === "opened_screen" ? `opened the VM's screen${event.read_only ? " (view only)" : ""}`
+      : String(event.activity).replace(/_/g, " ");
+    log.append(h("li", { class: "activity" }, `${who}: ${said}`));
     if (/^(joined_project|left_project|removed|invited|accepted)/.test(event.activity || "")) load();
   }));
   await load();

@@ -54,13 +54,13 @@ export function actionBar() {
   return { actions, actionSlot, add };
 }
 
-export function dialog(title, body, confirmText, { danger = false } = {}) {
+export function dialog(title, body, confirmText, { danger = false, cancelLabel = "Cancel" } = {}) {
   return new Promise((resolve) => {
     const titleId = uid("dialog");
     const form = h("form", { method: "dialog" },
       h("h2", { id: titleId }, title), body,
       h("div", { class: "actions" },
-        h("button", { value: "cancel", type: "submit" }, "Cancel"),
+        h("button", { value: "cancel", type: "submit" }, cancelLabel || "Cancel"),
         h("button", { value: "ok", type: "submit", class: danger ? "danger" : "primary" }, confirmText)));
     const box = h("dialog", { "aria-labelledby": titleId }, form);
     document.body.append(box);
