@@ -215,15 +215,20 @@ def usage(identity: Identity, period: str) -> dict:
     if PERIODS[period] is not None:
         query = query.where(UsageRecord.created_at >= utcnow() - PERIODS[period])
     by_model: dict[str, dict] = {}
+    by_day: dict[str, dict] = {}  # beyond the contract: the same per UTC day, for the portal's chart
     total_tokens, total_cost = 0, 0.0
-    for record in query:
+    for record in query.order_by(UsageRecord.created_at):
         key = model_key(record.model)
-        entry = by_model.setdefault(key, {"tokens": 0, "cost": 0.0, "requests": 0})
-        entry["tokens"] += record.tokens
-        entry["cost"] += record.cost
-        entry["requests"] += 1
+        day = by_day.setdefault(record.created_at.date().isoformat(), {"tokens": 0, "cost": 0.0, "requests": 0,
+                                                                         "by_model": {}})
+        for entry in (by_model.setdefault(key, {"tokens": 0, "cost": 0.0, "requests": 0}), day,
+                      day["by_model"].setdefault(key, {"tokens": 0, "cost": 0.0, "requests": 0})):
+            entry["tokens"] += record.tokens
+            entry["cost"] += record.cost
+            entry["requests"] += 1
         total_tokens += record.tokens
         total_cost += record.cost
-    for entry in by_model.values():
+    for entry in [*by_model.values(), *by_day.values(), *(m for d in by_day.values() for m in d["by_model"].values())]:
         entry["cost"] = round(entry["cost"], 6)
-    return {"total_tokens": total_tokens, "total_cost": round(total_cost, 6), "by_model": by_model, "period": period}
+    return {"total_tokens": total_tokens, "total_cost": round(total_cost, 6), "by_model": by_model, "period": period,
+            "by_day": [{"date": date, **values} for date, values in by_day.items()]}

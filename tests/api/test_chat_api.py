@@ -179,10 +179,16 @@ def test_usage_periods(chat_client, people, project):
         UsageRecord.create(user_id="user_owner", model="openai/gpt-4", tokens=10, cost=0.25,
                            created_at=utcnow() - dt.timedelta(days=2))
     recent = chat_client.get("/api/user/usage", headers=people["owner"]).get_json()
+    day = (utcnow() - dt.timedelta(days=2)).date().isoformat()
     assert recent == {"total_tokens": 10, "total_cost": 0.25,
-                      "by_model": {"gpt-4": {"tokens": 10, "cost": 0.25, "requests": 1}}, "period": "last_30_days"}
+                      "by_model": {"gpt-4": {"tokens": 10, "cost": 0.25, "requests": 1}}, "period": "last_30_days",
+                      "by_day": [{"date": day, "tokens": 10, "cost": 0.25, "requests": 1,
+                                  "by_model": {"gpt-4": {"tokens": 10, "cost": 0.25, "requests": 1}}}]}
     everything = chat_client.get("/api/user/usage?period=all_time", headers=people["owner"]).get_json()
     assert everything["total_tokens"] == 110 and set(everything["by_model"]) == {"gpt-4", "claude-3-opus"}
+    # by_day: oldest first, each day's models (the portal's chart per day)
+    assert [(d["date"], d["tokens"], list(d["by_model"])) for d in everything["by_day"]] == [
+        ((utcnow() - dt.timedelta(days=45)).date().isoformat(), 100, ["claude-3-opus"]), (day, 10, ["gpt-4"])]
     bad = chat_client.get("/api/user/usage?period=forever", headers=people["owner"])
     assert bad.status_code == 400 and "period" in bad.get_json()["error"]["details"]
 

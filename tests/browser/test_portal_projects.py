@@ -105,15 +105,26 @@ def test_the_admin_view(lab, new_page, shots, fresh_user):
     desktops.get_by_role("button", name="Filter").click()
     expect(desktops.get_by_text("No desktops match.")).to_be_visible()
 
+    # The sections are tabs: clicked, or moved through with the arrow keys.
+    expect(admin.get_by_role("tab", name="Desktops")).to_have_attribute("aria-selected", "true")
+    admin.get_by_role("tab", name="Warm pools").click()
+    expect(desktops).to_be_hidden()
     pools = admin.get_by_role("region", name="Warm pool")
     expect(pools.locator("tbody tr")).to_have_count(3)  # one per plan of config/plans.yml
     expect(pools).to_contain_text("plans file")
+    assert admin.url.endswith("#/admin/pools")
 
+    admin.get_by_role("tab", name="Warm pools").focus()
+    admin.keyboard.press("ArrowRight")
+    expect(admin.get_by_role("tab", name="Audit log")).to_be_focused()
+    expect(admin.get_by_role("tab", name="Audit log")).to_have_attribute("aria-selected", "true")
     audit = admin.get_by_role("region", name="Audit log")
     audit.get_by_label("User").fill(fresh_user)
     audit.get_by_role("button", name="Filter").click()
     expect(audit.locator("tbody tr").filter(has_text="POST /api/v1/desktops")).to_have_count(1)
     shots(admin, "admin")
+    admin.reload()  # the tab shown stays shown
+    expect(admin.get_by_role("tab", name="Audit log")).to_have_attribute("aria-selected", "true")
 
     # A user who is not an admin has no Admin link, and the page says so if they go there.
     user = new_page()

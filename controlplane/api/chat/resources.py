@@ -78,11 +78,18 @@ class ModelUsage(Schema):
     requests = fields.Integer()
 
 
+class DayUsage(ModelUsage):
+    date = fields.String(required=True, metadata={"example": "2026-12-05", "description": "a UTC day"})
+    by_model = fields.Dict(keys=fields.String(), values=fields.Nested(ModelUsage), required=True)
+
+
 class Usage(Schema):
     total_tokens = fields.Integer(required=True)
     total_cost = fields.Float(required=True)
     by_model = fields.Dict(keys=fields.String(), values=fields.Nested(ModelUsage), required=True)
     period = fields.String(required=True)
+    by_day = fields.List(fields.Nested(DayUsage), metadata={
+        "description": "Beyond the contract: the same figures per UTC day with usage, oldest first"})
 
 
 @blp.route("/chat")

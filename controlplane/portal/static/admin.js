@@ -6,14 +6,50 @@ import { badge, dataTable, query, showError } from "./ui.js";
 
 // ---- admin ----------------------------------------------------------------------------------------
 
-export async function adminView() {
+const TABS = [["desktops", "Desktops", () => adminDesktops()], ["pools", "Warm pools", () => adminPools()],
+  ["audit", "Audit log", () => adminAudit()]];
+
+// Tabs (the WAI-ARIA tabs pattern: arrow keys, Home and End move between them), one panel each, drawn
+// when first shown; the tab shown is in the address (#/admin/<tab>), so a reload or a link keeps it.
+export async function adminView(shown) {
   const root = h("section", { "aria-labelledby": "admin-title" }, h("h1", { id: "admin-title" }, "Administration"));
   main().replaceChildren(root);
   if (!session.isAdmin) {
     root.append(h("p", { class: "error", role: "alert" }, "Only administrators see this page."));
     return;
   }
-  root.append(await adminDesktops(), await adminPools(), await adminAudit());
+  const tablist = h("div", { role: "tablist", "aria-label": "Administration", class: "tabs" });
+  const panels = h("div");
+  const tabs = TABS.map(([key, label, draw]) => {
+    const tab = h("button", { type: "button", role: "tab", id: `tab-${key}`, "aria-controls": `panel-${key}`,
+      "aria-selected": "false", tabindex: "-1" }, label);
+    const panel = h("div", { role: "tabpanel", id: `panel-${key}`, "aria-labelledby": `tab-${key}`, hidden: true });
+    tab.addEventListener("click", () => select(key));
+    tablist.append(tab);
+    panels.append(panel);
+    return { key, tab, panel, draw, drawn: false };
+  });
+  async function select(key, focus = false) {
+    for (const t of tabs) {
+      const on = t.key === key;
+      t.tab.setAttribute("aria-selected", String(on));
+      t.tab.tabIndex = on ? 0 : -1;
+      t.panel.hidden = !on;
+      if (on && focus) t.tab.focus();
+      if (on && !t.drawn) { t.drawn = true; t.panel.append(await t.draw()); }
+    }
+    history.replaceState(null, "", `#/admin/${key}`);
+  }
+  tablist.addEventListener("keydown", (event) => {
+    const at = tabs.findIndex((t) => t.tab === document.activeElement);
+    if (at < 0) return;
+    const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: tabs.length - 1 }[event.key];
+    if (to === undefined) return;
+    event.preventDefault();
+    select(tabs[(to + tabs.length) % tabs.length].key, true);
+  });
+  root.append(tablist, panels);
+  await select(tabs.some((t) => t.key === shown) ? shown : "desktops");
 }
 
 export function filterForm(fields, onSubmit) {

@@ -1,6 +1,7 @@
 // The Cloud Desktop portal: one page over the two public APIs and the WebSocket /ws, in ES modules by page
 // (no framework, no build). This module is the frame: navigation, routing and start-up.
 
+import { settingsView, usageView } from "./account.js";
 import { adminView } from "./admin.js";
 import { desktopView } from "./desktop.js";
 import { $, main, notice } from "./dom.js";
@@ -36,7 +37,9 @@ async function route() {
   try {
     if (view === "projects" && id) await projectView(decodeURIComponent(id));
     else if (view === "projects") await projectsView();
-    else if (view === "admin") await adminView();
+    else if (view === "admin") await adminView(id);
+    else if (view === "settings") await settingsView();
+    else if (view === "usage") await usageView();
     else await desktopView();
   } catch (err) {
     main().replaceChildren(errorBox(asApiError(err)));
