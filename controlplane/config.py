@@ -180,6 +180,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     timezone: str = "UTC"
+    log_format: str = "text"  # text (one line a record) or json (JSON lines with the request id: logs.py)
     # Auth
     jwt_secret: str = ""  # HS256 (the lab's); mutually exclusive with the RS256 settings
     jwt_jwks_url: str = ""  # RS256 from a JWKS (Keycloak: {issuer}/protocol/openid-connect/certs)
@@ -436,7 +437,7 @@ class Settings:
                      "ws_max_sockets_per_user")
     _AT_LEAST_ONE = ("pool_fill_parallel", "provisioning_attempts")
     _PORTS = (("port", 1), ("proxmox_port", 1), ("guacamole_port", 0))
-    _CHOICES = (("connect_mode", ("auto", "json", "connection"), ""),
+    _CHOICES = (("connect_mode", ("auto", "json", "connection"), ""), ("log_format", ("text", "json"), ""),
                 ("guacamole_protocol", ("vnc", "rdp"), " (Guacamole has no SPICE)"))
     _BETWEEN = (("connect_ttl", 10, 86400, "seconds"), ("rate_limit_sync", 0, 10, "seconds"), ("pool_niceness", 0, 19, "(a niceness)"), ("ws_max_message", 1024, 16 * 1024 * 1024, "bytes"),
                 ("max_request_body", 1024, None, "bytes"))

@@ -15,6 +15,7 @@ import uuid
 
 from flask import Flask, g, request
 
+from .. import logs
 from ..extensions import db
 from ..models import AuditEntry
 
@@ -72,6 +73,16 @@ def init_audit(app: Flask) -> None:
         given = request.headers.get("X-Request-ID", "")
         g.request_id_given = bool(REQUEST_ID.match(given))
         g.request_id = given if g.request_id_given else uuid.uuid4().hex
+        g.log_context = logs.enter(request_id=g.request_id)  # every record of this request carries it
+
+    @app.teardown_request
+    def _end_log_context(_exc):
+        token = g.pop("log_context", None)
+        if token is not None:
+            try:
+                logs.leave(token)
+            except ValueError:  # made in another context (a test client's, say): nothing of ours to undo
+                pass
 
     @app.after_request
     def _record(response):

@@ -186,6 +186,8 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
         lifecycle.enqueue_create(settings, desktop, undo=lambda: pool.give_back(desktop))
     except lifecycle.QueueUnavailable:
         raise InfrastructureError("Failed to create desktop: the job queue is unavailable") from None
+    log.info("desktop %s: create accepted (plan %s, VM %s%s), job %s", desktop.id, plan, desktop.vmid,
+             " from the warm pool" if warm is not None else "", desktop.job_id)
     if warm is not None:
         pool.request_refill(settings)
     return desktop, False

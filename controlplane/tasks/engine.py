@@ -19,6 +19,7 @@ import redis
 
 from rq import get_current_job
 
+from .. import logs
 from ..config import Settings, parse_backoff
 from ..extensions import db
 from ..models import init_db, utcnow
@@ -113,8 +114,15 @@ class PlaybookJob:
     # ---- the template --------------------------------------------------------------------------------
 
     def run(self, resource_id: int, operation: str, force: bool = False) -> dict:
-        cfg = settings()
+        """The job, its records logged with its request's id (logs.context: the API request that asked
+        for it, or the policy run or reaper pass) and its own."""
         job = get_current_job()
+        meta = (job.meta or {}) if job is not None else {}
+        with logs.context(request_id=meta.get("request_id"), job_id=job.id if job is not None else None):
+            return self._run(job, resource_id, operation, force)
+
+    def _run(self, job, resource_id: int, operation: str, force: bool) -> dict:
+        cfg = settings()
         job_id = job.id if job is not None else None
         op = Operation(operation)
         self.moved_on = threading.Event()  # set once the row names another job: the playbook stops
@@ -163,7 +171,7 @@ class PlaybookJob:
             log.info("running %s for %s %s (VM %s), run %d", playbook, self.name, row.id, row.vmid, plan.runs)
             result = run_playbook(cfg.ansible_dir, playbook, cfg.inventory_path, extravars, cfg.playbook_env(playbook),
                                   timeout=max(1, int(deadline - time.time())), secrets=cfg.secrets(),
-                                  on_task=lambda *task: self.on_task(cfg, row, op, *task),
+                                  on_task=lambda *task: self._task_started(cfg, row, op, *task),
                                   niceness=self.niceness(cfg), cancel=self.moved_on.is_set)
             if result.ok or result.status == "canceled":
                 return result
@@ -198,6 +206,12 @@ class PlaybookJob:
             except redis.RedisError as exc:  # the row names a job Redis lacks: the reaper resumes it
                 log.error("could not enqueue the next run of %s %s: %s", self.name, row.id, exc)
             return RetryScheduled(next_job, delay)
+
+
+    def _task_started(self, cfg: Settings, row, op: Operation, role: str, filename: str, task: str) -> None:
+        log.info("%s %s: %s: task '%s' (%s)", self.name, row.id, self.playbook(op), task,
+                 f"{role}/{filename}" if role else filename)
+        self.on_task(cfg, row, op, role, filename, task)
 
 
 class VmJob(PlaybookJob):
