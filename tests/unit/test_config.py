@@ -159,7 +159,7 @@ def test_round_trip_of_every_field_changed(tmp_path):
                    llm_compat_base_url="http://127.0.0.1:11434/v1", llm_user_keys_secret="k" * 32, rate_limit_api="7/second",
                    rate_limit_desktop_create="3/day", rate_limit_project_create="2/day", rate_limit_chat="9/hour",
                    shares_secret="h" * 32, shares_public_url="https://files.example/shares", retry_backoff="2,3",
-                   guacamole_json_secret="ab" * 16, connect_mode="json", oidc_issuer="https://sso.example/realms/r")
+                   guacamole_json_secret="ab" * 16, connect_mode="json", log_format="json", oidc_issuer="https://sso.example/realms/r")
     changed["ws_message_rate"] = "9/second"  # a rate, as the rate limits
     s = Settings(**changed)
     s.validate()
