@@ -72,6 +72,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_ws(app)
     from .api.limits import init_limits
     init_limits(app, settings)
+    from .api.metrics import init_metrics
+    init_metrics(app, settings)
     from .portal import init_portal
     init_portal(app, settings)
     from .api.bodies import init_bodies

@@ -135,6 +135,10 @@ def cmd_worker(args) -> int:
     import signal
     import subprocess
 
+    from . import metrics  # before anything imports prometheus_client: the horses count into the folder
+    metrics.use_folder(Settings.from_env().effective_metrics_dir)
+    metrics.count_as_this_process()
+
     import redis
 
     from .logs import configure_logging
@@ -236,6 +240,8 @@ def cmd_reap(args) -> int:
 
 def cmd_api(args) -> int:
     settings = Settings.from_env()
+    from . import metrics  # its processes count into the metrics folder (gunicorn's workers inherit it)
+    metrics.use_folder(settings.effective_metrics_dir)
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
             "--workers", str(args.workers), "--threads", str(args.threads), "--access-logfile", "-",
             "--config", "python:controlplane.gunicorn_conf", "controlplane:create_app()"]

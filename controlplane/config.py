@@ -59,7 +59,7 @@ def _float(name: str, raw: str) -> float:
 # Settings whose values are secrets: never logged, never returned, redacted from messages.
 SECRET_FIELDS = ("jwt_secret", "proxmox_password", "proxmox_token_secret", "guacamole_password",
                  "guacamole_vnc_password", "llm_openai_api_key", "llm_anthropic_api_key", "llm_openrouter_api_key",
-                 "llm_compat_api_key", "llm_user_keys_secret", "shares_secret", "guacamole_json_secret")
+                 "llm_compat_api_key", "llm_user_keys_secret", "shares_secret", "guacamole_json_secret", "metrics_token")
 
 # The settings a deployment gives in its environment (README.md's table); the rest are tuning knobs
 # (config/settings.yml). Secrets are all here: the settings file never holds one.
@@ -68,7 +68,7 @@ ENVIRONMENT = ("var_dir", "database_url", "redis_url", "host", "port", "settings
                "proxmox_verify_ssl", "proxmox_user", "proxmox_password", "proxmox_token_id", "proxmox_token_secret", "guacamole_url",
                "guacamole_public_url", "guacamole_username", "guacamole_password", "guacamole_vnc_password",
                "guacamole_json_secret", "shares_secret", "llm_openai_api_key", "llm_anthropic_api_key",
-               "llm_openrouter_api_key", "llm_compat_api_key", "llm_user_keys_secret", "lab")
+               "llm_openrouter_api_key", "llm_compat_api_key", "llm_user_keys_secret", "metrics_token", "lab")
 
 # The playbooks the worker runs that talk to Guacamole (roles/guacamole_connection): only they are
 # given its passwords (Settings.playbook_env); tests/unit/test_runner_secrets.py checks the list.
@@ -181,6 +181,9 @@ class Settings:
     port: int = 8080
     timezone: str = "UTC"
     log_format: str = "text"  # text (one line a record) or json (JSON lines with the request id: logs.py)
+    # Prometheus (metrics.py): GET /metrics answers only a bearer of this token (none set: 404)
+    metrics_token: str = ""
+    metrics_dir: str = ""  # where the API's and workers' processes count (multiprocess); default: <var_dir>/metrics
     # Auth
     jwt_secret: str = ""  # HS256 (the lab's); mutually exclusive with the RS256 settings
     jwt_jwks_url: str = ""  # RS256 from a JWKS (Keycloak: {issuer}/protocol/openid-connect/certs)
@@ -329,6 +332,10 @@ class Settings:
         if self.guacamole_port:
             return self.guacamole_port
         return 3389 if self.guacamole_protocol == "rdp" else 5900
+
+    @property
+    def effective_metrics_dir(self) -> Path:
+        return Path(self.metrics_dir) if self.metrics_dir else Path(self.var_dir) / "metrics"
 
     @property
     def worker_heartbeat(self) -> int:

@@ -30,3 +30,9 @@ def post_worker_init(worker) -> None:
     start = time.monotonic()
     chat.warm()
     log.info("model library loaded and warmed in %.1f s", time.monotonic() - start)
+
+
+def child_exit(server, worker) -> None:
+    """An API worker ended: its live gauges leave the metrics (metrics.py, multiprocess mode)."""
+    from . import metrics
+    metrics.mark_process_dead(worker.pid)

@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+from .. import metrics
 from ..config import REPO_ROOT
 from ..processes import stop_all
 from .layout import endpoints_file, lab_dir, lab_env_file
@@ -135,6 +136,7 @@ def run_lab(workers: int = 2) -> int:  # noqa: C901 - starts and stops each part
             "CONTROLPLANE_GUACAMOLE_DATA_SOURCE": config.guacamole_data_source,
             "CONTROLPLANE_GUACAMOLE_JSON_SECRET": config.guacamole_json_secret,
             "CONTROLPLANE_GUACAMOLE_VNC_PASSWORD": config.vnc_password,
+            "CONTROLPLANE_METRICS_TOKEN": _secret(directory, "metrics-token"),  # GET /metrics (endpoints.json)
         }
         if not any(os.environ.get(k) for k in ("CONTROLPLANE_LLM_OPENAI_API_KEY", "CONTROLPLANE_LLM_OPENAI_BASE_URL")):
             # openai/<model> chats go to the lab echo model unless the user configured OpenAI
@@ -155,9 +157,12 @@ def run_lab(workers: int = 2) -> int:  # noqa: C901 - starts and stops each part
                           "username": config.guacamole_username, "password": config.guacamole_password},
             "redis": redis_url,
             "llm": {"url": services.llm.url, "apiKey": config.llm_api_key},
+            "metrics": {"url": f"{api_url}/metrics", "token": env["CONTROLPLANE_METRICS_TOKEN"]},
         }
         _write_private(endpoints_file(), json.dumps(endpoints, indent=2) + "\n")
 
+        # The API's and the workers' processes count into one folder, emptied as the lab starts (metrics.py).
+        metrics.use_folder(directory / "metrics", fresh=True)
         child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
 
         def spawn_worker(n: int) -> subprocess.Popen:

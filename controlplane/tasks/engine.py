@@ -19,7 +19,7 @@ import redis
 
 from rq import get_current_job
 
-from .. import logs
+from .. import logs, metrics
 from ..config import Settings, parse_backoff
 from ..extensions import db
 from ..models import init_db, utcnow
@@ -141,8 +141,10 @@ class PlaybookJob:
                 self.fail(cfg, row, op, str(exc))
                 self.audit(job, row, op, ok=False)
                 raise
+            started = time.monotonic()
             with _heartbeat(cfg, self.model, row.id, row.job_id, self.moved_on):
                 result = self._run_with_retries(cfg, job, row, op, extravars)
+            _count(self.playbook(op), result, time.monotonic() - started)
             if isinstance(result, RetryScheduled):
                 return {"id": resource_id, "retry": result.job_id, "in_seconds": result.delay}
             if result.status == "canceled":
@@ -297,6 +299,16 @@ class VmJob(PlaybookJob):
         meta = (job.meta or {}) if job is not None else {}
         record_outcome(row, op, ok=ok and row.status != self.kind.failed.value,
                        requested_by=meta.get("requested_by"), request_id=meta.get("request_id") or (job and job.id))
+
+
+def _count(playbook: str, result, seconds: float) -> None:
+    """The job's outcome and time in the metrics (metrics.py): succeeded, failed, retrying (its next run
+    is a job of its own), cancelled."""
+    if isinstance(result, RetryScheduled):
+        outcome = "retrying"
+    else:
+        outcome = {"successful": "succeeded", "canceled": "cancelled"}.get(result.status, "failed")
+    metrics.job_ended(playbook, outcome, seconds)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,7 +72,7 @@ def test_lab_runs_everything_stops_cleanly_and_keeps_state(tmp_path):
     proc = start_lab(env, log_path)
     try:
         endpoints = wait_healthy(lab_dir, proc, log_path)
-        assert set(endpoints) == {"api", "proxmox", "guacamole", "redis", "llm"}
+        assert set(endpoints) == {"api", "proxmox", "guacamole", "redis", "llm", "metrics"}
         assert set(endpoints["llm"]) == {"url", "apiKey"} and endpoints["llm"]["url"].endswith("/v1")
         assert set(endpoints["proxmox"]) == {"url", "user", "password", "tokenId", "tokenSecret"}
         assert set(endpoints["guacamole"]) == {"url", "dataSource", "username", "password"}
@@ -114,6 +114,20 @@ def test_lab_runs_everything_stops_cleanly_and_keeps_state(tmp_path):
 
         admin = Api(endpoints["api"], token(env, "ops", "--admin"))
         assert admin.session.get(admin.base, timeout=5).json()["data"]["total"] == 1
+
+        # Prometheus's view: what the API's two gunicorn workers and the worker's job (a work horse) counted,
+        # added up from the lab's metrics folder, for the token in endpoints.json only.
+        from prometheus_client.parser import text_string_to_metric_families
+        assert requests.get(endpoints["metrics"]["url"], timeout=5).status_code == 404
+        scraped = requests.get(endpoints["metrics"]["url"], timeout=10,
+                               headers={"Authorization": "Bearer " + endpoints["metrics"]["token"]})
+        assert scraped.status_code == 200, scraped.text
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(scraped.text) for s in f.samples}
+        assert samples[("cds_jobs_total", (("outcome", "succeeded"), ("playbook", "desktop_create.yml")))] == 1
+        assert samples[("cds_desktops", (("status", "RUNNING"),))] == 1
+        assert samples[("cds_http_requests_total", (("endpoint", "/api/v1/desktops"), ("method", "POST"),
+                                                    ("status", "201")))] == 1
     finally:
         interrupt(proc, log_path)
     assert "stopped; state kept" in log_path.read_text()

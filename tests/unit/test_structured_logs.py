@@ -65,6 +65,9 @@ def test_one_request_id_finds_the_request_its_job_and_the_playbooks_task_events(
 
     monkeypatch.setattr(engine, "run_playbook", playbook)
     monkeypatch.setattr(engine, "_settings", base_settings)
+    from prometheus_client import REGISTRY
+    succeeded = {"playbook": "desktop_create.yml", "outcome": "succeeded"}
+    before = REGISTRY.get_sample_value("cds_jobs_total", succeeded) or 0
     handler, out = capture(dataclasses.replace(base_settings, log_format="json"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -78,6 +81,7 @@ def test_one_request_id_finds_the_request_its_job_and_the_playbooks_task_events(
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
+    assert REGISTRY.get_sample_value("cds_jobs_total", succeeded) == before + 1  # and counted (metrics.py)
     mine = [line for line in lines(out) if line.get("request_id") == "create-for-the-logs"]
     said = [line["message"] for line in mine]
     desktop_id = response.get_json()["data"]["id"]
