@@ -13,6 +13,7 @@ import logging
 
 import redis
 from rq.exceptions import NoSuchJobError
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.worker import Worker
 
@@ -59,6 +60,11 @@ def job_is_alive(conn, job_id: str | None, live_workers: set[str], heartbeat_at:
     except NoSuchJobError:
         return False
     status = job.get_status(refresh=True)
+    if status == JobStatus.QUEUED:
+        # Still in its queue, or popped by a worker that died before it could start it: RQ leaves such
+        # a job 'queued' in that worker's intermediate list, where its own clean-up fails it only
+        # after ten minutes or more. Not in the queue, it waits for nothing.
+        return conn.lpos(Queue(job.origin, connection=conn).key, job_id) is not None
     if status in WAITING:
         return True
     return status == JobStatus.STARTED and job.worker_name in live_workers

@@ -80,6 +80,28 @@ def test_a_job_still_queued_or_run_by_a_live_worker_is_left_alone(client, base_s
         assert Desktop.get_by_id(desktop_id).job_id == job_id
 
 
+def test_a_queued_job_is_left_alone_but_one_a_dying_worker_popped_is_resumed(client, base_settings, redis_conn):
+    """A worker killed as it dequeued (BLMOVE done, the job not yet started) leaves the job 'queued' in its
+    intermediate list, out of the queue: RQ's own clean-up fails it only after ten minutes or more. The
+    reaper resumes it at its next pass; a job still in its queue waits its turn."""
+    with db.connection_context():
+        desktop = Desktop.create(user_id="user_popped", name="d", plan="BASIC", cpu_cores=2, memory_mb=2048,
+                                 status="DELETING", status_message="Removing desktop", operation="delete",
+                                 vmid=12346, node="pve1",
+                                 updated_at=utcnow() - dt.timedelta(seconds=base_settings.abandoned_after + 5))
+        job_id = jobs.new_job_id(desktop.id, Operation.DELETE)
+        Desktop.update(job_id=job_id).where(Desktop.id == desktop.id).execute()
+    jobs.enqueue(base_settings, Operation.DELETE, desktop.id, job_id)
+    assert reap(base_settings) == {}  # in its queue: it waits its turn
+    queue = Queue(QUEUE_NAME, connection=redis_conn)
+    assert redis_conn.lmove(queue.key, queue.intermediate_queue.key, "RIGHT", "LEFT") == job_id.encode()
+    assert queue.fetch_job(job_id).get_status() == "queued"  # as the dying worker left it
+    assert reap(base_settings) == {"resumed": 1}
+    with db.connection_context():
+        desktop = Desktop.get_by_id(desktop.id)
+    assert desktop.job_id != job_id and desktop.status == "DELETING" and desktop.job_id in queue.job_ids
+
+
 def test_recent_transitions_are_not_reaped(client, base_settings, redis_conn):
     desktop_id, job_id = stuck_desktop(base_settings, redis_conn)
     with db.connection_context():
