@@ -5,6 +5,7 @@ own keys encrypted at rest."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -478,11 +479,16 @@ def test_importing_the_engine_leaves_litellm_out_and_litellm_never_goes_online()
     assert "model cost map" not in out.stderr.lower()
 
 
-def test_the_api_command_gives_gunicorn_the_hooks_that_preload_the_model_library(monkeypatch):
-    from controlplane import cli
+def test_the_api_command_gives_gunicorn_the_hooks_that_preload_the_model_library(monkeypatch, tmp_path):
+    from controlplane import cli, metrics
     ran = []
     monkeypatch.setattr(cli.os, "execv", lambda path, argv: ran.append(argv))
+    # The command names the metrics folder in the environment gunicorn inherits: here, a folder of this
+    # test's, taken back at its end (the other tests of this process count in memory).
+    monkeypatch.setenv("CONTROLPLANE_METRICS_DIR", str(tmp_path / "metrics"))
+    monkeypatch.setenv(metrics.FOLDER_VARIABLE, "")
     cli.main(["api", "--workers", "1"])
+    assert os.environ[metrics.FOLDER_VARIABLE] == str(tmp_path / "metrics")
     argv = ran[0]
     assert argv[argv.index("--config") + 1] == "python:controlplane.gunicorn_conf"
     assert argv[-1] == "controlplane:create_app()"
