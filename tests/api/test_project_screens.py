@@ -4,30 +4,17 @@
 the project's room hears who opened it."""
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
-import urllib.parse
 
 import pytest
 
-from controlplane.lab import guacamole_auth_json
 from controlplane.services.queue import project_channel
+from tests.api.test_connect_links import _payload, json_client  # noqa: F401 (json_client: a fixture)
 from tests.api.test_projects_api import assert_error, people, set_status, team  # noqa: F401 (people: a fixture)
 
-SECRET = "0123456789abcdef0123456789ABCDEF"
-
-
-@pytest.fixture
-def json_client(base_settings, database, client):
-    from controlplane import create_app
-    app = create_app(dataclasses.replace(base_settings, guacamole_json_secret=SECRET, connect_ttl=120,
-                                         guacamole_vnc_password="vncpw"))
-    return app.test_client()
-
-
 def payload(url: str) -> dict:
-    return guacamole_auth_json.decrypt(SECRET, urllib.parse.unquote(url.split("?data=", 1)[1].split("#", 1)[0]))
+    return _payload(url)  # the auth-json link's decrypted document, as desktops' tests read it
 
 
 def running_team(client, people) -> tuple[str, int]:
