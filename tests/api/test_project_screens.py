@@ -13,8 +13,7 @@ from controlplane.services.queue import project_channel
 from tests.api.test_connect_links import _payload, json_client  # noqa: F401 (json_client: a fixture)
 from tests.api.test_projects_api import assert_error, people, set_status, team  # noqa: F401 (people: a fixture)
 
-def payload(url: str) -> dict:
-    return _payload(url)  # the auth-json link's decrypted document, as desktops' tests read it
+payload = _payload  # the auth-json link's decrypted document, as the desktops' tests read it
 
 
 def running_team(client, people) -> tuple[str, int]:
