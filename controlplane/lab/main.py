@@ -48,6 +48,16 @@ def _secret(directory: Path, name: str = "jwt-secret", make=lambda: secrets.toke
     return path.read_text().strip()
 
 
+def with_users_settings(lab_defaults: dict[str, str], environ) -> dict[str, str]:
+    """The settings the lab's API and workers get: the lab's defaults, then the user's own CONTROLPLANE_*
+    over them (a real Guacamole or another Proxmox, say: the lab's stand-ins still run, unused). Not
+    CONTROLPLANE_LAB (this is the lab) nor CONTROLPLANE_REDIS_URL (read before: the lab starts a Redis
+    only without one)."""
+    mine = {k: v for k, v in environ.items()
+            if k.startswith("CONTROLPLANE_") and k not in ("CONTROLPLANE_LAB", "CONTROLPLANE_REDIS_URL")}
+    return {**lab_defaults, **mine}
+
+
 def _write_private(path: Path, text: str) -> None:
     path.touch(mode=0o600)
     os.chmod(path, 0o600)
@@ -142,19 +152,20 @@ def run_lab(workers: int = 2) -> int:  # noqa: C901 - starts and stops each part
             # openai/<model> chats go to the lab echo model unless the user configured OpenAI
             env["CONTROLPLANE_LLM_OPENAI_BASE_URL"] = services.llm.url
             env["CONTROLPLANE_LLM_OPENAI_API_KEY"] = config.llm_api_key
-        for key, value in os.environ.items():  # the user's own CONTROLPLANE_* win over lab defaults
-            if key.startswith("CONTROLPLANE_") and key not in ("CONTROLPLANE_REDIS_URL",):
-                env.setdefault(key, value)
+        env = with_users_settings(env, os.environ)
+        guacamole_url = env["CONTROLPLANE_GUACAMOLE_URL"]  # the stand-in's, unless the user named another
         _write_private(lab_env_file(), "# written by `controlplane lab`; read by `controlplane token`\n" +
                        "".join(f"{k}={v}\n" for k, v in sorted(env.items())))
         api_url = f"http://{api_host}:{api_port}"
         endpoints = {
             "api": api_url,
-            "proxmox": {"url": services.proxmox.url, "user": config.proxmox_user, "password": config.proxmox_password,
-                        "tokenId": f"{config.proxmox_user}!{config.proxmox_token_name}",
-                        "tokenSecret": config.proxmox_token_secret},
-            "guacamole": {"url": guacamole_url, "dataSource": config.guacamole_data_source,
-                          "username": config.guacamole_username, "password": config.guacamole_password},
+            "proxmox": {"url": f"https://{env['CONTROLPLANE_PROXMOX_HOST']}:{env['CONTROLPLANE_PROXMOX_PORT']}",
+                        "user": env["CONTROLPLANE_PROXMOX_USER"], "password": env["CONTROLPLANE_PROXMOX_PASSWORD"],
+                        "tokenId": f"{env['CONTROLPLANE_PROXMOX_USER']}!{env['CONTROLPLANE_PROXMOX_TOKEN_ID']}",
+                        "tokenSecret": env["CONTROLPLANE_PROXMOX_TOKEN_SECRET"]},
+            "guacamole": {"url": guacamole_url, "dataSource": env["CONTROLPLANE_GUACAMOLE_DATA_SOURCE"],
+                          "username": env["CONTROLPLANE_GUACAMOLE_USERNAME"],
+                          "password": env["CONTROLPLANE_GUACAMOLE_PASSWORD"]},
             "redis": redis_url,
             "llm": {"url": services.llm.url, "apiKey": config.llm_api_key},
             "metrics": {"url": f"{api_url}/metrics", "token": env["CONTROLPLANE_METRICS_TOKEN"]},
