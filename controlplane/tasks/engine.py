@@ -131,7 +131,7 @@ class PlaybookJob:
             if row is None:
                 log.warning("job %s for %s %s is stale; skipping", job_id, self.name, resource_id)
                 return {"id": resource_id, "skipped": "stale job"}
-            cancelled = (job.meta or {}).get("after") if job is not None else None
+            cancelled = (job.meta or {}).get("after") if job is not None else None  # the job this one cancels
             if cancelled and not queue.wait_until_ended(cfg.redis_url, cancelled, CANCELLED_JOB_WAIT):
                 log.warning("job %s, cancelled by %s, still runs after %g s; going ahead", cancelled, job_id,
                             CANCELLED_JOB_WAIT)
@@ -208,7 +208,6 @@ class PlaybookJob:
             except redis.RedisError as exc:  # the row names a job Redis lacks: the reaper resumes it
                 log.error("could not enqueue the next run of %s %s: %s", self.name, row.id, exc)
             return RetryScheduled(next_job, delay)
-
 
     def _task_started(self, cfg: Settings, row, op: Operation, role: str, filename: str, task: str) -> None:
         log.info("%s %s: %s: task '%s' (%s)", self.name, row.id, self.playbook(op), task,
