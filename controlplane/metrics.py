@@ -81,6 +81,24 @@ def job_ended(playbook: str, outcome: str, seconds: float) -> None:
             buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)).labels(playbook).observe(seconds)
 
 
+def policy_acted(policy: str, action: str, done: bool) -> None:
+    """A lifecycle policy's action (reconcile's are the drift it found: remove-vm, remove-connection, fail)."""
+    _family("counter", "cds_policy_actions_total", "Lifecycle policy actions, by policy, action and whether "
+            "it was done", ["policy", "action", "done"]).labels(policy, action, "true" if done else "false").inc()
+
+
+def pool_missed(plan: str) -> None:
+    """A create of a plan with a warm pool found no READY VM there (it clones)."""
+    _family("counter", "cds_pool_misses_total", "Creates that found their plan's warm pool empty, by plan",
+            ["plan"]).labels(plan).inc()
+
+
+def infrastructure_failed(service: str) -> None:
+    """A playbook run failed with an infrastructure error (retried): proxmox or guacamole."""
+    _family("counter", "cds_infrastructure_errors_total", "Playbook runs failed by an infrastructure error, by "
+            "the service that failed (proxmox, guacamole)", ["service"]).labels(service).inc()
+
+
 def mark_process_dead(pid: int) -> None:
     """A process that counted into the folder ended (gunicorn's child_exit): its live gauges go."""
     if os.environ.get(FOLDER_VARIABLE):

@@ -207,6 +207,7 @@ class PlaybookResult:
     rc: int | None
     stats: dict = field(default_factory=dict)  # set_stats data (artifact_data)
     failed_task: str | None = None
+    failed_role: str | None = None  # the role of the first task that failed ("" for the playbook's own)
     failure: str | None = None
     tasks: list[tuple[str, str, str]] = field(default_factory=list)  # (role, file, task name) in order
     # {role, file, task, action, start, seconds[, attempts]} per task, in order; start is from the run's start
@@ -328,6 +329,8 @@ def run_playbook(ansible_dir: Path, playbook: str, inventory: Path, extravars: d
                     except Exception:
                         log.exception("task event handler failed")
             elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+                if result.failed_role is None:  # the step that failed first (a rescue's report fails after it)
+                    result.failed_role = _task_location(data)[0]
                 result.failed_task = redact(data.get("task") or "", secrets)
                 result.failure = redact(_message(data.get("res") or {}), secrets)
             elif kind == "playbook_on_stats":

@@ -10,6 +10,7 @@ import logging
 
 import peewee as pw
 
+from .. import metrics
 from ..config import Settings
 from ..errors import (
     DesktopAlreadyExists,
@@ -186,6 +187,8 @@ def create(settings: Settings, identity: Identity, user_id: str, name: str | Non
         lifecycle.enqueue_create(settings, desktop, undo=lambda: pool.give_back(desktop))
     except lifecycle.QueueUnavailable:
         raise InfrastructureError("Failed to create desktop: the job queue is unavailable") from None
+    if warm is None and pool.configs(settings)[plan].size > 0:
+        metrics.pool_missed(plan)
     log.info("desktop %s: create accepted (plan %s, VM %s%s), job %s", desktop.id, plan, desktop.vmid,
              " from the warm pool" if warm is not None else "", desktop.job_id)
     if warm is not None:

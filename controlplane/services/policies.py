@@ -19,6 +19,7 @@ from dataclasses import asdict
 
 import redis
 
+from .. import metrics
 from ..config import Settings
 from ..extensions import db
 from ..models import Desktop, DesktopEvent, utcnow
@@ -48,6 +49,9 @@ def run(settings: Settings, name: str, dry_run: bool = False, now: dt.datetime |
         now = naive_utc(now) if now is not None else utcnow()
         with db.connection_context():
             actions, notes = _PASSES[name](settings, now, dry_run)
+    if not dry_run:
+        for action in actions:
+            metrics.policy_acted(name, action.action, action.done)
     result = {"policy": name, "dryRun": dry_run, "ranAt": now, "actions": [asdict(a) for a in actions],
               "notes": notes}
     record(result, ran_by)

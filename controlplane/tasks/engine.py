@@ -182,6 +182,8 @@ class PlaybookJob:
             step = failed_step(result)
             reason = f"{verb} at {step}" if step else result.reason()
             failure = failures.classify(op, reason, from_step=step is not None)
+            if failure is failures.FailureClass.INFRASTRUCTURE:
+                metrics.infrastructure_failed("guacamole" if result.failed_role == "guacamole_connection" else "proxmox")
             delay = plan.next_delay(failure)
             if delay is not None and deadline - time.time() < delay + 1:
                 delay = None  # no time left for another run

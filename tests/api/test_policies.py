@@ -97,8 +97,15 @@ def test_expired_desktops_are_stopped_then_deleted_after_the_grace(settings, red
         running_expired: ("stop", False), stopped_past_grace: ("delete", False), failed_past_grace: ("delete", False)}
     assert row(running_expired).status == "RUNNING" and queued(redis_conn) == {}  # a dry run changes nothing
 
+    from prometheus_client import REGISTRY
+
+    def counted(action):
+        return REGISTRY.get_sample_value("cds_policy_actions_total",
+                                         {"policy": "expire", "action": action, "done": "true"}) or 0
+    stops, deletes = counted("stop"), counted("delete")
     done = by_desktop(policies.run(settings, "expire"))
     assert set(done) == {running_expired, stopped_past_grace, failed_past_grace}
+    assert (counted("stop"), counted("delete")) == (stops + 1, deletes + 2)  # a dry run counted nothing
     assert all(a["done"] and a["error"] is None for a in done.values())
     stop_reason = done[running_expired]["reason"]
     assert stop_reason.startswith("expired at ") and "it will be deleted after" in stop_reason

@@ -126,8 +126,13 @@ def test_a_create_takes_a_ready_pool_vm_with_its_lease(client, auth, redis_conn)
 
 
 def test_without_a_ready_vm_of_its_plan_a_create_clones(client, auth):
+    from prometheus_client import REGISTRY
     ready_vm(plan="PREMIUM", vmid=20010)
+    size = client.put(f"{POOLS}/STANDARD", json={"size": 2}, headers=auth("ops", admin=True))
+    assert size.status_code == 200, size.get_json()
+    misses = REGISTRY.get_sample_value("cds_pool_misses_total", {"plan": "STANDARD"}) or 0
     response = client.post(BASE, json={"userId": "user_cold", "plan": "STANDARD"}, headers=auth("user_cold"))
+    assert REGISTRY.get_sample_value("cds_pool_misses_total", {"plan": "STANDARD"}) == misses + 1  # a pool miss
     data = response.get_json()["data"]
     assert data["statusMessage"] == "Desktop creation queued"
     with db.connection_context():

@@ -239,8 +239,12 @@ def test_the_worker_waits_the_contracts_schedule_between_runs(client, base_setti
 
     monkeypatch.setattr(engine, "run_playbook", locked_vm)
     monkeypatch.setattr(engine, "_settings", base_settings)
+    from prometheus_client import REGISTRY
+    errors = REGISTRY.get_sample_value("cds_infrastructure_errors_total", {"service": "proxmox"}) or 0
     desktop = starting_desktop(base_settings, "user_backoff", 10001)
     work(base_settings, redis_conn, 5)  # the first run and its four retries
+    # each run's lock counted as a Proxmox error (metrics.py)
+    assert REGISTRY.get_sample_value("cds_infrastructure_errors_total", {"service": "proxmox"}) == errors + 5
 
     assert len(runs) == 5, runs
     waits = [later[0] - earlier[1] for earlier, later in zip(runs, runs[1:])]

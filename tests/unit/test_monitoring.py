@@ -14,9 +14,9 @@ from controlplane.config import REPO_ROOT
 RULES = Path(REPO_ROOT, "monitoring", "prometheus", "alerts.yml")
 SOURCES = [Path(REPO_ROOT, "controlplane", "metrics.py"), Path(REPO_ROOT, "controlplane", "api", "metrics.py")]
 DASHBOARD = Path(REPO_ROOT, "monitoring", "grafana", "cloud-desktop.json")
-PROMQL_WORDS = {"sum", "max", "min", "by", "on", "rate", "unless", "and", "or", "avg", "count",
+PROMQL_WORDS = {"sum", "max", "min", "by", "on", "rate", "increase", "unless", "and", "or", "avg", "count",
                 "histogram_quantile", "le"}
-LABELS = {"queue", "playbook", "plan", "status", "endpoint", "outcome"}  # in by/on clauses
+LABELS = {"queue", "playbook", "plan", "status", "endpoint", "outcome", "policy", "action", "service"}  # by/on
 
 
 def exported(with_series: bool = True) -> set[str]:
