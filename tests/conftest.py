@@ -77,6 +77,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def start_lab_services(make_config, attempts: int = 3):
+    """(config, LabServices started) on the ports make_config() picks (free_port): a port found free can be
+    taken by another process before the lab binds it (make test runs its passes side by side), and then
+    the lab starts again on new ones. A failed start stops what it had started (LabServices.start)."""
+    import errno
+
+    from controlplane.lab.services import LabServices
+    for attempt in range(1, attempts + 1):
+        config = make_config()
+        try:
+            return config, LabServices(config).start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 # ---- database ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -392,15 +409,14 @@ def lab_session(tmp_path_factory, lab_database_url, redis_url, model_library):
     """The lab's services (fakepve, guest agents, Guacamole stand-in), two real workers, the API: one
     per test session (per xdist worker), on its own database; tests take it through `lab`."""
     from controlplane.config import Settings
-    from controlplane.lab.services import LabConfig, LabServices
+    from controlplane.lab.services import LabConfig
     from controlplane.services.queue import get_redis
 
     state = tmp_path_factory.mktemp("lab")
-    config = LabConfig(state_dir=state, proxmox_host="127.0.0.1", proxmox_port=free_port(),
-                       time_scale=0.01, agent_delay=0.5, guacamole_port=free_port(), llm_port=free_port(),
-                       guacamole_password="guac-e2e-" + secrets.token_hex(6),
-                       guacamole_json_secret=secrets.token_hex(16))
-    services = LabServices(config).start()
+    config, services = start_lab_services(lambda: LabConfig(
+        state_dir=state, proxmox_host="127.0.0.1", proxmox_port=free_port(), time_scale=0.01, agent_delay=0.5,
+        guacamole_port=free_port(), llm_port=free_port(), guacamole_password="guac-e2e-" + secrets.token_hex(6),
+        guacamole_json_secret=secrets.token_hex(16)))
     settings = Settings(var_dir=state, database_url=lab_database_url, redis_url=redis_url, jwt_secret=JWT_SECRET,
                         proxmox_host=config.proxmox_host, proxmox_port=config.proxmox_port,
                         proxmox_user=config.proxmox_user, proxmox_password=config.proxmox_password,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-import socket
 from types import SimpleNamespace
 
 import pytest
@@ -15,20 +14,15 @@ import yaml
 from proxmoxer import ProxmoxAPI
 
 from controlplane.config import Settings
-from controlplane.lab.services import LabConfig, LabServices
+from controlplane.lab.services import LabConfig
 from controlplane.runner.ansible import PlaybookResult, run_playbook
+from tests.conftest import free_port, start_lab_services
 from tests.inventory import QUICK, lab_inventory
 
 pytestmark = [pytest.mark.playbooks, pytest.mark.timeout(240), pytest.mark.filterwarnings("ignore:Unverified HTTPS request")]
 
 ZONE = "cdsproj"
 WRITES = ("POST", "PUT", "DELETE")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(project_lab, playbook: str, **extravars) -> PlaybookResult:
@@ -41,10 +35,12 @@ def run(project_lab, playbook: str, **extravars) -> PlaybookResult:
 def project_lab(tmp_path_factory):
     """LabServices on free ports (every *_port of LabConfig) and the Settings the worker would run with."""
     state = tmp_path_factory.mktemp("project-lab")
-    ports = {f.name: free_port() for f in dataclasses.fields(LabConfig) if f.name.endswith("_port")}
-    config = LabConfig(state_dir=state, **{**ports, "proxmox_host": "127.0.0.1", "time_scale": 0.01,
-                                           "agent_delay": 0.5, "guacamole_password": "guac-" + secrets.token_hex(6)})
-    services = LabServices(config).start()
+
+    def config():
+        ports = {f.name: free_port() for f in dataclasses.fields(LabConfig) if f.name.endswith("_port")}
+        return LabConfig(state_dir=state, **{**ports, "proxmox_host": "127.0.0.1", "time_scale": 0.01,
+                                             "agent_delay": 0.5, "guacamole_password": "guac-" + secrets.token_hex(6)})
+    config, services = start_lab_services(config)
     try:
         settings = Settings(var_dir=state, proxmox_host=config.proxmox_host, proxmox_port=config.proxmox_port,
                             proxmox_user=config.proxmox_user, proxmox_password=config.proxmox_password,

@@ -300,14 +300,17 @@ def test_an_api_key_is_required():
 
 
 def test_lab_services_start_the_echo_model(tmp_path):
-    from controlplane.lab.services import LabConfig, LabServices
-    from tests.conftest import free_port
+    from controlplane.lab.services import LabConfig
+    from tests.conftest import free_port, start_lab_services
 
-    config = LabConfig(state_dir=tmp_path, proxmox_host="127.0.0.1", proxmox_port=free_port(),
-                       guacamole_port=free_port(), llm_port=free_port(), llm_api_key=KEY)
-    with LabServices(config) as services:
+    config, services = start_lab_services(lambda: LabConfig(
+        state_dir=tmp_path, proxmox_host="127.0.0.1", proxmox_port=free_port(), guacamole_port=free_port(),
+        llm_port=free_port(), llm_api_key=KEY))
+    try:
         assert services.llm.url == f"http://127.0.0.1:{config.llm_port}/v1"
         r = post(services.llm, chat("from the lab"))
         assert r.status_code == 200 and "from the lab" in r.json()["choices"][0]["message"]["content"]
+    finally:
+        services.stop()
     with pytest.raises(requests.ConnectionError):
         post(services.llm, chat())
