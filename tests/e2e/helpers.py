@@ -68,3 +68,23 @@ def desktop_row(desktop_id: int):
     from controlplane.models import Desktop
     with db.connection_context():
         return Desktop.get_by_id(desktop_id)
+
+
+def wait_for_status_event(listener, seen_now, wanted, timeout: float = 60) -> None:
+    """Wait for the status event `wanted` ((status, message)) on `listener` (a Redis pub/sub subscribed to the
+    record's channel before its status could change), unless `seen_now()` (the record as it is) shows it
+    already; no polling: each wait is for the next published event, up to the deadline."""
+    import json
+    if seen_now() == wanted:
+        return
+    deadline = time.monotonic() + timeout
+    last = None
+    while (left := deadline - time.monotonic()) > 0:
+        message = listener.get_message(ignore_subscribe_messages=True, timeout=left)
+        if message is None:
+            continue
+        event = json.loads(message["data"])
+        last = (event.get("status"), event.get("statusMessage", event.get("status_message")))
+        if last == wanted:
+            return
+    raise AssertionError(f"never saw {wanted}; last event {last}")

@@ -8,15 +8,13 @@ lasts long enough for the test to see it and cancel there.
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 from rq.job import Job
 
-from controlplane.services.queue import get_redis
+from controlplane.services.queue import get_redis, user_channel
 from controlplane.states import TASK_FILE_STATUS
 
-from .helpers import Api, desktop_row, events
+from .helpers import Api, desktop_row, events, wait_for_status_event
 from .test_failures import assert_nothing_left, lease_holder
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.playbooks]
@@ -45,32 +43,24 @@ def slow(lab, proxmox: float, guacamole: float) -> None:
     lab.services.call(lambda: setattr(lab.guacamole, "latency", guacamole))
 
 
-def wait_for_step(api: Api, desktop_id: int, status: str, message: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline:
-        data = api.status(desktop_id).json()["data"]
-        seen = (data["status"], data["statusMessage"])
-        if seen == (status, message):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"desktop {desktop_id} never showed {status} ({message}); last {seen}")
-
-
 @pytest.mark.parametrize("where", list(STEPS))
 def test_a_create_cancelled_at_each_step_leaves_nothing(lab, fresh_user, where):
     status, message, proxmox_late, guacamole_late = STEPS[where]
     api = Api(lab.url, lab.token(fresh_user))
+    listener = get_redis(lab.settings.redis_url).pubsub()
+    listener.subscribe(user_channel(fresh_user))  # before the create: every status event of the desktop
     slow(lab, proxmox_late, guacamole_late)
     try:
         response = api.create(fresh_user, plan="BASIC")
         assert response.status_code == 201, response.text
         desktop_id = response.json()["data"]["id"]
         vmid = desktop_row(desktop_id).vmid
-        wait_for_step(api, desktop_id, status, message)
+        wait_for_status_event(listener, lambda: tuple(api.status(desktop_id).json()["data"][k]
+                                                      for k in ("status", "statusMessage")), (status, message))
         cancelled = api.delete(desktop_id)
     finally:
         slow(lab, 0, 0)
+        listener.close()
     assert cancelled.status_code == 200, cancelled.text
     data = api.wait_settled(desktop_id, timeout=120)
     assert data["status"] == "DELETED", data

@@ -175,18 +175,23 @@ def test_a_project_deleted_while_it_is_being_created_is_cancelled_and_leaves_not
     """As the contract's own frontend does: the create stops where it is, the delete removes the
     network and VM it had made, and the project is gone with its leases."""
     owner = Client(lab, fresh_user)
+    from controlplane.services.queue import get_redis, project_channel
+
+    from .helpers import wait_for_status_event
     lab.services.call(lambda: lab.pve.slow_network(0.1 / lab.services.config.time_scale))
+    listener = get_redis(lab.settings.redis_url).pubsub()
     try:
         project_id = owner.call("POST", "/api/projects", json={"name": "Changed my mind"}).json()["project_id"]
-        deadline, seen = time.monotonic() + 60, None
-        while seen != ("provisioning", step):
-            assert time.monotonic() < deadline, f"project {project_id} never showed {step!r}; last {seen}"
+        listener.subscribe(project_channel(project_id))  # then the project as it is: no event is missed
+
+        def now():
             body = owner.call("GET", f"/api/projects/{project_id}").json()
-            seen = (body["status"], body["status_message"])
-            time.sleep(0.02)
+            return body["status"], body["status_message"]
+        wait_for_status_event(listener, now, ("provisioning", step))
         cancelled = owner.call("DELETE", f"/api/projects/{project_id}")
     finally:
         lab.services.call(lambda: lab.pve.slow_network(0))
+        listener.close()
     assert cancelled.json() == {"success": True, "message": "Project deleted successfully"}, cancelled.text
     assert owner.wait(project_id, {"gone", "failed"}) is None
     with db.connection_context():
